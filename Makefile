@@ -1,0 +1,46 @@
+# One command per habit: make run | make test | make lint | make bench | make check-config
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= $(shell (pyenv which python3.13 2>/dev/null) || command -v python3.13 || command -v python3)
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint typecheck bench check-config clean install
+
+$(STAMP): pyproject.toml layers/forwarder/requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)  ## start the embedded stack (gateway, queues, pollers, secrets, sandboxes)
+	$(VENV)/bin/forwarder run
+
+test: $(STAMP)  ## lint, type-check, config check, then the whole test suite
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/forwarder config check config/forwarder.example.yaml
+	$(VENV)/bin/cfn-lint template.yaml
+	$(VENV)/bin/pytest -n 2 tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/cfn-lint template.yaml
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+check-config: $(STAMP)
+	$(VENV)/bin/forwarder config check config/forwarder.example.yaml
+
+bench: $(STAMP)  ## print throughput figures of the hot paths and of the embedded pipeline
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) .forwarder .aws-sam .pytest_cache .mypy_cache .ruff_cache
