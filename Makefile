@@ -22,7 +22,7 @@ test: $(STAMP)  ## lint, type-check, config check, then the whole test suite
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
-	$(VENV)/bin/forwarder config check config/forwarder.example.yaml
+	$(VENV)/bin/forwarder config check config/forwarder.yaml
 	$(VENV)/bin/cfn-lint template.yaml
 	$(VENV)/bin/pytest -n 2 tests
 
@@ -37,7 +37,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 
 check-config: $(STAMP)
-	$(VENV)/bin/forwarder config check config/forwarder.example.yaml
+	$(VENV)/bin/forwarder config check config/forwarder.yaml
 
 bench: $(STAMP)  ## print throughput figures of the hot paths and of the embedded pipeline
 	$(PY) bench/run.py

@@ -1,0 +1,18 @@
+"""refresh tokens: scheduled; keeps vendor credentials fresh in the secret store."""
+
+from typing import Any
+
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from forwarder.flows.refresh_tokens import refresh_all
+from forwarder.observability import logger, metrics, tracer
+from forwarder.runtime import services
+
+
+@logger.inject_lambda_context(log_event=False)
+@metrics.log_metrics
+@tracer.capture_lambda_handler
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    report = refresh_all(services())
+    metrics.add_metric(name="CredentialProblems", unit="Count", value=len(report.problems))
+    return report.as_dict()

@@ -1,0 +1,258 @@
+"""AWS adapters: SQS behind the queue port, Secrets Manager behind the secrets port.
+
+SDK errors never leave this module: they become ``QueueError``, ``SecretNotFoundError`` or
+``SecretStoreError``, whose messages name the queue or secret and the AWS error code, never a message
+body or a secret value. boto3 clients are created lazily (first use), or injected (tests, shared clients).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Self
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from forwarder.ports.queues import OutgoingMessage, QueueError, QueuePort
+from forwarder.ports.secrets import SecretNotFoundError, SecretsPort, SecretStoreError
+
+#: Logical queue name -> the environment variable holding its URL (set by template.yaml's Globals).
+QUEUE_URL_ENV_VARS: Mapping[str, str] = {
+    "ingest": "FORWARDER_QUEUE_URL_INGEST",
+    "delivery": "FORWARDER_QUEUE_URL_DELIVERY",
+    "delivery-dlq": "FORWARDER_QUEUE_URL_DELIVERY_DLQ",
+    "rejects": "FORWARDER_QUEUE_URL_REJECTS",
+}
+
+#: SendMessageBatch limits: at most 10 entries, and (conservatively, the classic SQS limit) 256 KiB in all.
+SQS_BATCH_MAX_ENTRIES = 10
+SQS_BATCH_MAX_BYTES = 256 * 1024
+
+_STRING = "String"
+
+
+def _create_client(service: str) -> Any:
+    """A boto3 client with the standard retry mode (backoff with jitter, retry quota), imported lazily."""
+    # Deferred: cold starts only pay for boto3 on the code paths that talk to AWS.
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(service, config=Config(retries={"mode": "standard"}))
+
+
+def _error_code(exc: ClientError) -> str:
+    error = exc.response.get("Error") or {}
+    return str(error.get("Code") or "Unknown")
+
+
+# ----------------------------------------------------------------------------------------------------
+# SQS
+# ----------------------------------------------------------------------------------------------------
+
+
+def _message_size(message: OutgoingMessage) -> int:
+    """Bytes SQS counts for a message: its body plus each attribute's name, data type and value."""
+    size = len(message.body.encode())
+    for name, value in message.attributes.items():
+        size += len(name.encode()) + len(_STRING) + len(value.encode())
+    return size
+
+
+def _batches(messages: Sequence[OutgoingMessage]) -> Iterator[list[OutgoingMessage]]:
+    """Split messages, in order, into SendMessageBatch-sized chunks (<= 10 entries, <= 256 KiB).
+
+    A single message above the byte budget travels alone: SQS, not this adapter, decides whether it fits.
+    """
+    batch: list[OutgoingMessage] = []
+    batch_bytes = 0
+    for message in messages:
+        size = _message_size(message)
+        if batch and (len(batch) == SQS_BATCH_MAX_ENTRIES or batch_bytes + size > SQS_BATCH_MAX_BYTES):
+            yield batch
+            batch, batch_bytes = [], 0
+        batch.append(message)
+        batch_bytes += size
+    if batch:
+        yield batch
+
+
+def _entry(entry_id: str, message: OutgoingMessage) -> dict[str, Any]:
+    entry: dict[str, Any] = {"Id": entry_id, "MessageBody": message.body}
+    if message.attributes:
+        entry["MessageAttributes"] = {
+            name: {"DataType": _STRING, "StringValue": value} for name, value in message.attributes.items()
+        }
+    if message.delay_seconds:
+        entry["DelaySeconds"] = message.delay_seconds
+    return entry
+
+
+class SqsQueues(QueuePort):
+    """The queue port on Amazon SQS. Logical names (``ingest``, ``delivery``, ...) map to queue URLs.
+
+    ``send`` is at-least-once: when SQS refuses part of a batch the whole call raises ``QueueError``, and
+    a caller that retries may enqueue the accepted messages twice (deliveries are idempotent downstream).
+    """
+
+    def __init__(self, queue_urls: Mapping[str, str], client: Any | None = None) -> None:
+        self._queue_urls = dict(queue_urls)
+        self._client_instance = client
+
+    @classmethod
+    def from_environment(cls, env: Mapping[str, str], client: Any | None = None) -> Self:
+        """Queue URLs from ``FORWARDER_QUEUE_URL_*`` (e.g. ``os.environ`` in a deployed function).
+
+        Unset variables leave their queue unconfigured; using it raises ``QueueError`` naming the variable.
+        """
+        urls = {queue: env[var] for queue, var in QUEUE_URL_ENV_VARS.items() if env.get(var)}
+        return cls(urls, client)
+
+    @property
+    def _client(self) -> Any:
+        if self._client_instance is None:
+            self._client_instance = _create_client("sqs")
+        return self._client_instance
+
+    def _url(self, queue: str) -> str:
+        try:
+            return self._queue_urls[queue]
+        except KeyError:
+            hint = f" (set {QUEUE_URL_ENV_VARS[queue]})" if queue in QUEUE_URL_ENV_VARS else ""
+            raise QueueError(f"no URL configured for queue {queue!r}{hint}") from None
+
+    def send(self, queue: str, messages: list[OutgoingMessage]) -> list[str]:
+        url = self._url(queue)
+        message_ids: list[str] = []
+        for batch in _batches(messages):
+            entries = [_entry(str(index), message) for index, message in enumerate(batch)]
+            try:
+                response: dict[str, Any] = self._client.send_message_batch(QueueUrl=url, Entries=entries)
+            except ClientError as exc:
+                raise QueueError(f"SQS refused a batch for queue {queue!r}: {_error_code(exc)}") from exc
+            except BotoCoreError as exc:
+                raise QueueError(f"SQS unreachable for queue {queue!r}: {type(exc).__name__}") from exc
+            failed: list[dict[str, Any]] = response.get("Failed") or []
+            if failed:
+                codes = ", ".join(sorted({str(entry.get("Code") or "Unknown") for entry in failed}))
+                raise QueueError(
+                    f"SQS refused {len(failed)} of {len(entries)} messages for queue {queue!r}: {codes}"
+                )
+            accepted = {str(ok["Id"]): str(ok["MessageId"]) for ok in response.get("Successful") or []}
+            if len(accepted) != len(entries):
+                raise QueueError(f"SQS acknowledged {len(accepted)} of {len(entries)} messages for {queue!r}")
+            message_ids.extend(accepted[entry["Id"]] for entry in entries)
+        return message_ids
+
+    def change_visibility(self, queue: str, receipt_handle: str, seconds: int) -> None:
+        url = self._url(queue)
+        try:
+            self._client.change_message_visibility(
+                QueueUrl=url, ReceiptHandle=receipt_handle, VisibilityTimeout=seconds
+            )
+        except ClientError as exc:
+            raise QueueError(
+                f"SQS refused to change a message's visibility on queue {queue!r}: {_error_code(exc)}"
+            ) from exc
+        except BotoCoreError as exc:
+            raise QueueError(f"SQS unreachable for queue {queue!r}: {type(exc).__name__}") from exc
+
+
+# ----------------------------------------------------------------------------------------------------
+# Secrets Manager
+# ----------------------------------------------------------------------------------------------------
+
+
+class SecretsManagerSecrets(SecretsPort):
+    """The secrets port on AWS Secrets Manager: JSON-object secrets, cached in-process per name.
+
+    Why a boto3 client and our own cache rather than Powertools' ``parameters.get_secret(max_age=...,
+    transform="json")``: Powertools re-raises every failure as ``GetParameterError(str(exc))``, so telling
+    a missing secret from an outage would mean matching message strings; ``get_secret`` caches in a
+    module-global provider shared by every caller in the process (tests and the embedded runtime would
+    leak values across instances); and ``put`` must refresh that same cache. A dict of
+    ``name -> (fetched_at, value)`` is a few lines, keeps the client injectable and the clock testable.
+    """
+
+    def __init__(self, client: Any | None = None, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._client_instance = client
+        self._clock = clock
+        self._cache: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def _client(self) -> Any:
+        if self._client_instance is None:
+            self._client_instance = _create_client("secretsmanager")
+        return self._client_instance
+
+    def get(self, name: str, *, max_age_seconds: int = 300) -> dict[str, Any]:
+        now = self._clock()
+        with self._lock:
+            cached = self._cache.get(name)
+        if cached is not None and now - cached[0] < max_age_seconds:
+            return copy.deepcopy(cached[1])
+        value = self._fetch(name)
+        with self._lock:
+            # Aged from before the request: a cached value is never younger than it claims.
+            self._cache[name] = (now, value)
+        return copy.deepcopy(value)
+
+    def put(self, name: str, value: dict[str, Any]) -> None:
+        secret_string = json.dumps(value)
+        try:
+            self._client.put_secret_value(SecretId=name, SecretString=secret_string)
+        except ClientError as exc:
+            if _error_code(exc) != "ResourceNotFoundException":
+                raise SecretStoreError(
+                    f"Secrets Manager refused to write secret {name!r}: {_error_code(exc)}"
+                ) from exc
+            self._create(name, secret_string)
+        except BotoCoreError as exc:
+            raise SecretStoreError(
+                f"Secrets Manager unreachable writing {name!r}: {type(exc).__name__}"
+            ) from exc
+        with self._lock:
+            self._cache[name] = (self._clock(), copy.deepcopy(value))
+
+    def _create(self, name: str, secret_string: str) -> None:
+        try:
+            self._client.create_secret(Name=name, SecretString=secret_string)
+        except ClientError as exc:
+            if _error_code(exc) != "ResourceExistsException":
+                raise SecretStoreError(
+                    f"Secrets Manager refused to create secret {name!r}: {_error_code(exc)}"
+                ) from exc
+            # Another writer created it meanwhile: store ours as the newer version.
+            try:
+                self._client.put_secret_value(SecretId=name, SecretString=secret_string)
+            except ClientError as retry_exc:
+                raise SecretStoreError(
+                    f"Secrets Manager refused to write secret {name!r}: {_error_code(retry_exc)}"
+                ) from retry_exc
+
+    def _fetch(self, name: str) -> dict[str, Any]:
+        try:
+            response: dict[str, Any] = self._client.get_secret_value(SecretId=name)
+        except ClientError as exc:
+            code = _error_code(exc)
+            if code == "ResourceNotFoundException":
+                raise SecretNotFoundError(f"secret {name!r} not found in Secrets Manager") from exc
+            raise SecretStoreError(f"Secrets Manager refused to read secret {name!r}: {code}") from exc
+        except BotoCoreError as exc:
+            raise SecretStoreError(
+                f"Secrets Manager unreachable reading {name!r}: {type(exc).__name__}"
+            ) from exc
+        secret_string = response.get("SecretString")
+        if not isinstance(secret_string, str):
+            raise SecretStoreError(f"secret {name!r} has no SecretString (binary secrets are not supported)")
+        try:
+            value: object = json.loads(secret_string)
+        except ValueError:
+            # from None: a JSONDecodeError carries the whole document (the secret) in its ``doc``.
+            raise SecretStoreError(f"secret {name!r} is not valid JSON") from None
+        if not isinstance(value, dict):
+            raise SecretStoreError(f"secret {name!r} is not a JSON object")
+        return value

@@ -1,0 +1,108 @@
+"""Load and validate a config document; errors point at the exact place (path and line)."""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from forwarder.config.models import ForwarderConfig
+
+
+class ConfigError(Exception):
+    """The config document is invalid; ``problems`` lists each as 'path (line N): message'."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        super().__init__(f"{source}: " + "; ".join(problems))
+        self.source = source
+        self.problems = problems
+
+
+def _line_index(text: str) -> dict[tuple[str | int, ...], int]:
+    """Map each YAML path to its 1-based line, from the composed node tree."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return {}
+    lines: dict[tuple[str | int, ...], int] = {}
+
+    def walk(node: yaml.Node | None, path: tuple[str | int, ...]) -> None:
+        if node is None:
+            return
+        lines[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                child = (*path, str(key.value))
+                lines[child] = key.start_mark.line + 1
+                walk(value, child)
+                lines[child] = key.start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                walk(item, (*path, index))
+
+    walk(root, ())
+    return lines
+
+
+def _where(loc: tuple[str | int, ...], lines: dict[tuple[str | int, ...], int]) -> str:
+    # Drop pydantic's union tags (e.g. 'string' in mapping[0].string.to) that are not document keys.
+    path: list[str | int] = []
+    for part in loc:
+        candidate = (*path, part)
+        if candidate in lines or not lines:
+            path.append(part)
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    line = None
+    probe = tuple(path)
+    while probe and line is None:
+        line = lines.get(probe)
+        probe = probe[:-1]
+    return f"{text or '(document)'}" + (f" (line {line})" if line else "")
+
+
+def _problems(error: ValidationError, lines: dict[tuple[str | int, ...], int]) -> list[str]:
+    problems = []
+    for item in error.errors(include_url=False):
+        message = item["msg"].removeprefix("Value error, ")
+        problems.append(f"{_where(tuple(item['loc']), lines)}: {message}")
+    return problems
+
+
+def parse_document(text: str, source: str) -> Any:
+    try:
+        if source.endswith(".json"):
+            return json.loads(text)
+        return yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as error:
+        raise ConfigError(source, [f"not valid {'JSON' if source.endswith('.json') else 'YAML'}: {error}"]) from None
+
+
+def load_config_text(text: str, source: str = "<config>") -> ForwarderConfig:
+    document = parse_document(text, source)
+    if not isinstance(document, dict):
+        raise ConfigError(source, ["the document must be a mapping with version, clients and group_keys"])
+    try:
+        return ForwarderConfig.model_validate(document)
+    except ValidationError as error:
+        raise ConfigError(source, _problems(error, _line_index(text))) from None
+
+
+@lru_cache(maxsize=4)
+def _load_cached(path: str, mtime_ns: int) -> ForwarderConfig:
+    return load_config_text(Path(path).read_text(encoding="utf-8"), path)
+
+
+def load_config(path: str | Path) -> ForwarderConfig:
+    """Load a config file; cached per (path, modification time), so a warm Lambda parses it once."""
+    resolved = Path(path)
+    try:
+        mtime = resolved.stat().st_mtime_ns
+    except OSError as error:
+        raise ConfigError(str(path), [f"cannot read the config: {error.strerror}"]) from None
+    return _load_cached(str(resolved), mtime)

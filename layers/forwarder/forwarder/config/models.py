@@ -1,0 +1,193 @@
+"""The config document (version 1): who may call, which group keys exist, and per group key which
+integrations run for contacts / delete / events, with which mapping. Credentials are never here: an
+integration names its secret in the secret store."""
+
+from __future__ import annotations
+
+import re
+from functools import cached_property
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+
+from forwarder.contract import Action, FlatData
+from forwarder.integrations.base import ActionSpec, Integration
+from forwarder.integrations.registry import get_integration, integrations
+from forwarder.mapping import DynamicMapping, ListMapping, Mapper, MappingRule, StringMapping, compile_mapping
+
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+_SECRETISH = re.compile(r"(api[_-]?key|secret|password|passwd|token|credential)", re.IGNORECASE)
+
+FLOWS = ("contacts", "delete", "events")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class FlowConfig(_Strict):
+    """What an integration does for one flow: the action (default: the integration's) and the mapping."""
+
+    action: str | None = None
+    mapping: list[MappingRule] = Field(min_length=1)
+
+
+class IntegrationConfig(_Strict):
+    name: str = Field(pattern=_NAME, description="unique within the group key; names its queue messages")
+    type: str
+    enabled: bool = True
+    secret: str | None = Field(None, min_length=1, description="the secret's name in the secret store")
+    settings: dict[str, Any] = Field(default_factory=dict)
+    contacts: FlowConfig | None = None
+    delete: FlowConfig | None = None
+    events: FlowConfig | None = None
+
+    _settings: BaseModel = PrivateAttr()
+    _mappers: dict[str, Mapper] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check_against_integration(self) -> IntegrationConfig:
+        if self.type not in integrations():
+            raise ValueError(f"unknown integration type '{self.type}'; known: {', '.join(sorted(integrations()))}")
+        integration = get_integration(self.type)
+        for key in _secret_like_keys(self.settings):
+            raise ValueError(
+                f"settings.{key} looks like a credential; credentials never go in the config: store them in "
+                f"the secret store and name the secret with 'secret:'"
+            )
+        try:
+            self._settings = integration.settings_model.model_validate(self.settings)
+        except ValidationError as error:
+            first = error.errors()[0]
+            where = ".".join(str(part) for part in first["loc"])
+            raise ValueError(f"settings.{where}: {first['msg']}") from None
+        if integration.secret_keys and not self.secret:
+            raise ValueError(
+                f"'{self.type}' needs a secret holding {', '.join(integration.secret_keys)}: "
+                "set 'secret: <name in the secret store>'"
+            )
+        if not any(getattr(self, flow) for flow in FLOWS):
+            raise ValueError("configure at least one of contacts, delete, events")
+        for flow in FLOWS:
+            flow_config: FlowConfig | None = getattr(self, flow)
+            if flow_config is None:
+                continue
+            spec = _action_for(integration, flow, flow_config.action)
+            _check_targets(flow, spec, flow_config.mapping)
+            self._mappers[flow] = compile_mapping(list(flow_config.mapping))
+        return self
+
+    @property
+    def integration(self) -> Integration:
+        return get_integration(self.type)
+
+    @property
+    def parsed_settings(self) -> BaseModel:
+        return self._settings
+
+    def operation(self, action: Action) -> str | None:
+        """The integration action run for a record's action, or None when this integration skips it."""
+        flow_config: FlowConfig | None = getattr(self, action.flow)
+        if flow_config is None:
+            return None
+        return flow_config.action or self.integration.default_actions[action.flow]
+
+    def map(self, action: Action, data: FlatData) -> dict[str, Any]:
+        return self._mappers[action.flow](data)
+
+
+def _secret_like_keys(settings: dict[str, Any]) -> list[str]:
+    return [key for key in settings if _SECRETISH.search(key)]
+
+
+def _action_for(integration: Integration, flow: str, name: str | None) -> ActionSpec:
+    if name is None:
+        default = integration.default_actions.get(flow)
+        if default is None:
+            raise ValueError(f"{flow}: {integration.title} has no action for {flow}; remove '{flow}'")
+        name = default
+    spec = integration.actions.get(name)
+    if spec is None:
+        raise ValueError(f"{flow}.action: unknown action '{name}'; {integration.title} has: "
+                         f"{', '.join(sorted(integration.actions))}")
+    if flow not in spec.flows:
+        raise ValueError(f"{flow}.action: '{name}' cannot serve {flow} (it serves {', '.join(sorted(spec.flows))})")
+    return spec
+
+
+def _check_targets(flow: str, spec: ActionSpec, rules: list[StringMapping | ListMapping | DynamicMapping]) -> None:
+    seen: dict[str, int] = {}
+    for index, rule in enumerate(rules):
+        field = spec.fields.get(rule.to)
+        if field is None:
+            raise ValueError(
+                f"{flow}.mapping[{index}].to: '{rule.to}' is not a field of {spec.name}; fields: "
+                f"{', '.join(spec.fields)}"
+            )
+        if field.kind != rule.kind:
+            raise ValueError(
+                f"{flow}.mapping[{index}]: field '{rule.to}' takes a {field.kind} mapping, not {rule.kind}"
+            )
+        if rule.to in seen and rule.kind != "dynamic":
+            raise ValueError(f"{flow}.mapping[{index}].to: '{rule.to}' is already mapped by mapping[{seen[rule.to]}]")
+        seen[rule.to] = index
+
+
+class GroupKeyConfig(_Strict):
+    description: str = ""
+    integrations: list[IntegrationConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> GroupKeyConfig:
+        names = [integration.name for integration in self.integrations]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"integration name '{name}' is used twice; names are unique per group key")
+        return self
+
+    def integration(self, name: str) -> IntegrationConfig | None:
+        return next((item for item in self.integrations if item.name == name), None)
+
+
+class ClientConfig(_Strict):
+    """A caller: the principals it signs as (access key ids or IAM ARNs) and the group keys it may use."""
+
+    name: str = Field(pattern=_NAME)
+    principals: list[str] = Field(min_length=1)
+    group_keys: list[str] = Field(min_length=1, description="group keys this client may use; '*' for all")
+
+    def allows(self, group_key: str) -> bool:
+        return "*" in self.group_keys or group_key in self.group_keys
+
+
+class ForwarderConfig(_Strict):
+    version: Literal[1]
+    clients: list[ClientConfig] = Field(min_length=1)
+    group_keys: dict[str, GroupKeyConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _references(self) -> ForwarderConfig:
+        for index, client in enumerate(self.clients):
+            for group_key in client.group_keys:
+                if group_key != "*" and group_key not in self.group_keys:
+                    raise ValueError(f"clients[{index}].group_keys: unknown group key '{group_key}'")
+        owners: dict[str, str] = {}
+        for client in self.clients:
+            for principal in client.principals:
+                if principal in owners:
+                    raise ValueError(
+                        f"principal '{principal}' belongs to both '{owners[principal]}' and '{client.name}'"
+                    )
+                owners[principal] = client.name
+        return self
+
+    @cached_property
+    def _by_principal(self) -> dict[str, ClientConfig]:
+        return {principal: client for client in self.clients for principal in client.principals}
+
+    def client_for(self, *principals: str | None) -> ClientConfig | None:
+        """The client whose principals include any of the caller's identities (access key id, user ARN)."""
+        for principal in principals:
+            if principal and principal in self._by_principal:
+                return self._by_principal[principal]
+        return None

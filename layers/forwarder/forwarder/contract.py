@@ -1,0 +1,150 @@
+"""The public contract: the request envelope, flat data, and the three actions (seed 002)."""
+
+from __future__ import annotations
+
+import enum
+import json
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+# A flat value: string, number, boolean, null, or a list of those.
+Scalar = str | int | float | bool | None
+FlatValue = Scalar | list[Scalar]
+FlatData = dict[str, FlatValue]
+
+
+class Action(enum.StrEnum):
+    """What a record asks for; each maps to one route and to one flow of an integration's config."""
+
+    UPSERT_CONTACT = "upsert_contact"
+    DELETE_CONTACT = "delete_contact"
+    EVENT = "event"
+
+    @property
+    def flow(self) -> str:
+        """The config section that configures this action for an integration."""
+        return {"upsert_contact": "contacts", "delete_contact": "delete", "event": "events"}[self.value]
+
+
+ROUTES: dict[tuple[str, str], Action] = {
+    ("POST", "/v1/contacts"): Action.UPSERT_CONTACT,
+    ("DELETE", "/v1/contacts"): Action.DELETE_CONTACT,
+    ("POST", "/v1/events"): Action.EVENT,
+}
+
+
+class ContractError(Exception):
+    """A request the contract refuses. ``status`` is the HTTP status, ``code`` a stable machine-readable name,
+    ``message`` says what to fix; ``attribute`` names the offending attribute when there is one."""
+
+    def __init__(self, status: int, code: str, message: str, attribute: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.attribute = attribute
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.attribute is not None:
+            body["attribute"] = self.attribute
+        return body
+
+
+class Envelope(BaseModel):
+    """A checked request body: ``{"data": {...flat...}, "group_key": "..."}``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    group_key: str
+    data: FlatData
+
+
+def _type_name(value: Any) -> str:
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    return type(value).__name__
+
+
+def check_flat(data: dict[str, Any]) -> FlatData:
+    """Return ``data`` when every value is a scalar or a list of scalars; otherwise name the attribute."""
+    for name, value in data.items():
+        if isinstance(value, list):
+            for index, item in enumerate(value):
+                if isinstance(item, dict | list):
+                    raise ContractError(
+                        400,
+                        "NESTED_ATTRIBUTE",
+                        f"attribute 'data.{name}[{index}]' is {_type_name(item)}; data must be flat: lists may "
+                        "hold only strings, numbers, booleans or nulls",
+                        attribute=f"data.{name}[{index}]",
+                    )
+        elif isinstance(value, dict):
+            raise ContractError(
+                400,
+                "NESTED_ATTRIBUTE",
+                f"attribute 'data.{name}' is an object; data must be flat: every value is a string, number, "
+                "boolean, null or a list of those",
+                attribute=f"data.{name}",
+            )
+    return data
+
+
+def parse_envelope(body: bytes | str | None, content_type: str | None, max_bytes: int) -> Envelope:
+    """Check a raw request body against the contract. Raises ContractError saying what to fix."""
+    if content_type is not None:
+        media_type = content_type.split(";", 1)[0].strip().lower()
+        if media_type and media_type != "application/json" and not media_type.endswith("+json"):
+            raise ContractError(
+                415,
+                "UNSUPPORTED_MEDIA_TYPE",
+                f"Content-Type '{media_type}' is not supported; send the body as application/json",
+            )
+    raw = body.encode("utf-8") if isinstance(body, str) else (body or b"")
+    if len(raw) > max_bytes:
+        raise ContractError(
+            413,
+            "BODY_TOO_LARGE",
+            f"the body is {len(raw)} bytes; the limit is {max_bytes} bytes: send fewer or shorter attributes",
+        )
+    if not raw.strip():
+        raise ContractError(400, "EMPTY_BODY", 'the body is empty; send {"data": {...}, "group_key": "..."}')
+    try:
+        document = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        where = (
+            f" at line {error.lineno} column {error.colno}" if isinstance(error, json.JSONDecodeError) else ""
+        )
+        raise ContractError(400, "INVALID_JSON", f"the body is not valid JSON{where}") from None
+    if not isinstance(document, dict):
+        raise ContractError(
+            400, "INVALID_ENVELOPE", 'the body must be a JSON object: {"data": {...}, "group_key": "..."}'
+        )
+    group_key = document.get("group_key")
+    if group_key is None:
+        raise ContractError(400, "MISSING_GROUP_KEY", "'group_key' is required", attribute="group_key")
+    if not isinstance(group_key, str) or not group_key.strip():
+        raise ContractError(
+            400, "INVALID_GROUP_KEY", "'group_key' must be a non-empty string", attribute="group_key"
+        )
+    unknown = sorted(set(document) - {"data", "group_key"})
+    if unknown:
+        raise ContractError(
+            400,
+            "UNKNOWN_FIELD",
+            f"unknown top-level field '{unknown[0]}'; put record attributes inside 'data'",
+            attribute=unknown[0],
+        )
+    data = document.get("data")
+    if data is None:
+        raise ContractError(400, "MISSING_DATA", "'data' is required and must be an object", attribute="data")
+    if not isinstance(data, dict):
+        raise ContractError(
+            400, "INVALID_DATA", f"'data' must be an object, not {_type_name(data)}", attribute="data"
+        )
+    if not data:
+        raise ContractError(400, "EMPTY_DATA", "'data' has no attributes", attribute="data")
+    return Envelope(group_key=group_key, data=check_flat(data))

@@ -1,0 +1,1 @@
+"""The business of each Lambda: ingest, validate, deliver, refresh tokens. Handlers are thin wrappers."""

@@ -1,0 +1,175 @@
+"""deliver: send delivery messages to their vendors, batched per (group key, integration, action);
+classify each outcome; report partial batch failures so only what failed is retried.
+
+* delivered -> done.
+* rejected for good -> the rejects trail, with the vendor's reason; never retried.
+* retry later -> the message is hidden for a capped exponential backoff with full jitter (at least the
+  vendor's Retry-After) and reported as a batch item failure; on its last allowed receive it goes to the
+  delivery DLQ with the reason instead (the queue's redrive policy stays as the safety net for crashes).
+
+Nothing is dropped: when the rejects trail or DLQ cannot be written, the message is reported failed.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from forwarder.config import IntegrationConfig
+from forwarder.integrations.base import CredentialsError, Outcome, Verdict
+from forwarder.messages import DeadLetter, DeliveryMessage, Rejection
+from forwarder.observability import emit_counts, logger
+from forwarder.ports.queues import OutgoingMessage, QueueError
+from forwarder.ports.secrets import SecretStoreError
+from forwarder.runtime import Services
+
+
+@dataclass(slots=True)
+class _Item:
+    message_id: str
+    receipt_handle: str
+    receive_count: int
+    queue_arn: str
+    delivery: DeliveryMessage
+
+
+def backoff_seconds(attempt: int, base: float, cap: float, rng: random.Random | None = None) -> float:
+    """Capped exponential backoff with full jitter: uniform(base/2, min(cap, base * 2**(attempt-1)))."""
+    ceiling = min(cap, base * (2 ** max(0, attempt - 1)))
+    return (rng or random).uniform(min(base / 2, ceiling), ceiling)
+
+
+def handle_batch(services: Services, event: dict[str, Any], context: Any = None) -> dict[str, Any]:
+    failures: list[str] = []
+    counts: Counter[tuple[str, str]] = Counter()
+    groups: dict[tuple[str, str, str], list[_Item]] = {}
+    for record in event.get("Records", []):
+        message_id = record["messageId"]
+        try:
+            delivery = DeliveryMessage.model_validate_json(record["body"])
+        except ValidationError:
+            if not _reject_malformed(services, record):
+                failures.append(message_id)
+            continue
+        item = _Item(
+            message_id,
+            record["receiptHandle"],
+            int(record.get("attributes", {}).get("ApproximateReceiveCount", "1")),
+            record.get("eventSourceARN", ""),
+            delivery,
+        )
+        groups.setdefault((delivery.group_key, delivery.integration, delivery.operation), []).append(item)
+
+    for (group_key, integration_name, operation), items in groups.items():
+        integration_config = _integration_config(services, group_key, integration_name)
+        if integration_config is None:
+            outcomes = [
+                Outcome.retry(f"integration '{integration_name}' of group key '{group_key}' is not configured")
+            ] * len(items)
+        else:
+            outcomes = _send(services, integration_config, operation, items)
+        for item, outcome in zip(items, outcomes, strict=True):
+            verdict = _settle(services, item, outcome)
+            counts[(integration_name, verdict)] += 1
+            if verdict == "retrying" or verdict == "unsettled":
+                failures.append(item.message_id)
+    emit_counts(counts)
+    return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in failures]}
+
+
+def _integration_config(services: Services, group_key: str, name: str) -> IntegrationConfig | None:
+    group = services.config.group_keys.get(group_key)
+    return group.integration(name) if group else None
+
+
+def _send(services: Services, config: IntegrationConfig, operation: str, items: list[_Item]) -> list[Outcome]:
+    integration = config.integration
+    try:
+        credentials = services.secrets.get(
+            config.secret, max_age_seconds=services.settings.secrets_max_age_seconds
+        ) if config.secret else {}
+        integration.check_credentials(credentials)
+    except (SecretStoreError, CredentialsError) as error:
+        return [Outcome.retry(f"credentials unavailable: {error}")] * len(items)
+    size = max(1, integration.batch_size(operation, config.parsed_settings))
+    outcomes: list[Outcome] = []
+    for start in range(0, len(items), size):
+        chunk = items[start : start + size]
+        outcomes.extend(
+            integration.deliver(
+                operation,
+                [item.delivery.payload for item in chunk],
+                config.parsed_settings,
+                credentials,
+                services.http,
+            )
+        )
+    return outcomes
+
+
+def _settle(services: Services, item: _Item, outcome: Outcome) -> str:
+    """Act on one outcome; returns delivered | rejected | retrying | dead_lettered | unsettled."""
+    delivery = item.delivery
+    log = {
+        "request_id": delivery.request_id,
+        "integration": delivery.integration,
+        "operation": delivery.operation,
+        "attempt": item.receive_count,
+        "vendor_status": outcome.vendor_status,
+    }
+    try:
+        if outcome.verdict is Verdict.DELIVERED:
+            logger.info("delivered", extra=log)
+            return "delivered"
+        if outcome.verdict is Verdict.REJECTED:
+            rejection = Rejection(
+                request_id=delivery.request_id,
+                group_key=delivery.group_key,
+                stage="deliver",
+                integration=delivery.integration,
+                operation=delivery.operation,
+                reason=outcome.reason,
+                errors=outcome.errors,
+                record=delivery.payload,
+            )
+            services.queues.send("rejects", [OutgoingMessage(rejection.model_dump_json())])
+            logger.info("rejected by the vendor", extra=log)
+            return "rejected"
+        if item.receive_count >= services.settings.delivery_max_receives:
+            dead = DeadLetter(delivery=delivery, reason=outcome.reason, attempts=item.receive_count)
+            services.queues.send(
+                "delivery-dlq",
+                [OutgoingMessage(dead.model_dump_json(), {"integration": delivery.integration})],
+            )
+            logger.warning("dead-lettered after its last attempt", extra=log)
+            return "dead_lettered"
+        delay = backoff_seconds(
+            item.receive_count, services.settings.retry_base_seconds, services.settings.retry_max_seconds
+        )
+        if outcome.retry_after is not None:
+            delay = max(delay, min(outcome.retry_after, services.settings.retry_max_seconds))
+        services.queues.change_visibility("delivery", item.receipt_handle, max(1, round(delay)))
+        logger.info("will retry", extra={**log, "retry_in_seconds": round(delay)})
+        return "retrying"
+    except QueueError as error:
+        logger.error("could not settle a delivery; it will be retried", extra={**log, "error": str(error)})
+        return "unsettled"
+
+
+def _reject_malformed(services: Services, record: dict[str, Any]) -> bool:
+    rejection = Rejection(
+        request_id=record.get("messageId", ""),
+        group_key="",
+        stage="deliver",
+        reason="the queue message is not a delivery message",
+        record={"body": str(record.get("body", ""))[:2000]},
+    )
+    try:
+        services.queues.send("rejects", [OutgoingMessage(rejection.model_dump_json())])
+    except QueueError:
+        return False
+    return True

@@ -1,0 +1,134 @@
+"""validate: per record, map and check it for each of its group key's integrations; emit one delivery
+message per (record, integration); a record that cannot be mapped for an integration is rejected for that
+integration, with the reason, to the rejects trail."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from pydantic import ValidationError
+
+from forwarder.integrations.base import RecordInvalid
+from forwarder.mapping import MappingError
+from forwarder.messages import DeliveryMessage, IngestMessage, Rejection
+from forwarder.observability import logger
+from forwarder.ports.queues import OutgoingMessage
+from forwarder.runtime import Services
+
+
+def plan(services: Services, message: IngestMessage) -> tuple[list[DeliveryMessage], list[Rejection]]:
+    """The deliveries and rejections one accepted record leads to (no I/O: the CLI's preview uses it too)."""
+    config = services.config
+    group = config.group_keys.get(message.group_key)
+    if group is None:
+        return [], [
+            Rejection(
+                request_id=message.request_id,
+                group_key=message.group_key,
+                stage="validate",
+                reason=f"group key '{message.group_key}' is no longer configured",
+                record=dict(message.data),
+            )
+        ]
+    deliveries: list[DeliveryMessage] = []
+    rejections: list[Rejection] = []
+    for integration_config in group.integrations:
+        operation = integration_config.operation(message.action)
+        if not integration_config.enabled or operation is None:
+            continue
+        try:
+            mapped = integration_config.map(message.action, message.data)
+            payload = integration_config.integration.prepare(operation, mapped, integration_config.parsed_settings)
+        except (MappingError, RecordInvalid) as error:
+            rejections.append(
+                Rejection(
+                    request_id=message.request_id,
+                    group_key=message.group_key,
+                    stage="validate",
+                    integration=integration_config.name,
+                    operation=operation,
+                    reason=f"the record does not map to {integration_config.integration.title} ({operation})",
+                    errors=error.errors,
+                    record=dict(message.data),
+                )
+            )
+            continue
+        deliveries.append(
+            DeliveryMessage(
+                request_id=message.request_id,
+                group_key=message.group_key,
+                action=message.action,
+                integration=integration_config.name,
+                integration_type=integration_config.type,
+                operation=operation,
+                payload=payload,
+                received_at=message.received_at,
+            )
+        )
+    if not deliveries and not rejections:
+        rejections.append(
+            Rejection(
+                request_id=message.request_id,
+                group_key=message.group_key,
+                stage="validate",
+                reason=f"no enabled integration of group key '{message.group_key}' handles {message.action.flow}",
+                record=dict(message.data),
+            )
+        )
+    return deliveries, rejections
+
+
+def handle_record(services: Services, record: SQSRecord) -> None:
+    """Validate one ingest message; raise (so the record is retried) only when the queues fail."""
+    try:
+        message = IngestMessage.model_validate_json(record.body)
+    except ValidationError as error:
+        rejection = Rejection(
+            request_id=record.message_id,
+            group_key="",
+            stage="validate",
+            reason="the queue message is not an ingest message",
+            errors=[f"{'.'.join(map(str, item['loc']))}: {item['msg']}" for item in error.errors()][:10],
+            record={"body": record.body[:2000]},
+        )
+        services.queues.send("rejects", [OutgoingMessage(rejection.model_dump_json())])
+        return
+    deliveries, rejections = plan(services, message)
+    if deliveries:
+        services.queues.send(
+            "delivery",
+            [
+                OutgoingMessage(
+                    delivery.model_dump_json(),
+                    {
+                        "request_id": delivery.request_id,
+                        "integration": delivery.integration,
+                        "group_key": delivery.group_key,
+                    },
+                )
+                for delivery in deliveries
+            ],
+        )
+    if rejections:
+        services.queues.send("rejects", [OutgoingMessage(rejection.model_dump_json()) for rejection in rejections])
+    logger.info(
+        "record validated",
+        extra={
+            "request_id": message.request_id,
+            "group_key": message.group_key,
+            "deliveries": [delivery.integration for delivery in deliveries],
+            "rejections": [rejection.integration for rejection in rejections],
+        },
+    )
+
+
+def handle_batch(services: Services, event: dict[str, Any], context: Any) -> dict[str, Any]:
+    processor = BatchProcessor(event_type=EventType.SQS)
+    return process_partial_response(
+        event=event,
+        record_handler=lambda record: handle_record(services, record),
+        processor=processor,
+        context=context,
+    )

@@ -1,0 +1,152 @@
+"""What an integration is: its settings, its actions with typed fields, how it delivers and classifies.
+
+Adding a vendor means adding a package under ``integrations/`` and one line in the registry; the flows
+never change. Each delivery ends in one ``Outcome``: delivered, retry later, or rejected for good.
+"""
+
+from __future__ import annotations
+
+import abc
+import email.utils
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Literal
+
+import requests
+from pydantic import BaseModel
+
+FieldKind = Literal["string", "list", "dynamic"]
+
+
+@dataclass(frozen=True, slots=True)
+class FieldSpec:
+    """A field an action accepts; ``kind`` is the mapping kind that may target it."""
+
+    name: str
+    kind: FieldKind
+    description: str
+    required: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ActionSpec:
+    """An integration action, e.g. ExpertSender ``upsert_customer``; ``flows`` it may serve."""
+
+    name: str
+    flows: frozenset[str]
+    fields: dict[str, FieldSpec]
+    description: str
+    batchable: bool = False
+
+
+class Verdict(enum.StrEnum):
+    DELIVERED = "delivered"
+    RETRY = "retry"
+    REJECTED = "rejected"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The result of one delivery; ``reason`` says why (the vendor's words where it gave any)."""
+
+    verdict: Verdict
+    reason: str = ""
+    errors: list[str] = field(default_factory=list)
+    retry_after: float | None = None
+    vendor_status: int | None = None
+
+    @classmethod
+    def delivered(cls, status: int | None = None) -> Outcome:
+        return cls(Verdict.DELIVERED, "delivered", vendor_status=status)
+
+    @classmethod
+    def retry(cls, reason: str, *, retry_after: float | None = None, status: int | None = None) -> Outcome:
+        return cls(Verdict.RETRY, reason, retry_after=retry_after, vendor_status=status)
+
+    @classmethod
+    def rejected(cls, reason: str, errors: list[str] | None = None, *, status: int | None = None) -> Outcome:
+        return cls(Verdict.REJECTED, reason, errors or [], vendor_status=status)
+
+
+class RecordInvalid(ValueError):
+    """A mapped record breaks the vendor's field rules; rejected at validate, never sent."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("; ".join(errors))
+        self.errors = errors
+
+
+class CredentialsError(Exception):
+    """The integration's secret lacks what the integration needs (says which key, never a value)."""
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return max(0.0, (moment - (now or datetime.now(UTC))).total_seconds())
+
+
+def classify_transport_error(error: requests.RequestException) -> Outcome:
+    """Connection errors and timeouts are worth a retry; the reason names the kind, not the URL's secrets."""
+    if isinstance(error, requests.Timeout):
+        return Outcome.retry(f"timeout talking to the vendor ({type(error).__name__})")
+    if isinstance(error, requests.ConnectionError):
+        return Outcome.retry(f"could not connect to the vendor ({type(error).__name__})")
+    return Outcome.retry(f"HTTP error talking to the vendor ({type(error).__name__})")
+
+
+class Integration(abc.ABC):
+    """One vendor. Subclasses declare ``type``, ``settings_model``, ``actions`` and implement ``prepare`` and
+    ``deliver``; token-based vendors also implement ``refresh_credentials``."""
+
+    type: ClassVar[str]
+    title: ClassVar[str]
+    settings_model: ClassVar[type[BaseModel]]
+    secret_keys: ClassVar[tuple[str, ...]] = ()
+    actions: ClassVar[dict[str, ActionSpec]]
+    default_actions: ClassVar[dict[str, str]]  # flow -> action name
+
+    def action(self, name: str) -> ActionSpec:
+        return self.actions[name]
+
+    @abc.abstractmethod
+    def prepare(self, operation: str, mapped: dict[str, Any], settings: BaseModel) -> dict[str, Any]:
+        """Shape and check one mapped record into the vendor's payload; raise RecordInvalid listing problems."""
+
+    @abc.abstractmethod
+    def deliver(
+        self,
+        operation: str,
+        payloads: Sequence[dict[str, Any]],
+        settings: BaseModel,
+        credentials: dict[str, Any],
+        http: requests.Session,
+    ) -> list[Outcome]:
+        """Send payloads (batched where the vendor allows); one Outcome per payload, in order."""
+
+    def batch_size(self, operation: str, settings: BaseModel) -> int:
+        """How many payloads one ``deliver`` call may take for this operation."""
+        return 1
+
+    def check_credentials(self, credentials: dict[str, Any]) -> None:
+        missing = [key for key in self.secret_keys if not credentials.get(key)]
+        if missing:
+            raise CredentialsError(f"the {self.title} secret lacks the key(s): {', '.join(missing)}")
+
+    def refresh_credentials(
+        self, settings: BaseModel, credentials: dict[str, Any], http: requests.Session
+    ) -> dict[str, Any] | None:
+        """Return fresh credentials to store (e.g. a new access token), or None when nothing needs refreshing."""
+        return None

@@ -1,0 +1,348 @@
+"""ExpertSender CDP customers API (seed 004).
+
+* contacts -> ``upsert_customer``: ``POST /customers`` ``{"mode", "matchBy", "data": [customer, ...]}``,
+  several customers per request (``batch_size``). A 400 for a batch is split: customers the vendor's
+  ``errors`` name by index (``data[i]...``) are rejected with those errors, the rest are sent again; when the
+  errors name no index, each customer is sent alone so each gets its own verdict.
+* delete -> ``delete_customer``: ``DELETE /customers/{email|phone|crmId|id}/{value}?withAnonymization=...``;
+  a 404 means the customer is already absent, which is the effect a delete asks for: delivered.
+* The secret holds ``api_key`` (and may hold ``base_url``, a connection override used by the embedded stack).
+* A 401/403 is retried, not rejected: the record is fine, the credentials are not, and once the secret is
+  fixed the retries (or a replay from the DLQ) deliver it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Literal
+from urllib.parse import quote
+
+import requests
+from pydantic import BaseModel, ConfigDict, Field
+
+from forwarder.integrations.base import (
+    ActionSpec,
+    FieldSpec,
+    Integration,
+    Outcome,
+    RecordInvalid,
+    classify_transport_error,
+    parse_retry_after,
+)
+
+MATCH_FIELD = {"Email": "email", "PhoneNumber": "phone", "CrmId": "crmId"}
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_PHONE = re.compile(r"^\+?[0-9]{3,20}$")
+_INDEX = re.compile(r"data\[(\d+)\]")
+_GENDERS = {
+    "male": "Male",
+    "female": "Female",
+    "notspecified": "NotSpecified",
+    "not_specified": "NotSpecified",
+}
+_CONSENT_VALUES = {"true": "True", "false": "False", "awaitingconfirmation": "AwaitingConfirmation"}
+_TRUTHY = {"1", "yes", "y", "on"}
+_FALSY = {"0", "no", "n", "off"}
+
+
+class ExpertSenderSettings(BaseModel):
+    """Per group key settings of the ExpertSender integration (no credentials here: they are in the secret)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: str = Field("https://api.ecdp.app", pattern=r"^https?://[^\s/]+(/[^\s]*)?$")
+    mode: Literal["Add", "Update", "AddOrUpdate"] = "AddOrUpdate"
+    match_by: Literal["Email", "PhoneNumber", "CrmId"] = "Email"
+    batch_size: int = Field(100, ge=1, le=1000, description="customers per POST /customers")
+    delete_by: Literal["email", "phone", "crmId", "id"] = "email"
+    with_anonymization: bool = False
+    consents_force: bool | None = None
+    confirmation_message_id: int | None = None
+    timeout_seconds: float = Field(10.0, gt=0, le=60)
+
+
+_CUSTOMER_FIELDS = {
+    "email": FieldSpec("email", "string", "customer e-mail address"),
+    "phone": FieldSpec("phone", "string", "phone number, digits with an optional leading +, no spaces"),
+    "crmId": FieldSpec("crmId", "string", "the customer's id in your CRM"),
+    "firstName": FieldSpec("firstName", "string", "first name"),
+    "lastName": FieldSpec("lastName", "string", "last name"),
+    "dateOfBirth": FieldSpec("dateOfBirth", "string", "date of birth, ISO 8601 (sent as a UTC date-time)"),
+    "gender": FieldSpec("gender", "string", "Male, Female or NotSpecified (case-insensitive)"),
+    "customAttributes": FieldSpec("customAttributes", "dynamic", "customer attributes: {attribute: name}"),
+    "consents": FieldSpec(
+        "consents", "dynamic", "consents: {attribute: consent id}; values true/false/AwaitingConfirmation"
+    ),
+}
+_DELETE_FIELDS = {
+    name: FieldSpec(name, "string", f"the customer's {name}") for name in ("email", "phone", "crmId", "id")
+}
+
+
+def _problem(response: requests.Response) -> tuple[str, list[str]]:
+    """The vendor's problem-details body as (summary, errors); tolerant of non-JSON bodies."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        text = response.text.strip().replace("\n", " ")[:200]
+        return (f"HTTP {response.status_code}" + (f": {text}" if text else "")), []
+    title = str(body.get("title") or response.reason or "")
+    detail = str(body.get("detail") or "")
+    summary = f"HTTP {response.status_code} {title}".strip()
+    if detail and detail != title:
+        summary += f": {detail}"
+    substatus = body.get("substatus")
+    if substatus:
+        summary += f" ({substatus})"
+    raw_errors = body.get("errors") or []
+    if isinstance(raw_errors, dict):  # ASP.NET style {"field": ["message", ...]}
+        errors = [f"{key}: {message}" for key, messages in raw_errors.items() for message in messages]
+    else:
+        errors = [str(error) for error in raw_errors]
+    return summary, errors
+
+
+class ExpertSender(Integration):
+    type: ClassVar[str] = "expertsender"
+    title: ClassVar[str] = "ExpertSender CDP"
+    settings_model: ClassVar[type[BaseModel]] = ExpertSenderSettings
+    secret_keys: ClassVar[tuple[str, ...]] = ("api_key",)
+    actions: ClassVar[dict[str, ActionSpec]] = {
+        "upsert_customer": ActionSpec(
+            "upsert_customer",
+            frozenset({"contacts"}),
+            _CUSTOMER_FIELDS,
+            "POST /customers with the configured mode and matchBy",
+            batchable=True,
+        ),
+        "delete_customer": ActionSpec(
+            "delete_customer",
+            frozenset({"delete"}),
+            _DELETE_FIELDS,
+            "DELETE /customers/{delete_by}/{value}, optionally anonymising",
+        ),
+    }
+    default_actions: ClassVar[dict[str, str]] = {"contacts": "upsert_customer", "delete": "delete_customer"}
+
+    # --- validate: mapped fields -> vendor payload ---------------------------------------------------------
+
+    def prepare(self, operation: str, mapped: dict[str, Any], settings: BaseModel) -> dict[str, Any]:
+        assert isinstance(settings, ExpertSenderSettings)
+        if operation == "delete_customer":
+            return self._prepare_delete(mapped, settings)
+        return {"customer": self._prepare_customer(mapped, settings)}
+
+    def _prepare_delete(self, mapped: dict[str, Any], settings: ExpertSenderSettings) -> dict[str, Any]:
+        value = mapped.get(settings.delete_by)
+        if value is None or str(value).strip() == "":
+            raise RecordInvalid(
+                [f"field '{settings.delete_by}' is required to delete a customer (delete_by)"]
+            )
+        text = str(value).strip()
+        if settings.delete_by == "id" and not text.isdigit():
+            raise RecordInvalid([f"field 'id': '{text}' is not an integer customer id"])
+        return {"by": settings.delete_by, "value": text}
+
+    def _prepare_customer(self, mapped: dict[str, Any], settings: ExpertSenderSettings) -> dict[str, Any]:
+        errors: list[str] = []
+        customer: dict[str, Any] = {}
+        for name in ("email", "phone", "crmId", "firstName", "lastName"):
+            if name in mapped:
+                customer[name] = str(mapped[name]).strip()
+        if "email" in customer and not _EMAIL.match(customer["email"]):
+            errors.append(f"field 'email': '{customer['email']}' is not a valid e-mail address")
+        if "phone" in customer and not _PHONE.match(customer["phone"]):
+            errors.append(
+                f"field 'phone': '{customer['phone']}' must be digits with an optional leading +, no spaces "
+                "(add the 'phone' transform to normalise)"
+            )
+        if "dateOfBirth" in mapped:
+            customer["dateOfBirth"] = self._date_time(mapped["dateOfBirth"], errors)
+        if "gender" in mapped:
+            gender = _GENDERS.get(str(mapped["gender"]).strip().lower().replace(" ", ""))
+            if gender is None:
+                errors.append(
+                    f"field 'gender': '{mapped['gender']}' is not one of Male, Female, NotSpecified"
+                )
+            customer["gender"] = gender
+        attributes = mapped.get("customAttributes")
+        if attributes:
+            customer["customAttributes"] = [
+                {"name": name, "value": self._attribute_value(value)} for name, value in attributes.items()
+            ]
+        consents = mapped.get("consents")
+        if consents:
+            consents_data = self._consents(consents, settings, errors)
+            if consents_data:
+                customer["consentsData"] = consents_data
+        match_field = MATCH_FIELD[settings.match_by]
+        if not customer.get(match_field):
+            errors.append(
+                f"field '{match_field}' is required: the integration matches customers by {settings.match_by}"
+            )
+        if errors:
+            raise RecordInvalid(errors)
+        return customer
+
+    @staticmethod
+    def _date_time(value: Any, errors: list[str]) -> str | None:
+        try:
+            moment = datetime.fromisoformat(str(value).strip())
+        except ValueError:
+            errors.append(f"field 'dateOfBirth': '{value}' is not an ISO 8601 date (add a 'date' transform)")
+            return None
+        moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        moment = moment.astimezone(UTC)
+        return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+    @staticmethod
+    def _attribute_value(value: Any) -> str:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, list):
+            return ",".join("" if item is None else str(item) for item in value)
+        if isinstance(value, float) and value.is_integer():
+            return str(int(value))
+        return str(value)
+
+    @staticmethod
+    def _consents(
+        consents: dict[str, Any], settings: ExpertSenderSettings, errors: list[str]
+    ) -> dict[str, Any] | None:
+        items: list[dict[str, Any]] = []
+        for key, value in consents.items():
+            try:
+                consent_id = int(key)
+            except ValueError:
+                errors.append(
+                    f"consent '{key}': the mapping must rename the attribute to a numeric consent id"
+                )
+                continue
+            if isinstance(value, bool):
+                status = "True" if value else "False"
+            else:
+                text = str(value).strip().lower()
+                status = _CONSENT_VALUES.get(text) or (
+                    "True" if text in _TRUTHY else "False" if text in _FALSY else ""
+                )
+            if not status:
+                errors.append(f"consent {consent_id}: '{value}' is not true, false or AwaitingConfirmation")
+                continue
+            items.append({"id": consent_id, "value": status})
+        if not items:
+            return None
+        data: dict[str, Any] = {"consents": items}
+        if settings.consents_force is not None:
+            data["force"] = settings.consents_force
+        if settings.confirmation_message_id is not None:
+            data["confirmationMessageId"] = settings.confirmation_message_id
+        return data
+
+    # --- deliver -------------------------------------------------------------------------------------------
+
+    def batch_size(self, operation: str, settings: BaseModel) -> int:
+        assert isinstance(settings, ExpertSenderSettings)
+        return settings.batch_size if operation == "upsert_customer" else 1
+
+    def deliver(
+        self,
+        operation: str,
+        payloads: Sequence[dict[str, Any]],
+        settings: BaseModel,
+        credentials: dict[str, Any],
+        http: requests.Session,
+    ) -> list[Outcome]:
+        assert isinstance(settings, ExpertSenderSettings)
+        self.check_credentials(credentials)
+        base_url = str(credentials.get("base_url") or settings.base_url).rstrip("/")
+        headers = {"x-api-key": str(credentials["api_key"]), "Accept": "application/json"}
+        if operation == "delete_customer":
+            return [self._delete(payload, base_url, headers, settings, http) for payload in payloads]
+        customers = [payload["customer"] for payload in payloads]
+        return self._post_customers(customers, base_url, headers, settings, http)
+
+    def _post_customers(
+        self,
+        customers: list[dict[str, Any]],
+        base_url: str,
+        headers: dict[str, str],
+        settings: ExpertSenderSettings,
+        http: requests.Session,
+    ) -> list[Outcome]:
+        body = {"mode": settings.mode, "matchBy": settings.match_by, "data": customers}
+        try:
+            response = http.post(
+                f"{base_url}/customers", json=body, headers=headers, timeout=(3.05, settings.timeout_seconds)
+            )
+        except requests.RequestException as error:
+            return [classify_transport_error(error)] * len(customers)
+        if response.status_code != 400 or len(customers) == 1:
+            return [self._classify(response)] * len(customers)
+        # A 400 for a batch: reject the customers the vendor names, send the rest again.
+        summary, errors = _problem(response)
+        by_index: dict[int, list[str]] = {}
+        for error in errors:
+            match = _INDEX.search(error)
+            if match and int(match.group(1)) < len(customers):
+                by_index.setdefault(int(match.group(1)), []).append(error)
+        outcomes: list[Outcome | None] = [None] * len(customers)
+        if by_index:
+            for index, its_errors in by_index.items():
+                outcomes[index] = Outcome.rejected(f"ExpertSender {summary}", its_errors, status=400)
+            rest = [index for index in range(len(customers)) if outcomes[index] is None]
+            if rest:
+                again = self._post_customers([customers[i] for i in rest], base_url, headers, settings, http)
+                for index, outcome in zip(rest, again, strict=True):
+                    outcomes[index] = outcome
+        else:
+            for index, customer in enumerate(customers):
+                outcomes[index] = self._post_customers([customer], base_url, headers, settings, http)[0]
+        return [outcome for outcome in outcomes if outcome is not None]
+
+    def _delete(
+        self,
+        payload: dict[str, Any],
+        base_url: str,
+        headers: dict[str, str],
+        settings: ExpertSenderSettings,
+        http: requests.Session,
+    ) -> Outcome:
+        url = f"{base_url}/customers/{payload['by']}/{quote(str(payload['value']), safe='')}"
+        params = {"withAnonymization": "true" if settings.with_anonymization else "false"}
+        try:
+            response = http.delete(
+                url, params=params, headers=headers, timeout=(3.05, settings.timeout_seconds)
+            )
+        except requests.RequestException as error:
+            return classify_transport_error(error)
+        if response.status_code == 404:
+            return Outcome.delivered(404)  # already absent: the effect a delete asks for
+        return self._classify(response)
+
+    @staticmethod
+    def _classify(response: requests.Response) -> Outcome:
+        status = response.status_code
+        if 200 <= status < 300:
+            return Outcome.delivered(status)
+        summary, errors = _problem(response)
+        if status == 429:
+            return Outcome.retry(
+                f"ExpertSender throttled the request ({summary})",
+                retry_after=parse_retry_after(response.headers.get("Retry-After")),
+                status=status,
+            )
+        if status >= 500 or status == 408:
+            return Outcome.retry(
+                f"ExpertSender is unavailable ({summary})",
+                retry_after=parse_retry_after(response.headers.get("Retry-After")),
+                status=status,
+            )
+        if status in (401, 403):
+            return Outcome.retry(
+                f"ExpertSender refused the API key ({summary}); check the integration's secret", status=status
+            )
+        return Outcome.rejected(f"ExpertSender {summary}", errors, status=status)

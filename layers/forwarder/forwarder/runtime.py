@@ -1,0 +1,84 @@
+"""Runtime settings (parsed once from the environment) and the services the flows use.
+
+Handlers call ``services()``: on AWS it builds the AWS adapters lazily from the environment; the embedded
+stack ``install``s its own (durable local queues, local secret store) before it invokes any handler.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+import requests
+from pydantic import BaseModel, Field
+
+from forwarder.config import ForwarderConfig, load_config
+from forwarder.ports import QueuePort, SecretsPort
+
+_ENV_PREFIX = "FORWARDER_"
+
+
+class RuntimeSettings(BaseModel):
+    """Every knob the flows read, from ``FORWARDER_*`` environment variables."""
+
+    runtime: Literal["aws", "embedded"] = "aws"
+    config_path: str = "/opt/forwarder.yaml"
+    max_body_bytes: int = Field(240 * 1024, ge=1024, description="leaves room in a 256 KiB SQS message")
+    delivery_max_receives: int = Field(5, ge=1, description="the delivery queue's maxReceiveCount")
+    retry_base_seconds: float = Field(10.0, gt=0)
+    retry_max_seconds: float = Field(900.0, gt=0, le=43200)
+    secrets_max_age_seconds: int = Field(300, ge=0)
+    vendor_timeout_seconds: float = Field(10.0, gt=0)
+
+    @classmethod
+    def from_environment(cls, env: Mapping[str, str] | None = None) -> RuntimeSettings:
+        env = os.environ if env is None else env
+        values = {
+            name: env[_ENV_PREFIX + name.upper()] for name in cls.model_fields if _ENV_PREFIX + name.upper() in env
+        }
+        return cls.model_validate(values)
+
+
+@dataclass
+class Services:
+    settings: RuntimeSettings
+    queues: QueuePort
+    secrets: SecretsPort
+    http: requests.Session = field(default_factory=requests.Session)
+    clock: Callable[[], float] = time.time
+
+    @property
+    def config(self) -> ForwarderConfig:
+        return load_config(self.settings.config_path)
+
+
+_lock = threading.Lock()
+_services: Services | None = None
+
+
+def install(services: Services | None) -> None:
+    """Use these services for every handler call in this process (the embedded stack and tests do this)."""
+    global _services
+    with _lock:
+        _services = services
+
+
+def services() -> Services:
+    global _services
+    with _lock:
+        if _services is None:
+            settings = RuntimeSettings.from_environment()
+            if settings.runtime != "aws":
+                raise RuntimeError("embedded runtime: the embedded stack must install its services first")
+            from forwarder.adapters.aws import SecretsManagerSecrets, SqsQueues
+
+            _services = Services(
+                settings=settings,
+                queues=SqsQueues.from_environment(os.environ),
+                secrets=SecretsManagerSecrets(),
+            )
+        return _services

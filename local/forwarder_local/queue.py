@@ -1,0 +1,555 @@
+"""A durable local message queue with Amazon SQS (standard queue) semantics.
+
+Embedded mode runs every flow's Lambda handler on one machine; the SQS queues between them are
+replaced by this store: one SQLite file (stdlib ``sqlite3``) holding any number of queues.
+
+Durability: the database runs in WAL mode with ``synchronous=FULL``, so a send that has returned
+has been fsynced and survives ``kill -9`` (and a power cut, as far as the disk keeps its promises).
+
+Concurrency: one connection per store guarded by a lock (safe across threads); every state change
+runs in a ``BEGIN IMMEDIATE`` transaction and SQLite's busy timeout makes other processes wait for
+it (safe across processes). A receive selects and hides its messages in one transaction, so two
+receivers never get the same message while it is in flight.
+
+SQS semantics reproduced:
+
+* receive hides messages for the visibility timeout, increments the receive count and hands out a
+  fresh receipt handle each time; a handle from an earlier receive is stale once the message has
+  been received again (:class:`ReceiptHandleInvalid`);
+* per-message ``delay_seconds``; retention (a message older than the queue's retention period,
+  counted from its original send, vanishes);
+* redrive: a message already received ``max_receive_count`` times is moved, atomically and instead
+  of being received again, to the queue's dead-letter queue. It keeps its message id, body,
+  attributes and original sent timestamp (so the dead-letter queue's retention counts from the
+  first send, as in SQS); its receive count starts again from zero there and the source queue's
+  ARN is kept (``DeadLetterQueueSourceArn`` in a Lambda event);
+* long polling (``wait_seconds``): a send through any store on the same file in this process wakes
+  a waiting receiver at once; sends from other processes are seen within :data:`POLL_INTERVAL`.
+
+Order is by availability time, then send order (SQS standard queues promise no order at all).
+Time for message state comes from the injectable ``clock`` (epoch seconds); the long-poll wait
+itself is measured in real (monotonic) time.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import re
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "ACCOUNT_ID",
+    "POLL_INTERVAL",
+    "REGION",
+    "DurableQueueStore",
+    "QueueNotFound",
+    "QueueSpec",
+    "ReceiptHandleInvalid",
+    "ReceivedMessage",
+]
+
+REGION = "local"
+ACCOUNT_ID = "000000000000"
+POLL_INTERVAL = 0.05
+"""Seconds between re-checks of the database while a receive long-polls."""
+BUSY_TIMEOUT_MS = 30_000
+MAX_DELAY_SECONDS = 900
+MAX_VISIBILITY_TIMEOUT = 43_200
+_ARN_PREFIX = f"arn:aws:sqs:{REGION}:{ACCOUNT_ID}:"
+_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,80}(\.fifo)?$")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS queues (
+    name               TEXT PRIMARY KEY,
+    visibility_timeout REAL NOT NULL,
+    max_receive_count  INTEGER,
+    dead_letter_queue  TEXT,
+    retention_seconds  INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS messages (
+    seq                  INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue                TEXT NOT NULL,
+    message_id           TEXT NOT NULL,
+    body                 TEXT NOT NULL,
+    attributes           TEXT NOT NULL,
+    md5_of_body          TEXT NOT NULL,
+    sent_ts_ms           INTEGER NOT NULL,
+    visible_at           REAL NOT NULL,
+    receive_count        INTEGER NOT NULL DEFAULT 0,
+    first_receive_ts_ms  INTEGER,
+    receipt_token        TEXT,
+    dlq_source_arn       TEXT
+);
+CREATE INDEX IF NOT EXISTS messages_by_availability ON messages (queue, visible_at, seq);
+CREATE INDEX IF NOT EXISTS messages_by_age ON messages (queue, sent_ts_ms);
+"""
+
+_SELECT_AVAILABLE = (
+    "SELECT seq, message_id, body, attributes, md5_of_body, sent_ts_ms, visible_at, receive_count,"
+    " first_receive_ts_ms, receipt_token, dlq_source_arn FROM messages"
+    " WHERE queue = ? AND visible_at <= ? AND seq NOT IN (SELECT value FROM json_each(?))"
+    " ORDER BY visible_at, seq LIMIT ?"
+)
+_SELECT_PEEK = (
+    "SELECT seq, message_id, body, attributes, md5_of_body, sent_ts_ms, visible_at, receive_count,"
+    " first_receive_ts_ms, receipt_token, dlq_source_arn FROM messages"
+    " WHERE queue = ? AND sent_ts_ms > ? ORDER BY visible_at, seq LIMIT ?"
+)
+_REDRIVE = (
+    "UPDATE messages SET queue = ?, receive_count = 0, first_receive_ts_ms = NULL, receipt_token = NULL,"
+    " visible_at = ?, dlq_source_arn = ? WHERE seq = ?"
+)
+
+
+class QueueNotFound(Exception):
+    """The named queue does not exist in the store."""
+
+
+class ReceiptHandleInvalid(Exception):
+    """The receipt handle is malformed, belongs to another queue, or is stale (received again since)."""
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    name: str
+    visibility_timeout: float = 30
+    max_receive_count: int | None = None
+    dead_letter_queue: str | None = None
+    retention_seconds: int = 345600
+
+
+@dataclass(frozen=True)
+class ReceivedMessage:
+    message_id: str
+    receipt_handle: str
+    body: str
+    attributes: dict[str, str]
+    """Message attributes (all of SQS data type String)."""
+    receive_count: int
+    sent_timestamp_ms: int
+    first_receive_timestamp_ms: int
+    md5_of_body: str
+    dead_letter_source_arn: str | None = None
+    """ARN of the queue this message was redriven from, when it sits in a dead-letter queue."""
+
+
+def md5_of_body(body: str) -> str:
+    return hashlib.md5(body.encode("utf-8"), usedforsecurity=False).hexdigest()
+
+
+def _queue_name(queue: str) -> str:
+    """Accept a queue name or its local ARN."""
+    return queue[len(_ARN_PREFIX) :] if queue.startswith(_ARN_PREFIX) else queue
+
+
+def _encode_handle(seq: int, token: str) -> str:
+    return base64.urlsafe_b64encode(f"{seq}:{token}".encode()).decode("ascii")
+
+
+def _decode_handle(handle: str) -> tuple[int, str]:
+    try:
+        seq_text, token = base64.urlsafe_b64decode(handle.encode("ascii")).decode("ascii").split(":", 1)
+        return int(seq_text), token
+    except (ValueError, UnicodeError, binascii.Error) as exc:
+        raise ReceiptHandleInvalid(f"malformed receipt handle {handle!r}") from exc
+
+
+class _Signal:
+    """Wakes long-polling receivers of every store on one database file in this process."""
+
+    def __init__(self) -> None:
+        self.condition = threading.Condition()
+        self.generation = 0
+
+    def notify(self) -> None:
+        with self.condition:
+            self.generation += 1
+            self.condition.notify_all()
+
+
+_signals: dict[str, _Signal] = {}
+_signals_lock = threading.Lock()
+
+
+def _signal_for(path: str) -> _Signal:
+    with _signals_lock:
+        return _signals.setdefault(path, _Signal())
+
+
+class DurableQueueStore:
+    """Any number of SQS-like queues in one SQLite file. See the module docstring for semantics."""
+
+    def __init__(self, path: str | Path, clock: Callable[[], float] = time.time) -> None:
+        self.path = Path(path)
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._signal = _signal_for(str(self.path.resolve()))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(
+            str(self.path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+        )
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise sqlite3.OperationalError(f"cannot switch {self.path} to WAL mode (got {mode})")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        except BaseException:
+            conn.close()
+            raise
+        self._conn: sqlite3.Connection | None = conn
+
+    # -- plumbing ---------------------------------------------------------------------------------
+
+    def __enter__(self) -> DurableQueueStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            if self._conn is None:
+                raise RuntimeError("DurableQueueStore is closed")
+            self._conn.execute("BEGIN")
+            try:
+                yield self._conn
+            finally:
+                self._conn.execute("COMMIT")
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            if self._conn is None:
+                raise RuntimeError("DurableQueueStore is closed")
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def _now(self) -> float:
+        return float(self._clock())
+
+    @staticmethod
+    def _spec(conn: sqlite3.Connection, queue: str) -> QueueSpec:
+        row = conn.execute(
+            "SELECT name, visibility_timeout, max_receive_count, dead_letter_queue, retention_seconds"
+            " FROM queues WHERE name = ?",
+            (queue,),
+        ).fetchone()
+        if row is None:
+            raise QueueNotFound(queue)
+        return QueueSpec(
+            name=row[0],
+            visibility_timeout=row[1],
+            max_receive_count=row[2],
+            dead_letter_queue=row[3],
+            retention_seconds=row[4],
+        )
+
+    @staticmethod
+    def _expiry_cutoff_ms(spec: QueueSpec, now: float) -> int:
+        """Messages sent at or before this instant (ms) are past the queue's retention period."""
+        return int((now - spec.retention_seconds) * 1000)
+
+    # -- queues -----------------------------------------------------------------------------------
+
+    def create_queue(self, spec: QueueSpec) -> None:
+        """Create the queue, or update its settings if it exists. The dead-letter queue must exist."""
+        if not _NAME_RE.match(spec.name):
+            raise ValueError(f"invalid queue name {spec.name!r}")
+        if not 0 <= spec.visibility_timeout <= MAX_VISIBILITY_TIMEOUT:
+            raise ValueError(f"visibility_timeout must be within 0..{MAX_VISIBILITY_TIMEOUT}")
+        if spec.retention_seconds <= 0:
+            raise ValueError("retention_seconds must be positive")
+        dlq = _queue_name(spec.dead_letter_queue) if spec.dead_letter_queue else None
+        if (spec.max_receive_count is None) != (dlq is None):
+            raise ValueError("max_receive_count and dead_letter_queue go together")
+        if spec.max_receive_count is not None and spec.max_receive_count < 1:
+            raise ValueError("max_receive_count must be at least 1")
+        if dlq == spec.name:
+            raise ValueError("a queue cannot be its own dead-letter queue")
+        with self._write() as conn:
+            if dlq is not None:
+                self._spec(conn, dlq)
+            conn.execute(
+                "INSERT INTO queues (name, visibility_timeout, max_receive_count, dead_letter_queue,"
+                " retention_seconds) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET visibility_timeout = excluded.visibility_timeout,"
+                " max_receive_count = excluded.max_receive_count,"
+                " dead_letter_queue = excluded.dead_letter_queue,"
+                " retention_seconds = excluded.retention_seconds",
+                (
+                    spec.name,
+                    float(spec.visibility_timeout),
+                    spec.max_receive_count,
+                    dlq,
+                    spec.retention_seconds,
+                ),
+            )
+
+    def get_queue(self, name: str) -> QueueSpec:
+        with self._read() as conn:
+            return self._spec(conn, _queue_name(name))
+
+    def list_queues(self) -> list[str]:
+        with self._read() as conn:
+            return [row[0] for row in conn.execute("SELECT name FROM queues ORDER BY name")]
+
+    def queue_arn(self, name: str) -> str:
+        return f"{_ARN_PREFIX}{_queue_name(name)}"
+
+    # -- messages ---------------------------------------------------------------------------------
+
+    def send(
+        self, queue: str, body: str, attributes: Mapping[str, str] | None = None, delay_seconds: float = 0
+    ) -> str:
+        """Enqueue one message; returns its message id once it is durably on disk."""
+        return self.send_batch(queue, [(body, attributes, delay_seconds)])[0]
+
+    def send_batch(
+        self, queue: str, entries: Sequence[tuple[str, Mapping[str, str] | None, float]]
+    ) -> list[str]:
+        """Enqueue (body, attributes, delay_seconds) entries in one transaction; returns their ids."""
+        name = _queue_name(queue)
+        rows: list[tuple[Any, ...]] = []
+        ids: list[str] = []
+        now = self._now()
+        for body, attributes, delay in entries:
+            if not isinstance(body, str) or not body:
+                raise ValueError("message body must be a non-empty string")
+            if not 0 <= delay <= MAX_DELAY_SECONDS:
+                raise ValueError(f"delay_seconds must be within 0..{MAX_DELAY_SECONDS}")
+            attrs = dict(attributes or {})
+            if not all(isinstance(k, str) and isinstance(v, str) for k, v in attrs.items()):
+                raise ValueError("message attributes must map str to str")
+            message_id = str(uuid.uuid4())
+            ids.append(message_id)
+            rows.append(
+                (name, message_id, body, json.dumps(attrs), md5_of_body(body), int(now * 1000), now + delay)
+            )
+        if not rows:
+            return []
+        with self._write() as conn:
+            self._spec(conn, name)
+            conn.executemany(
+                "INSERT INTO messages (queue, message_id, body, attributes, md5_of_body, sent_ts_ms,"
+                " visible_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+        self._signal.notify()
+        return ids
+
+    def receive(
+        self,
+        queue: str,
+        max_messages: int = 10,
+        visibility_timeout: float | None = None,
+        wait_seconds: float = 0.0,
+    ) -> list[ReceivedMessage]:
+        """Receive up to ``max_messages`` visible messages, hiding them for the visibility timeout.
+
+        With ``wait_seconds`` > 0 this long-polls: it returns as soon as at least one message is
+        available, or an empty list once ``wait_seconds`` (real time) have passed.
+        """
+        if max_messages < 1:
+            raise ValueError("max_messages must be at least 1")
+        if visibility_timeout is not None and not 0 <= visibility_timeout <= MAX_VISIBILITY_TIMEOUT:
+            raise ValueError(f"visibility_timeout must be within 0..{MAX_VISIBILITY_TIMEOUT}")
+        name = _queue_name(queue)
+        deadline = time.monotonic() + max(wait_seconds, 0.0)
+        while True:
+            generation = self._signal.generation
+            messages = self._receive_now(name, max_messages, visibility_timeout)
+            remaining = deadline - time.monotonic()
+            if messages or remaining <= 0:
+                return messages
+            with self._signal.condition:
+                if self._signal.generation == generation:
+                    self._signal.condition.wait(min(remaining, POLL_INTERVAL))
+
+    def _receive_now(
+        self, queue: str, max_messages: int, visibility_timeout: float | None
+    ) -> list[ReceivedMessage]:
+        moved = False
+        received: list[ReceivedMessage] = []
+        with self._write() as conn:
+            spec = self._spec(conn, queue)
+            now = self._now()
+            now_ms = int(now * 1000)
+            conn.execute(
+                "DELETE FROM messages WHERE queue = ? AND sent_ts_ms <= ?",
+                (queue, self._expiry_cutoff_ms(spec, now)),
+            )
+            hide_for = spec.visibility_timeout if visibility_timeout is None else visibility_timeout
+            dlq = spec.dead_letter_queue
+            redrive_after = spec.max_receive_count if dlq is not None else None
+            if dlq is not None and not conn.execute("SELECT 1 FROM queues WHERE name = ?", (dlq,)).fetchone():
+                redrive_after = (
+                    None  # dead-letter queue gone from the file: deliver rather than lose messages
+                )
+            seen: list[int] = []
+            while len(received) < max_messages:
+                rows = conn.execute(
+                    _SELECT_AVAILABLE, (queue, now, json.dumps(seen), max_messages - len(received))
+                ).fetchall()
+                if not rows:
+                    break
+                for row in rows:
+                    seq, message_id, body, attributes, md5, sent_ts_ms, _, receive_count, first_ms = row[:9]
+                    seen.append(seq)
+                    if redrive_after is not None and receive_count >= redrive_after:
+                        conn.execute(_REDRIVE, (dlq, now, self.queue_arn(queue), seq))
+                        moved = True
+                        continue
+                    token = uuid.uuid4().hex
+                    first_ms = now_ms if first_ms is None else first_ms
+                    conn.execute(
+                        "UPDATE messages SET receive_count = receive_count + 1, visible_at = ?,"
+                        " receipt_token = ?, first_receive_ts_ms = ? WHERE seq = ?",
+                        (now + hide_for, token, first_ms, seq),
+                    )
+                    received.append(
+                        ReceivedMessage(
+                            message_id=message_id,
+                            receipt_handle=_encode_handle(seq, token),
+                            body=body,
+                            attributes=json.loads(attributes),
+                            receive_count=receive_count + 1,
+                            sent_timestamp_ms=sent_ts_ms,
+                            first_receive_timestamp_ms=first_ms,
+                            md5_of_body=md5,
+                            dead_letter_source_arn=row[10],
+                        )
+                    )
+        if moved:
+            self._signal.notify()
+        return received
+
+    def _check_handle(self, conn: sqlite3.Connection, queue: str, handle: str) -> tuple[int, bool]:
+        """(seq, exists) for a handle; raises ReceiptHandleInvalid when it is stale or foreign."""
+        seq, token = _decode_handle(handle)
+        row = conn.execute("SELECT queue, receipt_token FROM messages WHERE seq = ?", (seq,)).fetchone()
+        if row is None:
+            return seq, False
+        if row[0] != queue or row[1] != token:
+            raise ReceiptHandleInvalid(f"receipt handle is stale or belongs to another queue: {handle!r}")
+        return seq, True
+
+    def delete(self, queue: str, receipt_handle: str) -> None:
+        """Delete a received message. A handle of a message that is already gone is a no-op (as SQS)."""
+        self.delete_batch(queue, [receipt_handle], raise_invalid=True)
+
+    def delete_batch(
+        self, queue: str, receipt_handles: list[str], *, raise_invalid: bool = False
+    ) -> list[str]:
+        """Delete several received messages in one transaction; returns the handles found invalid."""
+        name = _queue_name(queue)
+        invalid: list[str] = []
+        with self._write() as conn:
+            self._spec(conn, name)
+            for handle in receipt_handles:
+                try:
+                    seq, exists = self._check_handle(conn, name, handle)
+                except ReceiptHandleInvalid:
+                    if raise_invalid:
+                        raise
+                    invalid.append(handle)
+                    continue
+                if exists:
+                    conn.execute("DELETE FROM messages WHERE seq = ?", (seq,))
+        return invalid
+
+    def change_visibility(self, queue: str, receipt_handle: str, seconds: float) -> None:
+        """Make a received message visible again ``seconds`` from now (0: at once)."""
+        if not 0 <= seconds <= MAX_VISIBILITY_TIMEOUT:
+            raise ValueError(f"visibility timeout must be within 0..{MAX_VISIBILITY_TIMEOUT}")
+        name = _queue_name(queue)
+        with self._write() as conn:
+            self._spec(conn, name)
+            seq, exists = self._check_handle(conn, name, receipt_handle)
+            if not exists:
+                raise ReceiptHandleInvalid(f"message of receipt handle {receipt_handle!r} no longer exists")
+            conn.execute("UPDATE messages SET visible_at = ? WHERE seq = ?", (self._now() + seconds, seq))
+        if seconds == 0:
+            self._signal.notify()
+
+    def counts(self, queue: str) -> dict[str, int]:
+        """{"visible", "in_flight", "delayed"} message counts (unexpired messages only)."""
+        name = _queue_name(queue)
+        with self._read() as conn:
+            spec = self._spec(conn, name)
+            now = self._now()
+            row = conn.execute(
+                "SELECT"
+                " COALESCE(SUM(visible_at <= :now), 0),"
+                " COALESCE(SUM(visible_at > :now AND receive_count > 0), 0),"
+                " COALESCE(SUM(visible_at > :now AND receive_count = 0), 0)"
+                " FROM messages WHERE queue = :queue AND sent_ts_ms > :cutoff",
+                {"now": now, "queue": name, "cutoff": self._expiry_cutoff_ms(spec, now)},
+            ).fetchone()
+        return {"visible": int(row[0]), "in_flight": int(row[1]), "delayed": int(row[2])}
+
+    def peek(self, queue: str, limit: int = 100) -> list[dict[str, Any]]:
+        """Read messages without receiving them (no state change), in delivery order."""
+        name = _queue_name(queue)
+        with self._read() as conn:
+            spec = self._spec(conn, name)
+            now = self._now()
+            rows = conn.execute(_SELECT_PEEK, (name, self._expiry_cutoff_ms(spec, now), limit)).fetchall()
+        result: list[dict[str, Any]] = []
+        for row in rows:
+            visible_at, receive_count = row[6], row[7]
+            state = "visible" if visible_at <= now else "in_flight" if receive_count > 0 else "delayed"
+            result.append(
+                {
+                    "message_id": row[1],
+                    "body": row[2],
+                    "attributes": json.loads(row[3]),
+                    "md5_of_body": row[4],
+                    "sent_timestamp_ms": row[5],
+                    "visible_at": visible_at,
+                    "receive_count": receive_count,
+                    "first_receive_timestamp_ms": row[8],
+                    "dead_letter_source_arn": row[10],
+                    "state": state,
+                }
+            )
+        return result
+
+    def purge(self, queue: str) -> None:
+        """Delete every message of the queue, in flight or not."""
+        name = _queue_name(queue)
+        with self._write() as conn:
+            self._spec(conn, name)
+            conn.execute("DELETE FROM messages WHERE queue = ?", (name,))

@@ -1,0 +1,1057 @@
+"""ExpertSender CDP sandbox: a local HTTP server that behaves like the vendor's ``/customers`` API.
+
+Contract source: the vendor document ``004_45a8ca4daedd9684.txt`` (Polish, "Klienci - metody API").
+
+Vendor routes (all need the ``x-api-key`` header, compared in constant time, never echoed):
+
+* ``POST /customers`` with ``{"mode": "Add"|"Update"|"AddOrUpdate", "matchBy": "Email"|"PhoneNumber"|
+  "CrmId"|"GUID"|"VisitorId", "data": [customer, ...]}`` -> ``201``.
+* ``GET /customers/{id|email|phone|crmId}/{value}`` -> ``200 {"status": 200, "data": customer}``.
+* ``DELETE /customers/{id|email|phone|crmId}/{value}?withAnonymization=true|false`` -> ``200``.
+
+Errors are RFC 7807 problem documents ``{type, title, status, detail, instance}``; validation errors add
+``errors`` (a list of strings such as ``"data[1].email: 'x' is not a valid e-mail address"``), and
+customer look-ups add ``substatus`` (``"CustomerNotFound"``, ``"CustomerInvalidModelState"``).
+
+Choices where the document is silent (each one strict, so a forwarder is honestly tested):
+
+* The document only says ``201 Created`` for ``POST``. The sandbox answers
+  ``{"status": 201, "data": [{"id": n, "email": ..., "phone": ..., "crmId": ...}, ...]}`` with one item
+  per input record, in input order, listing the platform id and the identifiers the customer holds.
+* The document shows no body for ``DELETE`` 200: the sandbox answers with an empty body.
+* A request is atomic: if any record is invalid (shape or semantics) the answer is 400 and nothing is
+  stored. Records of one batch are applied in order, so a later record sees the earlier ones.
+* Enum values (mode, matchBy, gender, consent value) are case-sensitive, spelled as documented.
+* ``null`` in an optional customer field means "not provided" (an update leaves the field unchanged).
+* ``dateOfBirth`` must be a date-time with seconds (``2023-07-25T12:35:54.712Z``); a bare date is rejected.
+* Identifiers (email, phone, crmId, visitorId) are unique across customers: a record that would give a
+  customer an identifier another customer holds is rejected. Email comparison is case-insensitive,
+  everything else is case-sensitive.
+* ``matchBy: GUID`` matches on the platform-assigned ``id`` field of the record (an integer, or a string
+  of digits); since ids are assigned by the platform, ``Add`` with ``GUID`` is rejected and
+  ``AddOrUpdate`` can only update. ``matchBy: VisitorId`` requires a ``visitorId`` string in each record.
+  A record may carry ``id`` only with ``matchBy: GUID``.
+* Update and merge replace the provided fields, merge ``customAttributes`` by name and consents by id;
+  ``force`` and ``confirmationMessageId`` are per-request instructions and are not stored.
+* Authentication is checked before routing, so an unknown route without a key answers 401.
+* ``GET /customers/id/abc`` answers 404; ``DELETE /customers/id/abc`` answers 400 (the document types
+  that path parameter as int32 for DELETE only).
+
+Test hooks: :meth:`ExpertSenderSandbox.inject` (fault injection, applied before authentication and
+validation), :meth:`~ExpertSenderSandbox.set_latency`, :meth:`~ExpertSenderSandbox.reset`, the
+thread-safe request log :attr:`~ExpertSenderSandbox.requests`, and the admin routes (no api key):
+``POST /_sandbox/faults`` (same fields as ``inject``), ``POST /_sandbox/latency {"seconds": 0.5}``,
+``POST /_sandbox/reset``, ``GET /_sandbox/customers`` (``{"customers": [...], "deleted": [...]}``) and
+``GET /_sandbox/requests`` (``{"requests": [...]}``). Admin calls are neither logged, delayed nor faulted.
+
+Standalone: ``python -m forwarder_local.sandboxes.expertsender --port 8701 --api-key KEY``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import hmac
+import json
+import math
+import os
+import re
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import FrameType, TracebackType
+from typing import Any, Final, Self
+from urllib.parse import parse_qs, unquote, urlsplit
+
+API_KEY_HEADER: Final = "x-api-key"
+REDACTED: Final = "***"
+MAX_BODY_BYTES: Final = 10 * 1024 * 1024
+
+MODES: Final = ("Add", "Update", "AddOrUpdate")
+MATCH_BY_FIELD: Final[dict[str, str]] = {
+    "Email": "email",
+    "PhoneNumber": "phone",
+    "CrmId": "crmId",
+    "GUID": "id",
+    "VisitorId": "visitorId",
+}
+GENDERS: Final = ("Male", "Female", "NotSpecified")
+CONSENT_VALUES: Final = ("False", "AwaitingConfirmation", "True")
+IDENTIFIER_FIELDS: Final = ("email", "phone", "crmId", "visitorId")
+STRING_FIELDS: Final = ("firstName", "lastName")
+CUSTOMER_FIELDS: Final = frozenset(
+    {*IDENTIFIER_FIELDS, *STRING_FIELDS, "id", "dateOfBirth", "gender", "customAttributes", "consentsData"}
+)
+REQUEST_FIELDS: Final = frozenset({"mode", "matchBy", "data"})
+LOOKUP_FIELD: Final[dict[str, str]] = {"id": "id", "email": "email", "phone": "phone", "crmid": "crmId"}
+FAULT_FIELDS: Final = frozenset({"status", "times", "retry_after", "method", "path_prefix", "body"})
+INT32_MIN: Final = -(2**31)
+INT32_MAX: Final = 2**31 - 1
+
+EMAIL_RE: Final = re.compile(r"[^@\s]+@[^@\s.]+(\.[^@\s.]+)+")
+PHONE_RE: Final = re.compile(r"\+?[0-9]+")
+DATETIME_RE: Final = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,7})?(Z|[+-][0-9]{2}:[0-9]{2})?"
+)
+DIGITS_RE: Final = re.compile(r"[0-9]+")
+COLLECTION_RE: Final = re.compile(r"/customers/?")
+ITEM_RE: Final = re.compile(r"/customers/([^/]+)/([^/]+)/?")
+
+PROBLEM_TYPES: Final[dict[int, str]] = {
+    400: "https://tools.ietf.org/html/rfc7231#section-6.5.1",
+    401: "https://tools.ietf.org/html/rfc7235#section-3.1",
+    404: "https://tools.ietf.org/html/rfc7231#section-6.5.4",
+    405: "https://tools.ietf.org/html/rfc7231#section-6.5.5",
+    413: "https://tools.ietf.org/html/rfc7231#section-6.5.11",
+    429: "https://tools.ietf.org/html/rfc6585#section-4",
+    500: "https://tools.ietf.org/html/rfc7231#section-6.6.1",
+    502: "https://tools.ietf.org/html/rfc7231#section-6.6.3",
+    503: "https://tools.ietf.org/html/rfc7231#section-6.6.4",
+    504: "https://tools.ietf.org/html/rfc7231#section-6.6.5",
+}
+VALIDATION_TITLE: Final = "One or more validation errors occurred."
+
+JsonObject = dict[str, Any]
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def _quote(value: object, limit: int = 80) -> str:
+    """Render a client value for an error message: quoted, one line, bounded."""
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    text = text.replace("\r", "\\r").replace("\n", "\\n")
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return f"'{text}'"
+
+
+def problem(
+    status: int,
+    detail: str,
+    instance: str,
+    *,
+    title: str | None = None,
+    substatus: str | None = None,
+    errors: list[str] | None = None,
+) -> JsonObject:
+    """Build an RFC 7807 problem document shaped like the vendor's examples."""
+    body: JsonObject = {
+        "type": PROBLEM_TYPES.get(status, "about:blank"),
+        "title": title if title is not None else _phrase(status),
+        "status": status,
+    }
+    if substatus is not None:
+        body["substatus"] = substatus
+    body["detail"] = detail
+    body["instance"] = instance
+    if errors is not None:
+        body["errors"] = errors
+    return body
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One vendor request as the sandbox saw it (the api key value is redacted)."""
+
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+    body: Any
+    status: int
+    received_at: float
+
+    def to_dict(self) -> JsonObject:
+        return {
+            "method": self.method,
+            "path": self.path,
+            "query": copy.deepcopy(self.query),
+            "headers": dict(self.headers),
+            "body": copy.deepcopy(self.body),
+            "status": self.status,
+            "received_at": self.received_at,
+        }
+
+
+@dataclass
+class _Fault:
+    status: int
+    remaining: int
+    retry_after: int | None
+    method: str | None
+    path_prefix: str | None
+    body: JsonObject | None
+
+    def matches(self, method: str, path: str) -> bool:
+        if self.remaining <= 0:
+            return False
+        if self.method is not None and self.method.upper() != method.upper():
+            return False
+        return self.path_prefix is None or path.startswith(self.path_prefix)
+
+
+@dataclass
+class _Response:
+    status: int
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def content_type(self) -> str:
+        if isinstance(self.body, dict) and "title" in self.body and "type" in self.body:
+            return "application/problem+json; charset=utf-8"
+        return "application/json; charset=utf-8"
+
+
+def _index_key(field_name: str, value: object) -> str:
+    if field_name == "email":
+        return str(value).lower()
+    return str(value)
+
+
+class _Validator:
+    """Validates one ``POST /customers`` body, collecting every error with its location."""
+
+    def __init__(self, max_batch: int) -> None:
+        self.max_batch = max_batch
+        self.errors: list[str] = []
+
+    def request(self, body: object) -> tuple[str, str, list[JsonObject]] | None:
+        if not isinstance(body, dict):
+            self.errors.append("body: must be a JSON object with mode, matchBy and data")
+            return None
+        for name in sorted(set(body) - REQUEST_FIELDS):
+            self.errors.append(f"{name}: unknown field (expected mode, matchBy, data)")
+        mode = self._enum(body, "mode", "mode", MODES)
+        match_by = self._enum(body, "matchBy", "matchBy", tuple(MATCH_BY_FIELD))
+        data = body.get("data")
+        records: list[JsonObject] = []
+        if data is None:
+            self.errors.append("data: required; a non-empty list of customers")
+        elif not isinstance(data, list):
+            self.errors.append("data: must be a list of customers")
+        elif not data:
+            self.errors.append("data: must contain at least one customer")
+        elif len(data) > self.max_batch:
+            self.errors.append(
+                f"data: {len(data)} customers exceed the limit of {self.max_batch} per request"
+            )
+        else:
+            for index, item in enumerate(data):
+                record = self.customer(f"data[{index}]", item, match_by, mode)
+                if record is not None:
+                    records.append(record)
+        if self.errors or mode is None or match_by is None:
+            return None
+        return mode, match_by, records
+
+    def _enum(self, obj: JsonObject, key: str, where: str, allowed: tuple[str, ...]) -> str | None:
+        value = obj.get(key)
+        if value is None:
+            self.errors.append(f"{where}: required; one of {', '.join(allowed)}")
+            return None
+        if not isinstance(value, str) or value not in allowed:
+            self.errors.append(f"{where}: {_quote(value)} is not one of {', '.join(allowed)}")
+            return None
+        return value
+
+    def customer(self, where: str, item: object, match_by: str | None, mode: str | None) -> JsonObject | None:
+        if not isinstance(item, dict):
+            self.errors.append(f"{where}: must be a JSON object")
+            return None
+        before = len(self.errors)
+        record: JsonObject = {}
+        for name in sorted(set(item) - CUSTOMER_FIELDS):
+            self.errors.append(f"{where}.{name}: unknown field")
+        key_field = MATCH_BY_FIELD.get(match_by) if match_by is not None else None
+        if key_field is not None and item.get(key_field) in (None, ""):
+            self.errors.append(f"{where}.{key_field}: required when matchBy is {match_by}")
+        if "id" in item and item["id"] is not None:
+            if match_by != "GUID":
+                self.errors.append(
+                    f"{where}.id: allowed only with matchBy GUID (ids are assigned by the platform)"
+                )
+            elif mode == "Add":
+                self.errors.append(
+                    f"{where}: mode Add cannot match by GUID; customer ids are assigned by the platform"
+                )
+            else:
+                self._customer_id(where, item["id"], record)
+        for name in (*IDENTIFIER_FIELDS, *STRING_FIELDS, "dateOfBirth", "gender"):
+            value = item.get(name)
+            if value is None or (value == "" and name == key_field):
+                continue
+            if not isinstance(value, str):
+                self.errors.append(f"{where}.{name}: must be a string")
+                continue
+            self._scalar(f"{where}.{name}", name, value)
+            record[name] = value
+        if item.get("customAttributes") is not None:
+            record["customAttributes"] = self._attributes(
+                f"{where}.customAttributes", item["customAttributes"]
+            )
+        if item.get("consentsData") is not None:
+            record["consentsData"] = self._consents_data(f"{where}.consentsData", item["consentsData"])
+        return record if len(self.errors) == before else None
+
+    def _customer_id(self, where: str, value: object, record: JsonObject) -> None:
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            record["id"] = value
+        elif isinstance(value, str) and DIGITS_RE.fullmatch(value) and int(value) > 0:
+            record["id"] = int(value)
+        else:
+            self.errors.append(f"{where}.id: {_quote(value)} is not a customer id (a positive integer)")
+
+    def _scalar(self, where: str, name: str, value: str) -> None:
+        if name == "email" and not EMAIL_RE.fullmatch(value):
+            self.errors.append(f"{where}: {_quote(value)} is not a valid e-mail address")
+        elif name == "phone" and not PHONE_RE.fullmatch(value):
+            self.errors.append(
+                f"{where}: {_quote(value)} is not a valid phone number"
+                " (digits, optional leading +, no spaces)"
+            )
+        elif name in ("crmId", "visitorId") and not value.strip():
+            self.errors.append(f"{where}: must not be empty")
+        elif name == "dateOfBirth" and not _is_datetime(value):
+            self.errors.append(
+                f"{where}: {_quote(value)} is not an ISO 8601 date-time such as 2023-07-25T12:35:54.712Z"
+            )
+        elif name == "gender" and value not in GENDERS:
+            self.errors.append(f"{where}: {_quote(value)} is not one of {', '.join(GENDERS)}")
+
+    def _attributes(self, where: str, value: object) -> list[JsonObject]:
+        if not isinstance(value, list):
+            self.errors.append(f"{where}: must be a list of {{name, value}} objects")
+            return []
+        merged: dict[str, JsonObject] = {}
+        for index, attribute in enumerate(value):
+            here = f"{where}[{index}]"
+            if not isinstance(attribute, dict):
+                self.errors.append(f"{here}: must be an object with name and value")
+                continue
+            for name in sorted(set(attribute) - {"name", "value"}):
+                self.errors.append(f"{here}.{name}: unknown field")
+            name = attribute.get("name")
+            if not isinstance(name, str) or not name:
+                self.errors.append(f"{here}.name: required; a string of at least 1 character")
+                continue
+            attr_value = attribute.get("value")
+            if attr_value is not None and not isinstance(attr_value, str):
+                self.errors.append(f"{here}.value: must be a string")
+                continue
+            merged[name] = {"name": name, "value": attr_value}
+        return list(merged.values())
+
+    def _consents_data(self, where: str, value: object) -> JsonObject:
+        if not isinstance(value, dict):
+            self.errors.append(f"{where}: must be an object with consents, force, confirmationMessageId")
+            return {}
+        for name in sorted(set(value) - {"consents", "force", "confirmationMessageId"}):
+            self.errors.append(f"{where}.{name}: unknown field")
+        force = value.get("force")
+        if force is not None and not isinstance(force, bool):
+            self.errors.append(f"{where}.force: must be a boolean")
+        message_id = value.get("confirmationMessageId")
+        if message_id is not None and not _is_int32(message_id):
+            self.errors.append(f"{where}.confirmationMessageId: {_quote(message_id)} is not a 32-bit integer")
+        consents: dict[int, JsonObject] = {}
+        raw = value.get("consents")
+        if raw is not None and not isinstance(raw, list):
+            self.errors.append(f"{where}.consents: must be a list of {{id, value}} objects")
+        elif raw is not None:
+            for index, consent in enumerate(raw):
+                here = f"{where}.consents[{index}]"
+                if not isinstance(consent, dict):
+                    self.errors.append(f"{here}: must be an object with id and value")
+                    continue
+                for name in sorted(set(consent) - {"id", "value"}):
+                    self.errors.append(f"{here}.{name}: unknown field")
+                consent_id = consent.get("id")
+                consent_value = consent.get("value")
+                ok = True
+                if consent_id is None:
+                    self.errors.append(f"{here}.id: required; a 32-bit integer")
+                    ok = False
+                elif not _is_int32(consent_id):
+                    self.errors.append(f"{here}.id: {_quote(consent_id)} is not a 32-bit integer")
+                    ok = False
+                if consent_value is None:
+                    self.errors.append(f"{here}.value: required; one of {', '.join(CONSENT_VALUES)}")
+                    ok = False
+                elif consent_value not in CONSENT_VALUES:
+                    self.errors.append(
+                        f"{here}.value: {_quote(consent_value)} is not one of {', '.join(CONSENT_VALUES)}"
+                    )
+                    ok = False
+                if ok and isinstance(consent_id, int):
+                    consents[consent_id] = {"id": consent_id, "value": consent_value}
+        return {"consents": list(consents.values())}
+
+
+def _is_int32(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and INT32_MIN <= value <= INT32_MAX
+
+
+def _is_datetime(value: str) -> bool:
+    if not DATETIME_RE.fullmatch(value):
+        return False
+    try:
+        datetime.fromisoformat(value)
+    except ValueError:
+        return False
+    return True
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self, address: tuple[str, int], sandbox: ExpertSenderSandbox) -> None:
+        self.sandbox = sandbox
+        super().__init__(address, _Handler)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def version_string(self) -> str:
+        return "ExpertSenderSandbox/1.0"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+    def do_GET(self) -> None:
+        self._dispatch()
+
+    def do_POST(self) -> None:
+        self._dispatch()
+
+    def do_PUT(self) -> None:
+        self._dispatch()
+
+    def do_PATCH(self) -> None:
+        self._dispatch()
+
+    def do_DELETE(self) -> None:
+        self._dispatch()
+
+    def do_HEAD(self) -> None:
+        self._dispatch()
+
+    def do_OPTIONS(self) -> None:
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        server = self.server
+        assert isinstance(server, _Server)
+        path = urlsplit(self.path).path
+        try:
+            raw = self._read_body()
+        except _BodyError as exc:
+            self.close_connection = True
+            self._send(_Response(exc.status, problem(exc.status, exc.detail, path)))
+            return
+        headers = {name.lower(): value for name, value in self.headers.items()}
+        try:
+            response = server.sandbox.handle(self.command, self.path, headers, raw)
+        except Exception as exc:
+            response = _Response(
+                500, problem(500, f"sandbox internal error: {type(exc).__name__}: {exc}", path)
+            )
+        self._send(response)
+
+    def _read_body(self) -> bytes:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            return self._read_chunked()
+        length_header = self.headers.get("Content-Length")
+        if length_header is None:
+            return b""
+        try:
+            length = int(length_header)
+        except ValueError:
+            raise _BodyError(400, "The Content-Length header is not a number.") from None
+        if length < 0:
+            raise _BodyError(400, "The Content-Length header is negative.")
+        if length > MAX_BODY_BYTES:
+            raise _BodyError(413, f"The request body exceeds {MAX_BODY_BYTES} bytes.")
+        return self.rfile.read(length)
+
+    def _read_chunked(self) -> bytes:
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            line = self.rfile.readline(65537)
+            try:
+                size = int(line.split(b";", 1)[0].strip(), 16)
+            except ValueError:
+                raise _BodyError(400, "Malformed chunked request body.") from None
+            if size == 0:
+                while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+                    pass
+                return b"".join(chunks)
+            total += size
+            if total > MAX_BODY_BYTES:
+                raise _BodyError(413, f"The request body exceeds {MAX_BODY_BYTES} bytes.")
+            chunks.append(self.rfile.read(size))
+            self.rfile.readline(65537)
+
+    def _send(self, response: _Response) -> None:
+        data = b"" if response.body is None else json.dumps(response.body, ensure_ascii=False).encode("utf-8")
+        try:
+            self.send_response(response.status)
+            if data:
+                self.send_header("Content-Type", response.content_type)
+            for name, value in response.headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(data)))
+            if self.close_connection:
+                self.send_header("Connection", "close")
+            self.end_headers()
+            if data and self.command != "HEAD":
+                self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+
+class _BodyError(Exception):
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+class ExpertSenderSandbox:
+    """In-memory ExpertSender CDP ``/customers`` API served over real HTTP on a daemon thread."""
+
+    def __init__(self, api_key: str, host: str = "127.0.0.1", port: int = 0, max_batch: int = 1000) -> None:
+        if not api_key:
+            raise ValueError("api_key must not be empty")
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        self._api_key = api_key.encode("utf-8")
+        self._host = host
+        self._port = port
+        self.max_batch = max_batch
+        self._lock = threading.Lock()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._customers: dict[int, JsonObject] = {}
+        self._index: dict[str, dict[str, int]] = {name: {} for name in (*IDENTIFIER_FIELDS, "id")}
+        self._deleted: list[JsonObject] = []
+        self._next_id = 1
+        self._faults: list[_Fault] = []
+        self._latency = 0.0
+        self._requests: list[RecordedRequest] = []
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+
+    def start(self) -> ExpertSenderSandbox:
+        if self._server is not None:
+            raise RuntimeError("sandbox already started")
+        server = _Server((self._host, self._port), self)
+        thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="expertsender-sandbox",
+            daemon=True,
+        )
+        thread.start()
+        self._server, self._thread = server, thread
+        return self
+
+    def stop(self) -> None:
+        server, thread = self._server, self._thread
+        self._server = self._thread = None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        if thread is not None:
+            thread.join(timeout=5)
+
+    def __enter__(self) -> Self:
+        if self._server is None:
+            self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("sandbox not started")
+        host, port = self._server.server_address[:2]
+        host_text = host.decode() if isinstance(host, bytes) else str(host)
+        if ":" in host_text:
+            host_text = f"[{host_text}]"
+        return f"http://{host_text}:{port}"
+
+    # -- state for tests -------------------------------------------------------------------------------
+
+    def customers(self) -> list[JsonObject]:
+        """Current customers (deep copies), in id order."""
+        with self._lock:
+            return [copy.deepcopy(self._customers[key]) for key in sorted(self._customers)]
+
+    @property
+    def deleted(self) -> list[JsonObject]:
+        """Deletions so far: ``{"id": n, "anonymized": bool}``, in order."""
+        with self._lock:
+            return copy.deepcopy(self._deleted)
+
+    def find(
+        self,
+        *,
+        email: str | None = None,
+        phone: str | None = None,
+        crm_id: str | None = None,
+        id: int | None = None,
+    ) -> JsonObject | None:
+        """The customer matching every given identifier (email case-insensitively), or ``None``."""
+        criteria = {"email": email, "phone": phone, "crmId": crm_id, "id": id}
+        given = {name: value for name, value in criteria.items() if value is not None}
+        if not given:
+            raise TypeError("find() needs at least one of email, phone, crm_id, id")
+        with self._lock:
+            found: set[int] | None = None
+            for name, value in given.items():
+                key = self._index[name].get(_index_key(name, value))
+                hits = {key} if key is not None else set()
+                found = hits if found is None else found & hits
+            if not found:
+                return None
+            return copy.deepcopy(self._customers[found.pop()])
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        """Vendor requests received so far (admin routes excluded), oldest first."""
+        with self._lock:
+            return list(self._requests)
+
+    def inject(
+        self,
+        *,
+        status: int,
+        times: int = 1,
+        retry_after: int | None = None,
+        method: str | None = None,
+        path_prefix: str | None = None,
+        body: JsonObject | None = None,
+    ) -> None:
+        """Answer the next ``times`` matching vendor requests with ``status`` (before auth/validation)."""
+        if not isinstance(status, int) or isinstance(status, bool) or not 200 <= status <= 599:
+            raise ValueError("status must be an integer HTTP status between 200 and 599")
+        if not isinstance(times, int) or isinstance(times, bool) or times < 1:
+            raise ValueError("times must be a positive integer")
+        if retry_after is not None and (
+            not isinstance(retry_after, int) or isinstance(retry_after, bool) or retry_after < 0
+        ):
+            raise ValueError("retry_after must be a non-negative integer (seconds)")
+        if method is not None and (not isinstance(method, str) or not method):
+            raise ValueError("method must be a non-empty string")
+        if path_prefix is not None and (not isinstance(path_prefix, str) or not path_prefix.startswith("/")):
+            raise ValueError("path_prefix must be a string starting with '/'")
+        if body is not None and not isinstance(body, dict):
+            raise ValueError("body must be a JSON object")
+        fault = _Fault(status, times, retry_after, method, path_prefix, copy.deepcopy(body))
+        with self._lock:
+            self._faults.append(fault)
+
+    def set_latency(self, seconds: float) -> None:
+        """Sleep ``seconds`` before answering every vendor request."""
+        if (
+            not isinstance(seconds, int | float)
+            or isinstance(seconds, bool)
+            or not math.isfinite(seconds)
+            or seconds < 0
+        ):
+            raise ValueError("seconds must be a finite, non-negative number")
+        with self._lock:
+            self._latency = float(seconds)
+
+    def reset(self) -> None:
+        """Forget customers, deletions, faults, latency and the request log."""
+        with self._lock:
+            self._customers = {}
+            self._index = {name: {} for name in (*IDENTIFIER_FIELDS, "id")}
+            self._deleted = []
+            self._next_id = 1
+            self._faults = []
+            self._latency = 0.0
+            self._requests = []
+
+    # -- request handling ------------------------------------------------------------------------------
+
+    def handle(self, method: str, target: str, headers: dict[str, str], raw_body: bytes) -> _Response:
+        """Answer one HTTP request (``headers`` with lower-case names); used by the HTTP handler."""
+        split = urlsplit(target)
+        path = split.path
+        query = parse_qs(split.query, keep_blank_values=True)
+        body: Any = None
+        body_error: str | None = None
+        if raw_body:
+            try:
+                body = json.loads(raw_body.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError) as exc:
+                body_error = str(exc)
+        if path == "/_sandbox" or path.startswith("/_sandbox/"):
+            return self._admin(method, path, body, body_error)
+        with self._lock:
+            latency = self._latency
+        if latency > 0:
+            time.sleep(latency)
+        response = self._vendor(method, path, query, headers, body, body_error)
+        recorded_headers = {
+            name: (REDACTED if name == API_KEY_HEADER else value) for name, value in headers.items()
+        }
+        record = RecordedRequest(method, path, query, recorded_headers, body, response.status, time.time())
+        with self._lock:
+            self._requests.append(record)
+        return response
+
+    def _take_fault(self, method: str, path: str) -> _Fault | None:
+        with self._lock:
+            for fault in self._faults:
+                if fault.matches(method, path):
+                    fault.remaining -= 1
+                    if fault.remaining <= 0:
+                        self._faults.remove(fault)
+                    return fault
+        return None
+
+    def _vendor(
+        self,
+        method: str,
+        path: str,
+        query: dict[str, list[str]],
+        headers: dict[str, str],
+        body: Any,
+        body_error: str | None,
+    ) -> _Response:
+        fault = self._take_fault(method, path)
+        if fault is not None:
+            extra = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
+            fault_body = (
+                fault.body
+                if fault.body is not None
+                else problem(
+                    fault.status, f"Injected fault: the sandbox was told to answer {fault.status}.", path
+                )
+            )
+            return _Response(fault.status, copy.deepcopy(fault_body), extra)
+        is_delete = method == "DELETE"
+        supplied = headers.get(API_KEY_HEADER, "")
+        if not supplied or not hmac.compare_digest(supplied.encode("utf-8"), self._api_key):
+            detail = (
+                "The x-api-key header is missing."
+                if not supplied
+                else "The API key supplied in the x-api-key header is not valid."
+            )
+            return _Response(401, problem(401, detail, path, substatus="Unauthorized" if is_delete else None))
+        if COLLECTION_RE.fullmatch(path):
+            if method != "POST":
+                return self._not_allowed(method, path, ("POST",))
+            return self._post_customers(path, body, body_error)
+        item = ITEM_RE.fullmatch(path)
+        if item is None:
+            return _Response(404, problem(404, f"No route matches {method} {path}.", path))
+        field_name = LOOKUP_FIELD.get(item.group(1).lower())
+        if field_name is None:
+            return _Response(
+                404,
+                problem(404, f"Unknown lookup {_quote(item.group(1))}; use id, email, phone or crmId.", path),
+            )
+        value = unquote(item.group(2))
+        if method == "GET":
+            return self._get_customer(path, field_name, value)
+        if method == "DELETE":
+            return self._delete_customer(path, field_name, value, query)
+        return self._not_allowed(method, path, ("GET", "DELETE"))
+
+    @staticmethod
+    def _not_allowed(method: str, path: str, allowed: tuple[str, ...]) -> _Response:
+        return _Response(
+            405,
+            problem(405, f"Method {method} is not allowed on {path}; use {', '.join(allowed)}.", path),
+            {"Allow": ", ".join(allowed)},
+        )
+
+    def _validation_failed(self, path: str, errors: list[str]) -> _Response:
+        count = len(errors)
+        detail = f"{count} validation error{'s' if count != 1 else ''}; first: {errors[0]}"
+        return _Response(400, problem(400, detail, path, title=VALIDATION_TITLE, errors=errors))
+
+    def _post_customers(self, path: str, body: Any, body_error: str | None) -> _Response:
+        if body_error is not None:
+            return self._validation_failed(path, [f"body: not valid JSON ({body_error})"])
+        if body is None:
+            return self._validation_failed(
+                path, ["body: required; a JSON object with mode, matchBy and data"]
+            )
+        validator = _Validator(self.max_batch)
+        parsed = validator.request(body)
+        if parsed is None:
+            return self._validation_failed(path, validator.errors)
+        mode, match_by, records = parsed
+        with self._lock:
+            errors, results = self._apply(mode, match_by, records)
+        if errors:
+            return self._validation_failed(path, errors)
+        return _Response(201, {"status": 201, "data": results})
+
+    def _apply(
+        self, mode: str, match_by: str, records: list[JsonObject]
+    ) -> tuple[list[str], list[JsonObject]]:
+        """Apply records to a working copy; commit only when every record succeeds (lock held)."""
+        key_field = MATCH_BY_FIELD[match_by]
+        customers = dict(self._customers)
+        index = {name: dict(keys) for name, keys in self._index.items()}
+        copied: set[int] = set()
+        next_id = self._next_id
+        errors: list[str] = []
+        results: list[JsonObject] = []
+        for position, record in enumerate(records):
+            where = f"data[{position}]"
+            key_value = record[key_field]
+            existing_id = index[key_field].get(_index_key(key_field, key_value))
+            shown = f"{key_field} {_quote(key_value)}"
+            if existing_id is not None and mode == "Add":
+                errors.append(f"{where}: customer with {shown} already exists")
+                continue
+            if existing_id is None and (mode == "Update" or key_field == "id"):
+                errors.append(f"{where}: no customer with {shown}")
+                continue
+            conflicts = [
+                f"{where}.{name}: {_quote(record[name])} already belongs to customer {owner}"
+                for name in IDENTIFIER_FIELDS
+                if name in record
+                and (owner := index[name].get(_index_key(name, record[name]))) is not None
+                and owner != existing_id
+            ]
+            if conflicts:
+                errors.extend(conflicts)
+                continue
+            if existing_id is None:
+                customer: JsonObject = {
+                    "id": next_id,
+                    "customAttributes": [],
+                    "consentsData": {"consents": []},
+                }
+                next_id += 1
+                customers[customer["id"]] = customer
+                copied.add(customer["id"])
+                index["id"][str(customer["id"])] = customer["id"]
+            else:
+                if existing_id not in copied:
+                    customers[existing_id] = copy.deepcopy(customers[existing_id])
+                    copied.add(existing_id)
+                customer = customers[existing_id]
+            _merge(customer, record, index)
+            results.append(
+                {
+                    "id": customer["id"],
+                    **{name: customer[name] for name in IDENTIFIER_FIELDS if name in customer},
+                }
+            )
+        if errors:
+            return errors, []
+        self._customers, self._index, self._next_id = customers, index, next_id
+        return [], copy.deepcopy(results)
+
+    def _lookup(self, field_name: str, value: str) -> int | None:
+        if field_name == "id" and not DIGITS_RE.fullmatch(value):
+            return None
+        key = str(int(value)) if field_name == "id" else _index_key(field_name, value)
+        return self._index[field_name].get(key)
+
+    def _get_customer(self, path: str, field_name: str, value: str) -> _Response:
+        with self._lock:
+            customer_id = self._lookup(field_name, value)
+            if customer_id is None:
+                return self._not_found(path, field_name, value)
+            return _Response(200, {"status": 200, "data": _view(self._customers[customer_id])})
+
+    def _not_found(self, path: str, field_name: str, value: str) -> _Response:
+        detail = f"Customer with {field_name} {_quote(value)} was not found."
+        return _Response(404, problem(404, detail, path, substatus="CustomerNotFound"))
+
+    def _delete_customer(
+        self, path: str, field_name: str, value: str, query: dict[str, list[str]]
+    ) -> _Response:
+        invalid: list[str] = []
+        if field_name == "id" and not (DIGITS_RE.fullmatch(value) and int(value) <= INT32_MAX):
+            invalid.append(f"id: {_quote(value)} is not a valid int32 customer id")
+        flag = {name.lower(): values for name, values in query.items()}.get("withanonymization", ["false"])
+        anonymize = flag[-1].lower() == "true"
+        if flag[-1].lower() not in ("true", "false"):
+            invalid.append(f"withAnonymization: {_quote(flag[-1])} is not a boolean (true or false)")
+        if invalid:
+            detail = f"{len(invalid)} validation error{'s' if len(invalid) != 1 else ''}; first: {invalid[0]}"
+            body = problem(
+                400,
+                detail,
+                path,
+                title=VALIDATION_TITLE,
+                substatus="CustomerInvalidModelState",
+                errors=invalid,
+            )
+            return _Response(400, body)
+        with self._lock:
+            customer_id = self._lookup(field_name, value)
+            if customer_id is None:
+                return self._not_found(path, field_name, value)
+            customer = self._customers.pop(customer_id)
+            for name in (*IDENTIFIER_FIELDS, "id"):
+                if name in customer:
+                    self._index[name].pop(_index_key(name, customer[name]), None)
+            self._deleted.append({"id": customer_id, "anonymized": anonymize})
+        return _Response(200)
+
+    def _admin(self, method: str, path: str, body: Any, body_error: str | None) -> _Response:
+        routes: dict[str, tuple[str, ...]] = {
+            "/_sandbox/faults": ("POST",),
+            "/_sandbox/latency": ("POST",),
+            "/_sandbox/reset": ("POST",),
+            "/_sandbox/customers": ("GET",),
+            "/_sandbox/requests": ("GET",),
+        }
+        route = path.rstrip("/")
+        if route not in routes:
+            return _Response(
+                404, problem(404, f"No sandbox admin route {path}; try {', '.join(routes)}.", path)
+            )
+        if method not in routes[route]:
+            return self._not_allowed(method, path, routes[route])
+        if route == "/_sandbox/customers":
+            return _Response(200, {"customers": self.customers(), "deleted": self.deleted})
+        if route == "/_sandbox/requests":
+            return _Response(200, {"requests": [record.to_dict() for record in self.requests]})
+        if route == "/_sandbox/reset":
+            self.reset()
+            return _Response(200, {"ok": True})
+        if body_error is not None or not isinstance(body, dict):
+            return _Response(400, problem(400, "The body must be a JSON object.", path))
+        try:
+            if route == "/_sandbox/latency":
+                if set(body) != {"seconds"}:
+                    raise ValueError('expected exactly {"seconds": <number>}')
+                self.set_latency(body["seconds"])
+            else:
+                unknown = sorted(set(body) - FAULT_FIELDS)
+                if unknown:
+                    raise ValueError(f"unknown fields {unknown}; expected {sorted(FAULT_FIELDS)}")
+                if "status" not in body:
+                    raise ValueError("status is required")
+                self.inject(**body)
+        except (TypeError, ValueError) as exc:
+            return _Response(400, problem(400, str(exc), path))
+        return _Response(200, {"ok": True})
+
+
+def _merge(customer: JsonObject, record: JsonObject, index: dict[str, dict[str, int]]) -> None:
+    """Replace provided fields, merge attributes by name and consents by id; keep indexes in step."""
+    for name, value in record.items():
+        if name == "id":
+            continue
+        if name == "customAttributes":
+            attributes = {item["name"]: item for item in customer["customAttributes"]}
+            for item in value:
+                attributes[item["name"]] = dict(item)
+            customer["customAttributes"] = list(attributes.values())
+        elif name == "consentsData":
+            consents = {item["id"]: item for item in customer["consentsData"]["consents"]}
+            for item in value.get("consents", []):
+                consents[item["id"]] = dict(item)
+            customer["consentsData"] = {"consents": list(consents.values())}
+        else:
+            if name in IDENTIFIER_FIELDS:
+                if name in customer:
+                    index[name].pop(_index_key(name, customer[name]), None)
+                index[name][_index_key(name, value)] = customer["id"]
+            customer[name] = value
+
+
+def _view(customer: JsonObject) -> JsonObject:
+    """The GET representation: every documented field, with platform-computed metrics at defaults."""
+    view: JsonObject = {
+        "id": customer["id"],
+        "email": customer.get("email"),
+        "phone": customer.get("phone"),
+        "crmId": customer.get("crmId"),
+    }
+    if "visitorId" in customer:
+        view["visitorId"] = customer["visitorId"]
+    view.update(
+        {
+            "firstName": customer.get("firstName"),
+            "lastName": customer.get("lastName"),
+            "dateOfBirth": customer.get("dateOfBirth"),
+            "gender": customer.get("gender"),
+            "rfmSegment": None,
+            "totalSpent": 0,
+            "totalOrders": 0,
+            "totalOrderReturns": 0,
+            "avgOrder": 0,
+            "avgPricePoint": 0,
+            "lastOrder": None,
+            "avgTimeBetweenOrdersInDays": 0,
+            "currencySymbol": None,
+            "customAttributes": copy.deepcopy(customer["customAttributes"]),
+            "consentsData": copy.deepcopy(customer["consentsData"]),
+        }
+    )
+    return view
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the sandbox in the foreground until interrupted (Ctrl-C or SIGTERM)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m forwarder_local.sandboxes.expertsender",
+        description="Local ExpertSender CDP /customers sandbox.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    parser.add_argument(
+        "--port", type=int, default=8701, help="port to bind; 0 picks a free one (default 8701)"
+    )
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("EXPERTSENDER_SANDBOX_API_KEY"),
+        help="the key clients must send in x-api-key (default: $EXPERTSENDER_SANDBOX_API_KEY)",
+    )
+    parser.add_argument("--max-batch", type=int, default=1000, help="customers per POST (default 1000)")
+    args = parser.parse_args(argv)
+    if not args.api_key:
+        parser.error("--api-key (or EXPERTSENDER_SANDBOX_API_KEY) is required")
+    stop = threading.Event()
+
+    def _on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    with contextlib.suppress(ValueError):  # signal handlers can only be set from the main thread
+        signal.signal(signal.SIGTERM, _on_signal)
+    with ExpertSenderSandbox(
+        args.api_key, host=args.host, port=args.port, max_batch=args.max_batch
+    ) as sandbox:
+        print(f"ExpertSender sandbox listening on {sandbox.url} (admin routes under /_sandbox/)", flush=True)
+        try:
+            while not stop.wait(0.5):
+                pass
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()
