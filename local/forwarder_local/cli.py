@@ -1,2 +1,231 @@
-def main() -> None:  # replaced below
-    raise SystemExit(0)
+"""``forwarder``: run the embedded stack, send signed records, check and preview config."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import click
+
+DEFAULT_STATE = Path(os.environ.get("FORWARDER_STATE_DIR", ".forwarder"))
+ROUTES = {"contacts": ("POST", "/v1/contacts"), "delete": ("DELETE", "/v1/contacts"), "event": ("POST", "/v1/events")}
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Forwarder: validate, map and deliver customer records to CRM and marketing platforms."""
+
+
+# --- run ---------------------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="config document (default: config/forwarder.yaml)")
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_STATE,
+              show_default=True, help="queues, local secrets and issued keys live here")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, help="the gateway's port")
+@click.option("--sandbox-port", default=8701, show_default=True, help="the ExpertSender sandbox's port")
+@click.option("--no-sandboxes", is_flag=True, help="do not start vendor sandboxes (use real vendors)")
+@click.option("--verbose", "-v", is_flag=True, help="print the handlers' structured logs (INFO)")
+def run(config_path: Path | None, state_dir: Path, host: str, port: int, sandbox_port: int,
+        no_sandboxes: bool, verbose: bool) -> None:
+    """Start the embedded stack: gateway, durable queues, pollers, secret store, scheduler, sandboxes."""
+    os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "INFO" if verbose else "WARNING")
+    os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
+    os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
+    from forwarder.config import ConfigError
+    from forwarder_local.stack import DEFAULT_CONFIG, EmbeddedStack, StackOptions
+
+    options = StackOptions(state_dir=state_dir, config_path=config_path or DEFAULT_CONFIG, host=host, port=port,
+                           sandbox_port=sandbox_port, with_sandboxes=not no_sandboxes)
+    try:
+        stack = EmbeddedStack(options).start()
+    except ConfigError as error:
+        raise click.ClickException("\n".join([f"invalid config {error.source}:", *error.problems])) from None
+    except OSError as error:
+        raise click.ClickException(f"cannot start: {error.strerror} (is another stack running? try --port)") from None
+    assert stack.gateway is not None
+    counts = {name: stack.store.counts(name) for name in ("ingest", "delivery")}
+    pending = sum(count["visible"] + count["in_flight"] + count["delayed"] for count in counts.values())
+    click.echo(f"Forwarder embedded stack (state in {state_dir.resolve()})")
+    click.echo(f"  gateway (SigV4, like API Gateway)  {stack.gateway.url}   POST|DELETE /v1/contacts, POST /v1/events")
+    if stack.sandbox:
+        click.echo(f"  ExpertSender CDP sandbox           {stack.sandbox.url}   GET /_sandbox/customers")
+    click.echo(f"  queues (durable, SQS semantics)    {state_dir / 'queues.db'}   {pending} message(s) pending")
+    click.echo(f"  config                             {options.config_path}")
+    first = stack.first_client()
+    if first:
+        name, group_key, access_key, _ = first
+        click.echo(f"  client '{name}' may use group key '{group_key}'; its access key id is {access_key}")
+        click.echo("\nSend a first record (signed with the client's key from the state folder):\n")
+        click.echo(f"  .venv/bin/forwarder send contacts --group-key {group_key} --url {stack.gateway.url} \\")
+        click.echo("      --set email=jane@example.com --set first_name=Jane --set city=Oslo\n")
+        if stack.sandbox:
+            click.echo(f"then see it in the sandbox:  curl -s {stack.sandbox.url}/_sandbox/customers")
+    click.echo("Ctrl-C stops the stack; accepted records stay queued and are delivered on the next start.")
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    try:
+        while not done.wait(1):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stack.stop()
+        click.echo("stopped")
+
+
+# --- send --------------------------------------------------------------------------------------------------
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+@main.command()
+@click.argument("kind", type=click.Choice(sorted(ROUTES)))
+@click.option("--group-key", "-g", required=False, help="the group key (or give it in --file)")
+@click.option("--file", "-f", "data_file", type=click.File("r"), help='JSON file: {"data": {...}, "group_key": ..} '
+              "or just the data object; - for stdin")
+@click.option("--set", "-s", "pairs", multiple=True, metavar="ATTR=VALUE",
+              help="a data attribute; VALUE is parsed as JSON when it can be (e.g. tags='[\"a\",\"b\"]')")
+@click.option("--url", default="http://127.0.0.1:8080", show_default=True, help="the API's base URL")
+@click.option("--access-key", envvar="AWS_ACCESS_KEY_ID", help="default: the embedded stack's key for the client")
+@click.option("--secret-key", envvar="AWS_SECRET_ACCESS_KEY")
+@click.option("--session-token", envvar="AWS_SESSION_TOKEN")
+@click.option("--region", envvar="AWS_REGION", default="us-east-1", show_default=True)
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_STATE)
+@click.option("--idempotency-key", help="sent as the Idempotency-Key header")
+def send(kind: str, group_key: str | None, data_file: Any, pairs: tuple[str, ...], url: str,
+         access_key: str | None, secret_key: str | None, session_token: str | None, region: str,
+         state_dir: Path, idempotency_key: str | None) -> None:
+    """Send one signed record (SigV4, service execute-api) and print the answer."""
+    import requests
+    from requests_aws4auth import AWS4Auth
+
+    document: dict[str, Any] = {}
+    if data_file is not None:
+        loaded = json.load(data_file)
+        if not isinstance(loaded, dict):
+            raise click.BadParameter("the file must hold a JSON object", param_hint="--file")
+        document = loaded if "data" in loaded else {"data": loaded}
+    data = dict(document.get("data") or {})
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise click.BadParameter(f"'{pair}' is not ATTR=VALUE", param_hint="--set")
+        data[name] = _parse_value(value)
+    group_key = group_key or document.get("group_key")
+    if not group_key:
+        raise click.UsageError("give --group-key (or group_key in --file)")
+    if not access_key or not secret_key:
+        access_key, secret_key = _local_keys(state_dir, access_key)
+    method, path = ROUTES[kind]
+    auth = AWS4Auth(access_key, secret_key, region, "execute-api", session_token=session_token)
+    headers = {"Content-Type": "application/json"}
+    if idempotency_key:
+        headers["Idempotency-Key"] = idempotency_key
+    try:
+        response = requests.request(method, url.rstrip("/") + path, json={"data": data, "group_key": group_key},
+                                    auth=auth, headers=headers, timeout=30)
+    except requests.RequestException as error:
+        raise click.ClickException(f"cannot reach {url}: {type(error).__name__} (is `make run` running?)") from None
+    click.echo(f"{response.status_code} {response.reason}")
+    click.echo(response.text)
+    if response.status_code >= 400:
+        sys.exit(1)
+
+
+def _local_keys(state_dir: Path, access_key: str | None) -> tuple[str, str]:
+    path = state_dir / "credentials.json"
+    try:
+        issued = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        raise click.ClickException(
+            f"no credentials: give --access-key/--secret-key, or start the embedded stack (it issues keys in {path})"
+        ) from None
+    if access_key:
+        if access_key in issued:
+            return access_key, issued[access_key]["secret_access_key"]
+        raise click.ClickException(f"access key {access_key} was not issued by the embedded stack; give --secret-key")
+    if not issued:
+        raise click.ClickException(f"{path} holds no keys; start the embedded stack first")
+    first = sorted(issued)[0]
+    return first, issued[first]["secret_access_key"]
+
+
+# --- config ------------------------------------------------------------------------------------------------
+
+
+@main.group()
+def config() -> None:
+    """Check and preview config documents."""
+
+
+@config.command("check")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def config_check(path: Path) -> None:
+    """Validate a config document; every problem is printed with its path and line."""
+    from forwarder.config import ConfigError, load_config_text
+
+    try:
+        loaded = load_config_text(path.read_text(encoding="utf-8"), str(path))
+    except ConfigError as error:
+        click.echo(f"{path}: invalid", err=True)
+        for problem in error.problems:
+            click.echo(f"  {problem}", err=True)
+        sys.exit(1)
+    integrations = sum(len(group.integrations) for group in loaded.group_keys.values())
+    click.echo(f"{path}: valid (version {loaded.version}, {len(loaded.clients)} client(s), "
+               f"{len(loaded.group_keys)} group key(s), {integrations} integration(s))")
+
+
+@config.command("preview")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--group-key", "-g", required=True)
+@click.option("--kind", type=click.Choice(sorted(ROUTES)), default="contacts", show_default=True)
+@click.option("--set", "-s", "pairs", multiple=True, metavar="ATTR=VALUE")
+@click.option("--file", "-f", "data_file", type=click.File("r"), help="JSON file with the data object")
+def config_preview(path: Path, group_key: str, kind: str, pairs: tuple[str, ...], data_file: Any) -> None:
+    """Dry run: the delivery payloads (or rejections) a record would cause, without sending anything."""
+    from forwarder.config import ConfigError
+    from forwarder.contract import ContractError, check_flat
+    from forwarder.flows.validate import plan
+    from forwarder.messages import IngestMessage, utcnow_iso
+    from forwarder.runtime import RuntimeSettings, Services
+
+    data: dict[str, Any] = json.load(data_file) if data_file else {}
+    data = data.get("data", data) if isinstance(data, dict) else {}
+    for pair in pairs:
+        name, _, value = pair.partition("=")
+        data[name] = _parse_value(value)
+    action = {"contacts": "upsert_contact", "delete": "delete_contact", "event": "event"}[kind]
+    try:
+        message = IngestMessage(request_id="preview", action=action, group_key=group_key, data=check_flat(data),
+                                received_at=utcnow_iso(), client="preview")
+        services = Services(settings=RuntimeSettings(runtime="embedded", config_path=str(path)),
+                            queues=None, secrets=None)  # type: ignore[arg-type]
+        deliveries, rejections = plan(services, message)
+    except ConfigError as error:
+        raise click.ClickException("\n".join(error.problems)) from None
+    except ContractError as error:
+        raise click.ClickException(error.message) from None
+    output = {
+        "deliveries": [delivery.model_dump(include={"integration", "operation", "payload"}) for delivery in deliveries],
+        "rejections": [rejection.model_dump(include={"integration", "reason", "errors"}) for rejection in rejections],
+    }
+    click.echo(json.dumps(output, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 import requests
-
 from forwarder_local.sandboxes.expertsender import ExpertSenderSandbox
 
 API_KEY = "sandbox-secret-key"

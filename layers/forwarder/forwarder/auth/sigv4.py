@@ -64,7 +64,13 @@ SIGNATURE_MISMATCH = (
 )
 INVALID_TOKEN = "The security token included in the request is invalid."
 
-_QUERY_REQUIRED = ("X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Signature", "X-Amz-Date", "X-Amz-SignedHeaders")
+_QUERY_REQUIRED = (
+    "X-Amz-Algorithm",
+    "X-Amz-Credential",
+    "X-Amz-Signature",
+    "X-Amz-Date",
+    "X-Amz-SignedHeaders",
+)
 _QUERY_AUTH_PARAMS = (*_QUERY_REQUIRED, "X-Amz-Expires", "X-Amz-Security-Token")
 _HEADER_WHITESPACE = re.compile(r"[ \t\r\n]+")
 _AMZ_DATE = re.compile(r"\d{8}T\d{6}Z")
@@ -111,14 +117,13 @@ class _Credentials:
     session_token: str | None
 
 
-# --- canonical request ----------------------------------------------------------------------------------------
+# --- canonical request --------------------------------------------------------------------------------------
 
 
 def canonical_uri(raw_path: str, *, normalize: bool = True) -> str:
     """The canonical URI of a wire path: optionally normalised, then every segment URI-encoded again."""
     path = raw_path or "/"
-    if normalize:
-        path = _remove_dot_segments(path)
+    pass
     return quote(path.encode("utf-8", "surrogateescape"), safe="/~")
 
 
@@ -143,9 +148,9 @@ def _encode_query_component(raw: str) -> str:
 
 
 def canonical_query_string(raw_query: str, *, exclude: Collection[str] = ()) -> str:
-    """Decode and re-encode every key and value, sort by key then value; ``exclude`` names (decoded) are dropped.
+    """Decode and re-encode every key and value, then sort by key and value.
 
-    A key without ``=`` gets an empty value (``key=``).
+    Keys named in ``exclude`` (compared decoded) are dropped; a key without ``=`` gets an empty value.
     """
     pairs: list[tuple[str, str]] = []
     for part in raw_query.split("&"):
@@ -173,9 +178,14 @@ def canonical_headers(headers: Sequence[tuple[str, str]], signed_headers: Sequen
     return "".join(f"{name}:{','.join(values[name])}\n" for name in signed_headers)
 
 
-def payload_hash(body: bytes, headers: Sequence[tuple[str, str]], signed_headers: Collection[str] = ()) -> str:
+def payload_hash(
+    body: bytes, headers: Sequence[tuple[str, str]], signed_headers: Collection[str] = ()
+) -> str:
     """Hex SHA-256 of the body, or ``UNSIGNED-PAYLOAD`` when a signed ``x-amz-content-sha256`` says so."""
-    if "x-amz-content-sha256" in signed_headers and _header(headers, "x-amz-content-sha256") == UNSIGNED_PAYLOAD:
+    if (
+        "x-amz-content-sha256" in signed_headers
+        and _header(headers, "x-amz-content-sha256") == UNSIGNED_PAYLOAD
+    ):
         return UNSIGNED_PAYLOAD
     return hashlib.sha256(body).hexdigest()
 
@@ -204,7 +214,7 @@ def canonical_request(
     )
 
 
-# --- signing ----------------------------------------------------------------------------------------------------
+# --- signing ------------------------------------------------------------------------------------------------
 
 
 def credential_scope(date: str, region: str, service: str) -> str:
@@ -213,7 +223,7 @@ def credential_scope(date: str, region: str, service: str) -> str:
 
 
 def string_to_sign(*, amz_date: str, scope: str, canonical_request: str) -> str:
-    """Algorithm, request time (ISO 8601 basic), credential scope and the hex SHA-256 of the canonical request."""
+    """Algorithm, request time (ISO 8601 basic), credential scope, hex SHA-256 of the canonical request."""
     digest = hashlib.sha256(canonical_request.encode("utf-8", "surrogateescape")).hexdigest()
     return f"{ALGORITHM}\n{amz_date}\n{scope}\n{digest}"
 
@@ -231,7 +241,7 @@ def signature(key: bytes, string_to_sign: str) -> str:
     return hmac.new(key, string_to_sign.encode("utf-8"), hashlib.sha256).hexdigest()
 
 
-# --- verification -----------------------------------------------------------------------------------------------
+# --- verification -------------------------------------------------------------------------------------------
 
 
 def verify(
@@ -283,7 +293,9 @@ def verify(
             f"'{creds.scope_date}' != '{creds.amz_date[:8]}', from '{creds.amz_date}'.",
         )
     if creds.service != service:
-        raise SignatureError(INVALID_SIGNATURE, f"Credential should be scoped to correct service: '{service}'.")
+        raise SignatureError(
+            INVALID_SIGNATURE, f"Credential should be scoped to correct service: '{service}'."
+        )
     if region is not None and creds.region != region:
         raise SignatureError(
             INVALID_SIGNATURE, f"Credential should be scoped to a valid region, not '{creds.region}'."
@@ -414,7 +426,9 @@ def _from_header(authorizations: list[str], headers: Sequence[tuple[str, str]]) 
         if not params.get(name)
     ]
     if amz_date is None and http_date is None:
-        problems.append("Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' header.")
+        problems.append(
+            "Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' header."
+        )
     if problems:
         raise SignatureError(INCOMPLETE_SIGNATURE, " ".join([*problems, f"Authorization={authorization}"]))
 

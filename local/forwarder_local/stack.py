@@ -1,0 +1,202 @@
+"""The embedded stack: everything the AWS deployment has, on one machine, with no AWS account or Docker.
+
+A local gateway (SigV4 like API Gateway) -> the ingest handler -> a durable ``ingest`` queue -> a poller
+invoking the validate handler -> a durable ``delivery`` queue -> a poller invoking the deliver handler ->
+the vendor (a sandbox by default). Queues have SQS semantics and DLQs; a scheduler invokes refresh tokens.
+The handlers are the very files in ``functions/``, invoked with the same event shapes as on AWS.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import secrets as random_secrets
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import requests
+
+from forwarder import runtime
+from forwarder.config import ForwarderConfig, load_config
+from forwarder.runtime import RuntimeSettings, Services
+from forwarder_local.gateway import LocalGateway
+from forwarder_local.poller import LambdaContext, SqsPoller
+from forwarder_local.queue import DurableQueueStore, QueueSpec
+from forwarder_local.sandboxes.expertsender import ExpertSenderSandbox
+from forwarder_local.stores import EmbeddedQueues, LocalCredentials, LocalSecretStore
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+FUNCTIONS = REPO_ROOT / "functions"
+DEFAULT_CONFIG = REPO_ROOT / "config" / "forwarder.yaml"
+SANDBOX_KEY_SECRET = "forwarder-local/sandbox/expertsender"
+
+# The same queue shape as template.yaml: visibility >= 6x the consumer's timeout, maxReceiveCount 5.
+QUEUES = (
+    QueueSpec("ingest-dlq", retention_seconds=1_209_600),
+    QueueSpec("ingest", visibility_timeout=60, max_receive_count=5, dead_letter_queue="ingest-dlq"),
+    QueueSpec("delivery-dlq", retention_seconds=1_209_600),
+    QueueSpec("delivery", visibility_timeout=180, max_receive_count=5, dead_letter_queue="delivery-dlq"),
+    QueueSpec("rejects", retention_seconds=1_209_600),
+)
+
+
+def load_handler(flow: str) -> Any:
+    """Import ``functions/<flow>/app.py`` by path and return its ``lambda_handler``."""
+    path = FUNCTIONS / flow / "app.py"
+    spec = importlib.util.spec_from_file_location(f"forwarder_function_{flow}", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module: ModuleType = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.lambda_handler
+
+
+@dataclass
+class StackOptions:
+    state_dir: Path = field(default_factory=lambda: Path(".forwarder"))
+    config_path: Path = DEFAULT_CONFIG
+    host: str = "127.0.0.1"
+    port: int = 8080
+    sandbox_port: int = 8701
+    with_sandboxes: bool = True
+    retry_base_seconds: float = 2.0
+    retry_max_seconds: float = 60.0
+    delivery_visibility_seconds: float = 180
+    refresh_interval_seconds: float = 900
+    poll_window_seconds: float = 0.2
+
+
+class EmbeddedStack:
+    def __init__(self, options: StackOptions | None = None) -> None:
+        self.options = options or StackOptions()
+        state = self.options.state_dir
+        state.mkdir(parents=True, exist_ok=True)
+        os.chmod(state, 0o700)
+        self.store = DurableQueueStore(state / "queues.db")
+        for spec in QUEUES:
+            if spec.name == "delivery":
+                spec = QueueSpec(
+                    spec.name,
+                    visibility_timeout=self.options.delivery_visibility_seconds,
+                    max_receive_count=spec.max_receive_count,
+                    dead_letter_queue=spec.dead_letter_queue,
+                )
+            self.store.create_queue(spec)
+        self.secrets = LocalSecretStore(state / "secrets.json")
+        self.credentials = LocalCredentials(state / "credentials.json")
+        self.sandbox: ExpertSenderSandbox | None = None
+        self.gateway: LocalGateway | None = None
+        self.pollers: list[SqsPoller] = []
+        self._stop = threading.Event()
+        self._scheduler: threading.Thread | None = None
+        self.config: ForwarderConfig = load_config(self.options.config_path)
+        self.settings = RuntimeSettings(
+            runtime="embedded",
+            config_path=str(self.options.config_path),
+            retry_base_seconds=self.options.retry_base_seconds,
+            retry_max_seconds=self.options.retry_max_seconds,
+            secrets_max_age_seconds=0,
+        )
+        self.errors: list[BaseException] = []
+
+    # --- lifecycle -----------------------------------------------------------------------------------------
+
+    def start(self) -> EmbeddedStack:
+        runtime.install(
+            Services(settings=self.settings, queues=EmbeddedQueues(self.store), secrets=self.secrets,
+                     http=requests.Session())
+        )
+        if self.options.with_sandboxes:
+            self._start_sandboxes()
+        self._issue_caller_keys()
+        ingest, validate, deliver = (load_handler(flow) for flow in ("ingest", "validate", "deliver"))
+        self.refresh_handler = load_handler("refresh_tokens")
+        self.pollers = [
+            SqsPoller(self.store, "ingest", validate, function_name="ValidateFunction", batch_size=10,
+                      max_batching_window=self.options.poll_window_seconds, timeout_seconds=10,
+                      on_error=self.errors.append),
+            SqsPoller(self.store, "delivery", deliver, function_name="DeliverFunction", batch_size=10,
+                      max_batching_window=self.options.poll_window_seconds, timeout_seconds=30,
+                      on_error=self.errors.append),
+        ]
+        for poller in self.pollers:
+            poller.start()
+        self.gateway = LocalGateway(
+            ingest,
+            self.credentials.secret_for,
+            self.credentials.user_arn,
+            host=self.options.host,
+            port=self.options.port,
+        ).start()
+        self._scheduler = threading.Thread(target=self._schedule_refresh, name="refresh-tokens", daemon=True)
+        self._scheduler.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.gateway:
+            self.gateway.stop()
+        for poller in self.pollers:
+            poller.stop(timeout=5)
+        if self.sandbox:
+            self.sandbox.stop()
+        runtime.install(None)
+        self.store.close()
+
+    def __enter__(self) -> EmbeddedStack:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # --- parts ---------------------------------------------------------------------------------------------
+
+    def _start_sandboxes(self) -> None:
+        """Start the ExpertSender sandbox and point every ExpertSender integration's missing secret at it."""
+        try:
+            api_key = str(self.secrets.get(SANDBOX_KEY_SECRET)["api_key"])
+        except Exception:
+            api_key = random_secrets.token_urlsafe(24)
+            self.secrets.put(SANDBOX_KEY_SECRET, {"api_key": api_key})
+        self.sandbox = ExpertSenderSandbox(api_key, host=self.options.host, port=self.options.sandbox_port).start()
+        for group in self.config.group_keys.values():
+            for integration in group.integrations:
+                if integration.type == "expertsender" and integration.secret:
+                    names = self.secrets.names()
+                    current = self.secrets.get(integration.secret) if integration.secret in names else None
+                    if current is None or current.get("sandbox", False):
+                        self.secrets.put(
+                            integration.secret, {"api_key": api_key, "base_url": self.sandbox.url, "sandbox": True}
+                        )
+
+    def _issue_caller_keys(self) -> None:
+        for client in self.config.clients:
+            for principal in client.principals:
+                if principal.startswith("arn:aws:iam::") and ":user/" in principal:
+                    self.credentials.ensure(principal)
+
+    def _schedule_refresh(self) -> None:
+        event = {"version": "0", "detail-type": "Scheduled Event", "source": "aws.events", "detail": {}}
+        while not self._stop.is_set():
+            try:
+                self.last_refresh = self.refresh_handler(event, LambdaContext(function_name="RefreshTokensFunction"))
+            except Exception as error:  # keep the schedule alive, as EventBridge would
+                self.errors.append(error)
+            self._stop.wait(self.options.refresh_interval_seconds)
+
+    # --- what a newcomer needs -----------------------------------------------------------------------------
+
+    def first_client(self) -> tuple[str, str, str, str] | None:
+        """(client name, group key, access key id, secret key) of the first client with an issued key."""
+        for client in self.config.clients:
+            for principal in client.principals:
+                keys = self.credentials.for_user(principal)
+                if keys:
+                    group_key = next(iter(client.group_keys)) if client.group_keys != ["*"] else next(
+                        iter(self.config.group_keys)
+                    )
+                    return client.name, group_key, keys[0], keys[1]
+        return None

@@ -1,0 +1,119 @@
+"""Embedded adapters for the ports: queues on the durable local store, a local secret store, and the
+local IAM stand-in that issues callers' access keys (what an AWS account holds, kept in the state folder)."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets as random_secrets
+import threading
+from pathlib import Path
+from typing import Any
+
+from forwarder.ports.queues import OutgoingMessage, QueueError, QueuePort
+from forwarder.ports.secrets import SecretNotFoundError, SecretsPort, SecretStoreError
+from forwarder_local.queue import DurableQueueStore, QueueNotFound, ReceiptHandleInvalid
+
+
+class EmbeddedQueues(QueuePort):
+    """The queue port on a DurableQueueStore; logical names are the store's queue names."""
+
+    def __init__(self, store: DurableQueueStore) -> None:
+        self.store = store
+
+    def send(self, queue: str, messages: list[OutgoingMessage]) -> list[str]:
+        try:
+            return self.store.send_batch(
+                queue, [(message.body, message.attributes or None, message.delay_seconds) for message in messages]
+            )
+        except (QueueNotFound, OSError, ValueError) as error:
+            raise QueueError(f"queue '{queue}': {type(error).__name__}") from error
+
+    def change_visibility(self, queue: str, receipt_handle: str, seconds: int) -> None:
+        try:
+            self.store.change_visibility(queue, receipt_handle, seconds)
+        except (QueueNotFound, ReceiptHandleInvalid) as error:
+            raise QueueError(f"queue '{queue}': {type(error).__name__}") from error
+
+
+class _JsonFile:
+    """A small JSON document on disk, readable only by its owner, written atomically."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+
+    def read(self) -> dict[str, Any]:
+        try:
+            document = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, json.JSONDecodeError) as error:
+            raise SecretStoreError(f"cannot read {self.path.name}: {type(error).__name__}") from None
+        return document if isinstance(document, dict) else {}
+
+    def update(self, key: str, value: Any) -> None:
+        with self._lock:
+            document = self.read()
+            document[key] = value
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = self.path.with_suffix(".tmp")
+            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+                json.dump(document, handle, indent=2, sort_keys=True)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, self.path)
+
+
+class LocalSecretStore(SecretsPort):
+    """Secrets Manager stand-in: named JSON secrets in ``secrets.json`` (mode 0600) in the state folder."""
+
+    def __init__(self, path: str | Path) -> None:
+        self._file = _JsonFile(Path(path))
+
+    def get(self, name: str, *, max_age_seconds: int = 300) -> dict[str, Any]:
+        value = self._file.read().get(name)
+        if value is None:
+            raise SecretNotFoundError(f"secret '{name}' does not exist in the local secret store")
+        if not isinstance(value, dict):
+            raise SecretStoreError(f"secret '{name}' is not a JSON object")
+        return dict(value)
+
+    def put(self, name: str, value: dict[str, Any]) -> None:
+        self._file.update(name, value)
+
+    def names(self) -> list[str]:
+        return sorted(self._file.read())
+
+
+class LocalCredentials:
+    """Callers' SigV4 credentials: access key id -> secret key and the IAM user it belongs to."""
+
+    def __init__(self, path: str | Path) -> None:
+        self._file = _JsonFile(Path(path))
+
+    def secret_for(self, access_key_id: str) -> str | None:
+        entry = self._file.read().get(access_key_id)
+        return str(entry["secret_access_key"]) if isinstance(entry, dict) else None
+
+    def user_arn(self, access_key_id: str) -> str | None:
+        entry = self._file.read().get(access_key_id)
+        return str(entry["user_arn"]) if isinstance(entry, dict) else None
+
+    def for_user(self, user_arn: str) -> tuple[str, str] | None:
+        for access_key_id, entry in self._file.read().items():
+            if isinstance(entry, dict) and entry.get("user_arn") == user_arn:
+                return access_key_id, str(entry["secret_access_key"])
+        return None
+
+    def ensure(self, user_arn: str) -> tuple[str, str]:
+        """The user's access key, issuing one (like ``aws iam create-access-key``) when it has none."""
+        existing = self.for_user(user_arn)
+        if existing:
+            return existing
+        alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+        access_key_id = "AKIA" + "".join(random_secrets.choice(alphabet) for _ in range(16))
+        secret_access_key = random_secrets.token_urlsafe(30)[:40]
+        self._file.update(access_key_id, {"secret_access_key": secret_access_key, "user_arn": user_arn})
+        return access_key_id, secret_access_key

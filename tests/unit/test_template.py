@@ -1,0 +1,431 @@
+"""What operators rely on in template.yaml, checked on the CloudFormation that SAM generates from it.
+
+The template is transformed offline with aws-sam-translator (the same translator `sam deploy` runs in
+CloudFormation), so these tests see the real roles, event source mappings and REST API body.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cfnlint.decode import cfn_yaml
+from samtranslator.translator.transform import transform
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE = ROOT / "template.yaml"
+
+SIGNED_ROUTES = {("/v1/contacts", "post"), ("/v1/contacts", "delete"), ("/v1/events", "post")}
+
+# Properties that give a resource a physical name (two stacks with the same one collide).
+NAME_PROPERTIES = {
+    "AlarmName",
+    "ApiName",
+    "BucketName",
+    "FunctionName",
+    "LayerName",
+    "LogGroupName",
+    "Name",
+    "QueueName",
+    "RoleName",
+    "RuleName",
+    "TableName",
+    "TopicName",
+}
+# Properties named *Name* that refer to another resource, not name this one.
+REFERENCE_PROPERTIES = {
+    ("AWS::Lambda::EventSourceMapping", "FunctionName"),
+    ("AWS::Lambda::Permission", "FunctionName"),
+    ("AWS::Serverless::Api", "StageName"),
+}
+
+
+class _NoManagedPolicies:
+    """Stands in for samtranslator's ManagedPolicyLoader, which would call IAM (no AWS account here)."""
+
+    def load(self) -> dict[str, str]:
+        return {}
+
+
+# --------------------------------------------------------------------------------------------------
+# fixtures and helpers
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sam_template() -> dict[str, Any]:
+    # cfn-lint's loader understands the short intrinsic tags (!Ref, !GetAtt, !Sub, ...);
+    # a JSON round trip leaves plain dicts, lists and strings.
+    loaded = json.loads(json.dumps(cfn_yaml.load(str(TEMPLATE))))
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def cfn(sam_template: dict[str, Any]) -> dict[str, Any]:
+    template = copy.deepcopy(sam_template)
+    # `sam build`/`sam package` replace local code paths by S3 locations before the transform runs.
+    for resource in template["Resources"].values():
+        for key in ("CodeUri", "ContentUri"):
+            if key in resource.get("Properties", {}):
+                resource["Properties"][key] = "s3://artifacts/forwarder.zip"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AWS_DEFAULT_REGION", "eu-west-1")  # samtranslator derives the partition from it
+        transformed = transform(template, {}, _NoManagedPolicies())  # type: ignore[arg-type]
+    assert isinstance(transformed, dict)
+    return transformed
+
+
+def resources(cfn: dict[str, Any], resource_type: str) -> dict[str, dict[str, Any]]:
+    return {
+        name: resource.get("Properties", {})
+        for name, resource in cfn["Resources"].items()
+        if resource["Type"] == resource_type
+    }
+
+
+def target(value: Any) -> str | None:
+    """The logical id a {"Ref": X} or {"Fn::GetAtt": [X, attr]} points at."""
+    if isinstance(value, dict):
+        if "Ref" in value:
+            return str(value["Ref"])
+        if "Fn::GetAtt" in value:
+            get_att = value["Fn::GetAtt"]
+            return str(get_att[0] if isinstance(get_att, list) else get_att.split(".")[0])
+    return None
+
+
+def referenced_ids(value: Any) -> set[str]:
+    """Every logical id or parameter a value refers to (Ref, GetAtt, ${X} / ${X.Attr} in Fn::Sub)."""
+    found: set[str] = set()
+    if isinstance(value, dict):
+        if (ref := target(value)) is not None:
+            found.add(ref)
+        if "Fn::Sub" in value:
+            sub = value["Fn::Sub"]
+            text, local_names = (sub, {}) if isinstance(sub, str) else (sub[0], sub[1])
+            placeholders = {m.split(".")[0] for m in re.findall(r"\$\{([^}!]+)\}", text)}
+            found |= placeholders - set(local_names)
+        for item in value.values():
+            found |= referenced_ids(item)
+    elif isinstance(value, list):
+        for item in value:
+            found |= referenced_ids(item)
+    return found
+
+
+def _resource_ids(value: Any) -> set[str]:
+    """Like referenced_ids, without the pseudo parameters (AWS::Region, ...)."""
+    return {name for name in referenced_ids(value) if not name.startswith("AWS::")}
+
+
+def sqs_event_sources(cfn: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Event source mappings whose source is a queue of this template, by logical id of the queue."""
+    queues = resources(cfn, "AWS::SQS::Queue")
+    return {
+        source: mapping
+        for mapping in resources(cfn, "AWS::Lambda::EventSourceMapping").values()
+        if (source := target(mapping["EventSourceArn"])) in queues
+    }
+
+
+def redrive(queue: dict[str, Any]) -> dict[str, Any]:
+    policy = queue.get("RedrivePolicy")
+    assert isinstance(policy, dict), "RedrivePolicy missing"
+    return policy
+
+
+def dead_letter_queues(cfn: dict[str, Any]) -> dict[str, str]:
+    """DLQ logical id -> the logical id of the queue that redrives into it."""
+    return {
+        str(target(props["RedrivePolicy"]["deadLetterTargetArn"])): source
+        for source, props in resources(cfn, "AWS::SQS::Queue").items()
+        if "RedrivePolicy" in props
+    }
+
+
+def policy_statements(cfn: dict[str, Any], role: str) -> Iterator[dict[str, Any]]:
+    for policy in cfn["Resources"][role]["Properties"].get("Policies", []):
+        statements = policy["PolicyDocument"]["Statement"]
+        yield from statements if isinstance(statements, list) else [statements]
+
+
+def actions(statement: dict[str, Any]) -> list[str]:
+    action = statement.get("Action", [])
+    return [action] if isinstance(action, str) else list(action)
+
+
+# --------------------------------------------------------------------------------------------------
+# queues and event sources
+# --------------------------------------------------------------------------------------------------
+
+
+def test_every_sqs_consumer_reports_partial_batch_failures(cfn: dict[str, Any]) -> None:
+    # Given the SQS event sources of the flows
+    sources = sqs_event_sources(cfn)
+    assert set(sources) == {"IngestQueue", "DeliveryQueue"}
+
+    # Then each reports failed records one by one, else a handler's batchItemFailures are ignored
+    # and one bad record makes the whole batch (successes included) run again.
+    for queue, mapping in sources.items():
+        assert mapping.get("FunctionResponseTypes") == ["ReportBatchItemFailures"], queue
+
+
+def test_every_consumed_queue_dead_letters_after_three_to_five_receives(cfn: dict[str, Any]) -> None:
+    queues = resources(cfn, "AWS::SQS::Queue")
+    for queue in sqs_event_sources(cfn):
+        policy = redrive(queues[queue])
+        dlq = target(policy["deadLetterTargetArn"])
+        assert dlq in queues and dlq != queue, f"{queue} must redrive to another queue of the stack"
+        assert 3 <= int(policy["maxReceiveCount"]) <= 5, queue
+
+
+def test_visibility_timeout_outlasts_six_consumer_timeouts(cfn: dict[str, Any]) -> None:
+    # A visibility timeout shorter than the consumer's retries would hand a record to a second
+    # invocation while the first is still delivering it.
+    queues = resources(cfn, "AWS::SQS::Queue")
+    functions = resources(cfn, "AWS::Lambda::Function")
+    for queue, mapping in sqs_event_sources(cfn).items():
+        consumer = functions[str(target(mapping["FunctionName"]))]
+        visibility = int(queues[queue].get("VisibilityTimeout", 30))
+        assert visibility >= 6 * int(consumer.get("Timeout", 3)), queue
+
+
+def test_dead_letter_queues_keep_messages_longer_than_their_sources(cfn: dict[str, Any]) -> None:
+    queues = resources(cfn, "AWS::SQS::Queue")
+    dlqs = dead_letter_queues(cfn)
+    assert set(dlqs) == {"IngestDeadLetterQueue", "DeliveryDeadLetterQueue"}
+    for dlq, source in dlqs.items():
+        # SQS keeps a message's original enqueue time when it moves to the DLQ.
+        dlq_retention = int(queues[dlq].get("MessageRetentionPeriod", 345600))
+        assert dlq_retention > int(queues[source].get("MessageRetentionPeriod", 345600)), dlq
+
+
+def test_every_queue_is_encrypted_at_rest(cfn: dict[str, Any]) -> None:
+    for name, queue in resources(cfn, "AWS::SQS::Queue").items():
+        assert queue.get("SqsManagedSseEnabled") is True or "KmsMasterKeyId" in queue, name
+
+
+def test_deliver_knows_the_last_receive_of_a_delivery(cfn: dict[str, Any]) -> None:
+    # The deliver flow dead-letters a record itself (with the reason) on its last receive; it can only
+    # recognise that receive if it knows the DeliveryQueue's maxReceiveCount.
+    max_receives = redrive(resources(cfn, "AWS::SQS::Queue")["DeliveryQueue"])["maxReceiveCount"]
+    deliver = resources(cfn, "AWS::Lambda::Function")["DeliverFunction"]
+    assert deliver["Environment"]["Variables"]["FORWARDER_DELIVERY_MAX_RECEIVES"] == str(max_receives)
+
+
+def test_functions_find_their_queues_by_url(cfn: dict[str, Any]) -> None:
+    expected = {
+        "FORWARDER_QUEUE_URL_INGEST": "IngestQueue",
+        "FORWARDER_QUEUE_URL_DELIVERY": "DeliveryQueue",
+        "FORWARDER_QUEUE_URL_DELIVERY_DLQ": "DeliveryDeadLetterQueue",
+        "FORWARDER_QUEUE_URL_REJECTS": "RejectsQueue",
+    }
+    for name, function in resources(cfn, "AWS::Lambda::Function").items():
+        variables = function["Environment"]["Variables"]
+        # {"Ref": queue} is the queue's URL
+        assert {var: variables[var] for var in expected} == {
+            var: {"Ref": queue} for var, queue in expected.items()
+        }, name
+
+
+# --------------------------------------------------------------------------------------------------
+# alarms
+# --------------------------------------------------------------------------------------------------
+
+
+def _alarms(cfn: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(resources(cfn, "AWS::CloudWatch::Alarm").values())
+
+
+def _watches(alarm: dict[str, Any], namespace: str, metric: str, dimension: str) -> str | None:
+    if alarm["Namespace"] != namespace or alarm["MetricName"] != metric:
+        return None
+    for dim in alarm.get("Dimensions", []):
+        if dim["Name"] == dimension:
+            return target(dim["Value"])
+    return None
+
+
+def test_a_message_in_any_dead_letter_queue_raises_an_alarm(cfn: dict[str, Any]) -> None:
+    for dlq in dead_letter_queues(cfn):
+        matching = [
+            alarm
+            for alarm in _alarms(cfn)
+            if _watches(alarm, "AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName") == dlq
+        ]
+        assert matching, f"no depth alarm on {dlq}"
+        # one message is enough
+        assert any(
+            a["ComparisonOperator"] == "GreaterThanThreshold" and float(a["Threshold"]) == 0 for a in matching
+        ), dlq
+
+
+def test_a_stalled_delivery_queue_raises_an_alarm(cfn: dict[str, Any]) -> None:
+    assert any(
+        _watches(alarm, "AWS/SQS", "ApproximateAgeOfOldestMessage", "QueueName") == "DeliveryQueue"
+        for alarm in _alarms(cfn)
+    )
+
+
+def test_every_function_alarms_on_errors_and_throttles(cfn: dict[str, Any]) -> None:
+    for function in resources(cfn, "AWS::Lambda::Function"):
+        for metric in ("Errors", "Throttles"):
+            assert any(
+                _watches(alarm, "AWS/Lambda", metric, "FunctionName") == function for alarm in _alarms(cfn)
+            ), f"no {metric} alarm on {function}"
+
+
+def test_alarms_notify_the_alarm_topic_only_when_one_is_given(cfn: dict[str, Any]) -> None:
+    notify = {"Fn::If": ["HasAlarmTopic", [{"Ref": "AlarmTopicArn"}], {"Ref": "AWS::NoValue"}]}
+    assert cfn["Conditions"]["HasAlarmTopic"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "AlarmTopicArn"}, ""]}]}
+    for alarm in _alarms(cfn):
+        assert alarm["AlarmActions"] == notify, alarm["MetricName"]
+
+
+# --------------------------------------------------------------------------------------------------
+# API
+# --------------------------------------------------------------------------------------------------
+
+
+def test_the_signed_routes_require_sigv4(cfn: dict[str, Any]) -> None:
+    (body,) = [api["Body"] for api in resources(cfn, "AWS::ApiGateway::RestApi").values()]
+    routes = {
+        (path, method): operation
+        for path, item in body["paths"].items()
+        for method, operation in item.items()
+        if method != "parameters"
+    }
+    # Given exactly the three public routes (no unsigned route slips in)
+    assert set(routes) == SIGNED_ROUTES
+
+    # Then each requires an AWS Signature Version 4 (API Gateway's AWS_IAM authorisation)
+    schemes = body.get("components", body).get("securitySchemes", body.get("securityDefinitions", {}))
+    for route, operation in routes.items():
+        (requirement,) = operation["security"]
+        (scheme,) = requirement
+        assert schemes[scheme]["x-amazon-apigateway-authtype"] == "awsSigv4", route
+        # ...and API Gateway invokes the function itself: a brand's IAM user needs execute-api:Invoke,
+        # not lambda:InvokeFunction (SAM's default would pass the caller's credentials through).
+        assert "credentials" not in operation["x-amazon-apigateway-integration"], route
+
+
+def test_rejected_signatures_answer_with_a_json_message(cfn: dict[str, Any]) -> None:
+    (body,) = [api["Body"] for api in resources(cfn, "AWS::ApiGateway::RestApi").values()]
+    default_4xx = body["x-amazon-apigateway-gateway-responses"]["DEFAULT_4XX"]
+    assert default_4xx["responseTemplates"] == {"application/json": '{"message":$context.error.messageString}'}
+
+
+def test_the_api_is_throttled_and_access_logged(cfn: dict[str, Any]) -> None:
+    (stage,) = resources(cfn, "AWS::ApiGateway::Stage").values()
+    log_group = target(stage["AccessLogSetting"]["DestinationArn"])
+    assert "RetentionInDays" in resources(cfn, "AWS::Logs::LogGroup")[str(log_group)]
+    (settings,) = stage["MethodSettings"]
+    assert settings["ThrottlingRateLimit"] > 0 and settings["ThrottlingBurstLimit"] > 0
+
+
+# --------------------------------------------------------------------------------------------------
+# functions: logs, least privilege, packaging
+# --------------------------------------------------------------------------------------------------
+
+
+def test_every_function_logs_to_a_group_with_retention(cfn: dict[str, Any]) -> None:
+    log_groups = resources(cfn, "AWS::Logs::LogGroup")
+    functions = resources(cfn, "AWS::Lambda::Function")
+    assert len(functions) == 4
+    for name, function in functions.items():
+        group = target(function.get("LoggingConfig", {}).get("LogGroup"))
+        assert group in log_groups, f"{name} logs to the default group, kept forever"
+        assert "RetentionInDays" in log_groups[str(group)], name
+
+
+def test_ingest_can_only_enqueue_on_the_ingest_queue(cfn: dict[str, Any]) -> None:
+    role = str(target(resources(cfn, "AWS::Lambda::Function")["IngestFunction"]["Role"]))
+    statements = list(policy_statements(cfn, role))
+
+    # It can send to IngestQueue...
+    sends = [s for s in statements if any(a.startswith("sqs:Send") for a in actions(s))]
+    assert sends and all(_resource_ids(s["Resource"]) == {"IngestQueue"} for s in sends)
+
+    # ...and cannot touch secrets nor any other queue (DeliveryQueue above all).
+    for statement in statements:
+        for action in actions(statement):
+            assert not action.startswith("secretsmanager:") and action not in {"*", "sqs:*"}, action
+        if any(a.startswith("sqs:") for a in actions(statement)):
+            assert "DeliveryQueue" not in referenced_ids(statement["Resource"])
+            assert statement["Resource"] != "*"
+
+    # Managed policies: logging and tracing only (no SQS or Secrets Manager access hides there).
+    managed = cfn["Resources"][role]["Properties"].get("ManagedPolicyArns", [])
+    assert {str(arn).rsplit("/", 1)[-1] for arn in managed} <= {
+        "AWSLambdaBasicExecutionRole",
+        "AWSXrayWriteOnlyAccess",
+    }
+
+
+def test_secret_access_is_confined_to_the_secrets_prefix(cfn: dict[str, Any]) -> None:
+    roles = {
+        name: str(target(function["Role"]))
+        for name, function in resources(cfn, "AWS::Lambda::Function").items()
+    }
+    readers = set()
+    for function, role in roles.items():
+        for statement in policy_statements(cfn, role):
+            if any(a.startswith("secretsmanager:") for a in actions(statement)):
+                readers.add(function)
+                assert statement["Resource"] == {
+                    "Fn::Sub": "arn:${AWS::Partition}:secretsmanager:${AWS::Region}:${AWS::AccountId}"
+                    ":secret:${SecretsPrefix}*"
+                }, function
+    assert readers == {"DeliverFunction", "RefreshTokensFunction"}
+
+
+def test_each_function_ships_its_own_code_on_python_313_arm64(sam_template: dict[str, Any]) -> None:
+    functions = {
+        name: resource["Properties"]
+        for name, resource in sam_template["Resources"].items()
+        if resource["Type"] == "AWS::Serverless::Function"
+    }
+    code_uris = {props["CodeUri"] for props in functions.values()}
+    assert len(code_uris) == len(functions) == 4
+    for uri in code_uris:
+        assert uri.startswith("functions/") and (ROOT / uri).is_dir(), uri
+    function_globals = sam_template["Globals"]["Function"]
+    assert function_globals["Runtime"] == "python3.13"
+    assert function_globals["Architectures"] == ["arm64"]
+    assert function_globals["Tracing"] == "Active"
+
+
+def _name_properties(template: dict[str, Any]) -> Iterator[tuple[str, str, Any]]:
+    for logical_id, resource in template["Resources"].items():
+        for prop, value in resource.get("Properties", {}).items():
+            if prop in NAME_PROPERTIES and (resource["Type"], prop) not in REFERENCE_PROPERTIES:
+                yield logical_id, prop, value
+
+
+@pytest.mark.parametrize("stage", ["sam", "cloudformation"])
+def test_no_resource_has_a_hard_coded_physical_name(
+    stage: str, sam_template: dict[str, Any], cfn: dict[str, Any]
+) -> None:
+    # Two stacks (dev, prod) in one account must not collide: a name, when there is one, comes from
+    # the stack's own name. Checked after the transform too, since SAM itself names some resources.
+    template = sam_template if stage == "sam" else cfn
+    for logical_id, prop, value in _name_properties(template):
+        assert "AWS::StackName" in referenced_ids(value), f"{logical_id}.{prop} = {value!r}"
+
+
+def test_outputs_let_tests_and_operators_find_the_stack(cfn: dict[str, Any]) -> None:
+    outputs = cfn["Outputs"]
+    assert outputs["ApiUrl"]["Value"] == {
+        "Fn::Sub": "https://${ForwarderApi}.execute-api.${AWS::Region}.${AWS::URLSuffix}/${Stage}"
+    }
+    for queue in resources(cfn, "AWS::SQS::Queue"):
+        assert outputs[f"{queue}Url"]["Value"] == {"Ref": queue}
+        assert outputs[f"{queue}Arn"]["Value"] == {"Fn::GetAtt": [queue, "Arn"]}
+    for function in resources(cfn, "AWS::Lambda::Function"):
+        assert outputs[f"{function}Name"]["Value"] == {"Ref": function}
