@@ -318,7 +318,9 @@ def test_the_signed_routes_require_sigv4(cfn: dict[str, Any]) -> None:
 def test_rejected_signatures_answer_with_a_json_message(cfn: dict[str, Any]) -> None:
     (body,) = [api["Body"] for api in resources(cfn, "AWS::ApiGateway::RestApi").values()]
     default_4xx = body["x-amazon-apigateway-gateway-responses"]["DEFAULT_4XX"]
-    assert default_4xx["responseTemplates"] == {"application/json": '{"message":$context.error.messageString}'}
+    assert default_4xx["responseTemplates"] == {
+        "application/json": '{"message":$context.error.messageString}'
+    }
 
 
 def test_the_api_is_throttled_and_access_logged(cfn: dict[str, Any]) -> None:

@@ -90,11 +90,9 @@ def _parse_date(value: Value, fmt: str) -> datetime:
     if isinstance(value, bool):
         raise TransformValueError(f"{value!r} is not a date")
     if fmt == "unix":
-        if isinstance(value, int | float):
-            return datetime.fromtimestamp(value, UTC)
         try:
-            return datetime.fromtimestamp(float(value), UTC)
-        except (TypeError, ValueError):
+            return datetime.fromtimestamp(value if isinstance(value, int | float) else float(value), UTC)
+        except (TypeError, ValueError, OverflowError, OSError):  # not a number, NaN, or out of range
             raise TransformValueError(f"'{value}' is not a unix timestamp") from None
     if not isinstance(value, str):
         raise TransformValueError(f"{value!r} is not a date string")
@@ -110,9 +108,8 @@ def _parse_date(value: Value, fmt: str) -> datetime:
 
 
 def _format_date(moment: datetime, fmt: str) -> str:
-    if fmt == "iso8601":
-        utc = moment.astimezone(UTC)
-        return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+    if fmt == "iso8601":  # isoformat, unlike strftime's %Y, always writes a four-digit year
+        return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     if fmt == "date":
         return date(moment.year, moment.month, moment.day).isoformat()
     return moment.strftime(fmt)
@@ -122,7 +119,12 @@ def _date(input_format: str, output_format: str) -> TransformFn:
     def convert(value: Value) -> Value:
         if value is None:
             return None
-        return _format_date(_parse_date(value, input_format), output_format)
+        try:
+            return _format_date(_parse_date(value, input_format), output_format)
+        except (OverflowError, ValueError) as error:  # e.g. 9999-12-31T23:00-05:00 has no UTC date-time
+            if isinstance(error, TransformValueError):
+                raise
+            raise TransformValueError(f"'{value}' is out of the supported date range") from None
 
     return convert
 
@@ -190,7 +192,8 @@ def compile_transform(spec: Any) -> TransformFn:
         if name == "map":
             if not isinstance(options, dict) or not options:
                 raise ValueError("'map' takes a non-empty object of input value -> output value")
-            return _map({str(key): value for key, value in options.items()})
+            # Keys as the record's values are compared: YAML `true:` must match a boolean true ("true").
+            return _map({str(_string(key)): value for key, value in options.items()})
         if name == "phone":
             return _phone(PhoneOptions.model_validate(options or {}).default_prefix)
         if name == "truncate":

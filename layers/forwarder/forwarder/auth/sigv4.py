@@ -123,7 +123,8 @@ class _Credentials:
 def canonical_uri(raw_path: str, *, normalize: bool = True) -> str:
     """The canonical URI of a wire path: optionally normalised, then every segment URI-encoded again."""
     path = raw_path or "/"
-    pass
+    if normalize:
+        path = _remove_dot_segments(path)
     return quote(path.encode("utf-8", "surrogateescape"), safe="/~")
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from forwarder.config.models import ForwarderConfig
+from forwarder.config.models import ConfigProblem, ForwarderConfig
 
 
 class ConfigError(Exception):
@@ -69,8 +69,12 @@ def _where(loc: tuple[str | int, ...], lines: dict[tuple[str | int, ...], int]) 
 def _problems(error: ValidationError, lines: dict[tuple[str | int, ...], int]) -> list[str]:
     problems = []
     for item in error.errors(include_url=False):
+        loc = tuple(item["loc"])
         message = item["msg"].removeprefix("Value error, ")
-        problems.append(f"{_where(tuple(item['loc']), lines)}: {message}")
+        cause = (item.get("ctx") or {}).get("error")
+        if isinstance(cause, ConfigProblem):  # a model validator's problem below the model: point at it
+            loc, message = (*loc, *cause.path), cause.message
+        problems.append(f"{_where(loc, lines)}: {message}")
     return problems
 
 

@@ -21,6 +21,19 @@ _SECRETISH = re.compile(r"(api[_-]?key|secret|password|passwd|token|credential)"
 FLOWS = ("contacts", "delete", "events")
 
 
+class ConfigProblem(ValueError):
+    """A problem at ``path``, relative to the model being validated. The loader appends ``path`` to pydantic's
+    location so the error names the exact key and its line; ``str()`` still reads ``path: message``."""
+
+    def __init__(self, path: tuple[str | int, ...], message: str) -> None:
+        where = ""
+        for part in path:
+            where += f"[{part}]" if isinstance(part, int) else (f".{part}" if where else part)
+        super().__init__(f"{where}: {message}" if where else message)
+        self.path = path
+        self.message = message
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -48,19 +61,21 @@ class IntegrationConfig(_Strict):
     @model_validator(mode="after")
     def _check_against_integration(self) -> IntegrationConfig:
         if self.type not in integrations():
-            raise ValueError(f"unknown integration type '{self.type}'; known: {', '.join(sorted(integrations()))}")
+            raise ConfigProblem(
+                ("type",), f"unknown integration type '{self.type}'; known: {', '.join(sorted(integrations()))}"
+            )
         integration = get_integration(self.type)
         for key in _secret_like_keys(self.settings):
-            raise ValueError(
-                f"settings.{key} looks like a credential; credentials never go in the config: store them in "
-                f"the secret store and name the secret with 'secret:'"
+            raise ConfigProblem(
+                ("settings", key),
+                f"'{key}' looks like a credential; credentials never go in the config: store them in "
+                f"the secret store and name the secret with 'secret:'",
             )
         try:
             self._settings = integration.settings_model.model_validate(self.settings)
         except ValidationError as error:
             first = error.errors()[0]
-            where = ".".join(str(part) for part in first["loc"])
-            raise ValueError(f"settings.{where}: {first['msg']}") from None
+            raise ConfigProblem(("settings", *first["loc"]), first["msg"]) from None
         if integration.secret_keys and not self.secret:
             raise ValueError(
                 f"'{self.type}' needs a secret holding {', '.join(integration.secret_keys)}: "
@@ -104,14 +119,16 @@ def _action_for(integration: Integration, flow: str, name: str | None) -> Action
     if name is None:
         default = integration.default_actions.get(flow)
         if default is None:
-            raise ValueError(f"{flow}: {integration.title} has no action for {flow}; remove '{flow}'")
+            raise ConfigProblem((flow,), f"{integration.title} has no action for {flow}; remove '{flow}'")
         name = default
     spec = integration.actions.get(name)
     if spec is None:
-        raise ValueError(f"{flow}.action: unknown action '{name}'; {integration.title} has: "
-                         f"{', '.join(sorted(integration.actions))}")
+        raise ConfigProblem((flow, "action"), f"unknown action '{name}'; {integration.title} has: "
+                            f"{', '.join(sorted(integration.actions))}")
     if flow not in spec.flows:
-        raise ValueError(f"{flow}.action: '{name}' cannot serve {flow} (it serves {', '.join(sorted(spec.flows))})")
+        raise ConfigProblem(
+            (flow, "action"), f"'{name}' cannot serve {flow} (it serves {', '.join(sorted(spec.flows))})"
+        )
     return spec
 
 
@@ -120,16 +137,19 @@ def _check_targets(flow: str, spec: ActionSpec, rules: list[StringMapping | List
     for index, rule in enumerate(rules):
         field = spec.fields.get(rule.to)
         if field is None:
-            raise ValueError(
-                f"{flow}.mapping[{index}].to: '{rule.to}' is not a field of {spec.name}; fields: "
-                f"{', '.join(spec.fields)}"
+            raise ConfigProblem(
+                (flow, "mapping", index, "to"),
+                f"'{rule.to}' is not a field of {spec.name}; fields: {', '.join(spec.fields)}",
             )
         if field.kind != rule.kind:
-            raise ValueError(
-                f"{flow}.mapping[{index}]: field '{rule.to}' takes a {field.kind} mapping, not {rule.kind}"
+            raise ConfigProblem(
+                (flow, "mapping", index, "kind"),
+                f"field '{rule.to}' takes a {field.kind} mapping, not {rule.kind}",
             )
         if rule.to in seen and rule.kind != "dynamic":
-            raise ValueError(f"{flow}.mapping[{index}].to: '{rule.to}' is already mapped by mapping[{seen[rule.to]}]")
+            raise ConfigProblem(
+                (flow, "mapping", index, "to"), f"'{rule.to}' is already mapped by mapping[{seen[rule.to]}]"
+            )
         seen[rule.to] = index
 
 
@@ -139,10 +159,15 @@ class GroupKeyConfig(_Strict):
 
     @model_validator(mode="after")
     def _unique_names(self) -> GroupKeyConfig:
-        names = [integration.name for integration in self.integrations]
-        for name in names:
-            if names.count(name) > 1:
-                raise ValueError(f"integration name '{name}' is used twice; names are unique per group key")
+        first: dict[str, int] = {}
+        for index, integration in enumerate(self.integrations):
+            if integration.name in first:
+                raise ConfigProblem(
+                    ("integrations", index, "name"),
+                    f"integration name '{integration.name}' is already used by integrations[{first[integration.name]}]; "
+                    "names are unique per group key",
+                )
+            first[integration.name] = index
         return self
 
     def integration(self, name: str) -> IntegrationConfig | None:
@@ -168,15 +193,19 @@ class ForwarderConfig(_Strict):
     @model_validator(mode="after")
     def _references(self) -> ForwarderConfig:
         for index, client in enumerate(self.clients):
-            for group_key in client.group_keys:
+            for position, group_key in enumerate(client.group_keys):
                 if group_key != "*" and group_key not in self.group_keys:
-                    raise ValueError(f"clients[{index}].group_keys: unknown group key '{group_key}'")
+                    raise ConfigProblem(
+                        ("clients", index, "group_keys", position),
+                        f"unknown group key '{group_key}'; known: {', '.join(sorted(self.group_keys))}",
+                    )
         owners: dict[str, str] = {}
-        for client in self.clients:
-            for principal in client.principals:
+        for index, client in enumerate(self.clients):
+            for position, principal in enumerate(client.principals):
                 if principal in owners:
-                    raise ValueError(
-                        f"principal '{principal}' belongs to both '{owners[principal]}' and '{client.name}'"
+                    raise ConfigProblem(
+                        ("clients", index, "principals", position),
+                        f"principal '{principal}' belongs to both '{owners[principal]}' and '{client.name}'",
                     )
                 owners[principal] = client.name
         return self

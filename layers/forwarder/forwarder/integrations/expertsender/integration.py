@@ -196,8 +196,13 @@ class ExpertSender(Integration):
             errors.append(f"field 'dateOfBirth': '{value}' is not an ISO 8601 date (add a 'date' transform)")
             return None
         moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-        moment = moment.astimezone(UTC)
-        return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+        try:
+            moment = moment.astimezone(UTC)
+        except OverflowError:  # e.g. 9999-12-31T23:00:00-05:00 has no UTC date-time
+            errors.append(f"field 'dateOfBirth': '{value}' is out of the supported date range")
+            return None
+        # isoformat, unlike strftime's %Y, always writes the four-digit year the vendor requires
+        return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
     @staticmethod
     def _attribute_value(value: Any) -> str:

@@ -1,0 +1,39 @@
+"""Shared fixtures. Powertools is told it runs outside Lambda: no metrics flush, no X-Ray, quiet logs."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
+os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
+os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
+os.environ.setdefault("AWS_DEFAULT_REGION", "eu-west-1")
+
+import json  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_event(name: str) -> dict[str, Any]:
+    """A canonical event from events/ (the same files `sam local invoke -e` uses)."""
+    return json.loads((REPO_ROOT / "events" / name).read_text())
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(autouse=True)
+def _no_installed_services() -> Iterator[None]:
+    """Each test starts with no services installed and leaves none behind."""
+    from forwarder import runtime
+
+    runtime.install(None)
+    yield
+    runtime.install(None)
