@@ -13,7 +13,11 @@ from typing import Any
 import click
 
 DEFAULT_STATE = Path(os.environ.get("FORWARDER_STATE_DIR", ".forwarder"))
-ROUTES = {"contacts": ("POST", "/v1/contacts"), "delete": ("DELETE", "/v1/contacts"), "event": ("POST", "/v1/events")}
+ROUTES = {
+    "contacts": ("POST", "/v1/contacts"),
+    "delete": ("DELETE", "/v1/contacts"),
+    "event": ("POST", "/v1/events"),
+}
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -25,17 +29,34 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=None, help="config document (default: config/forwarder.yaml)")
-@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_STATE,
-              show_default=True, help="queues, local secrets and issued keys live here")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="config document (default: config/forwarder.yaml)",
+)
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_STATE,
+    show_default=True,
+    help="queues, local secrets and issued keys live here",
+)
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8080, show_default=True, help="the gateway's port")
 @click.option("--sandbox-port", default=8701, show_default=True, help="the ExpertSender sandbox's port")
 @click.option("--no-sandboxes", is_flag=True, help="do not start vendor sandboxes (use real vendors)")
 @click.option("--verbose", "-v", is_flag=True, help="print the handlers' structured logs (INFO)")
-def run(config_path: Path | None, state_dir: Path, host: str, port: int, sandbox_port: int,
-        no_sandboxes: bool, verbose: bool) -> None:
+def run(
+    config_path: Path | None,
+    state_dir: Path,
+    host: str,
+    port: int,
+    sandbox_port: int,
+    no_sandboxes: bool,
+    verbose: bool,
+) -> None:
     """Start the embedded stack: gateway, durable queues, pollers, secret store, scheduler, sandboxes."""
     os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "INFO" if verbose else "WARNING")
     os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
@@ -43,29 +64,43 @@ def run(config_path: Path | None, state_dir: Path, host: str, port: int, sandbox
     from forwarder.config import ConfigError
     from forwarder_local.stack import DEFAULT_CONFIG, EmbeddedStack, StackOptions
 
-    options = StackOptions(state_dir=state_dir, config_path=config_path or DEFAULT_CONFIG, host=host, port=port,
-                           sandbox_port=sandbox_port, with_sandboxes=not no_sandboxes)
+    options = StackOptions(
+        state_dir=state_dir,
+        config_path=config_path or DEFAULT_CONFIG,
+        host=host,
+        port=port,
+        sandbox_port=sandbox_port,
+        with_sandboxes=not no_sandboxes,
+    )
     try:
         stack = EmbeddedStack(options).start()
     except ConfigError as error:
         raise click.ClickException("\n".join([f"invalid config {error.source}:", *error.problems])) from None
     except OSError as error:
-        raise click.ClickException(f"cannot start: {error.strerror} (is another stack running? try --port)") from None
+        raise click.ClickException(
+            f"cannot start: {error.strerror} (is another stack running? try --port)"
+        ) from None
     assert stack.gateway is not None
     counts = {name: stack.store.counts(name) for name in ("ingest", "delivery")}
     pending = sum(count["visible"] + count["in_flight"] + count["delayed"] for count in counts.values())
     click.echo(f"Forwarder embedded stack (state in {state_dir.resolve()})")
-    click.echo(f"  gateway (SigV4, like API Gateway)  {stack.gateway.url}   POST|DELETE /v1/contacts, POST /v1/events")
+    click.echo(
+        f"  gateway (SigV4, like API Gateway)  {stack.gateway.url}   POST|DELETE /v1/contacts, POST /v1/events"
+    )
     if stack.sandbox:
         click.echo(f"  ExpertSender CDP sandbox           {stack.sandbox.url}   GET /_sandbox/customers")
-    click.echo(f"  queues (durable, SQS semantics)    {state_dir / 'queues.db'}   {pending} message(s) pending")
+    click.echo(
+        f"  queues (durable, SQS semantics)    {state_dir / 'queues.db'}   {pending} message(s) pending"
+    )
     click.echo(f"  config                             {options.config_path}")
     first = stack.first_client()
     if first:
         name, group_key, access_key, _ = first
         click.echo(f"  client '{name}' may use group key '{group_key}'; its access key id is {access_key}")
         click.echo("\nSend a first record (signed with the client's key from the state folder):\n")
-        click.echo(f"  .venv/bin/forwarder send contacts --group-key {group_key} --url {stack.gateway.url} \\")
+        click.echo(
+            f"  .venv/bin/forwarder send contacts --group-key {group_key} --url {stack.gateway.url} \\"
+        )
         click.echo("      --set email=jane@example.com --set first_name=Jane --set city=Oslo\n")
         if stack.sandbox:
             click.echo(f"then see it in the sandbox:  curl -s {stack.sandbox.url}/_sandbox/customers")
@@ -95,20 +130,43 @@ def _parse_value(text: str) -> Any:
 @main.command()
 @click.argument("kind", type=click.Choice(sorted(ROUTES)))
 @click.option("--group-key", "-g", required=False, help="the group key (or give it in --file)")
-@click.option("--file", "-f", "data_file", type=click.File("r"), help='JSON file: {"data": {...}, "group_key": ..} '
-              "or just the data object; - for stdin")
-@click.option("--set", "-s", "pairs", multiple=True, metavar="ATTR=VALUE",
-              help="a data attribute; VALUE is parsed as JSON when it can be (e.g. tags='[\"a\",\"b\"]')")
+@click.option(
+    "--file",
+    "-f",
+    "data_file",
+    type=click.File("r"),
+    help='JSON file: {"data": {...}, "group_key": ..} or just the data object; - for stdin',
+)
+@click.option(
+    "--set",
+    "-s",
+    "pairs",
+    multiple=True,
+    metavar="ATTR=VALUE",
+    help='a data attribute; VALUE is parsed as JSON when it can be (e.g. tags=\'["a","b"]\')',
+)
 @click.option("--url", default="http://127.0.0.1:8080", show_default=True, help="the API's base URL")
-@click.option("--access-key", envvar="AWS_ACCESS_KEY_ID", help="default: the embedded stack's key for the client")
+@click.option(
+    "--access-key", envvar="AWS_ACCESS_KEY_ID", help="default: the embedded stack's key for the client"
+)
 @click.option("--secret-key", envvar="AWS_SECRET_ACCESS_KEY")
 @click.option("--session-token", envvar="AWS_SESSION_TOKEN")
 @click.option("--region", envvar="AWS_REGION", default="us-east-1", show_default=True)
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_STATE)
 @click.option("--idempotency-key", help="sent as the Idempotency-Key header")
-def send(kind: str, group_key: str | None, data_file: Any, pairs: tuple[str, ...], url: str,
-         access_key: str | None, secret_key: str | None, session_token: str | None, region: str,
-         state_dir: Path, idempotency_key: str | None) -> None:
+def send(
+    kind: str,
+    group_key: str | None,
+    data_file: Any,
+    pairs: tuple[str, ...],
+    url: str,
+    access_key: str | None,
+    secret_key: str | None,
+    session_token: str | None,
+    region: str,
+    state_dir: Path,
+    idempotency_key: str | None,
+) -> None:
     """Send one signed record (SigV4, service execute-api) and print the answer."""
     import requests
     from requests_aws4auth import AWS4Auth
@@ -136,10 +194,18 @@ def send(kind: str, group_key: str | None, data_file: Any, pairs: tuple[str, ...
     if idempotency_key:
         headers["Idempotency-Key"] = idempotency_key
     try:
-        response = requests.request(method, url.rstrip("/") + path, json={"data": data, "group_key": group_key},
-                                    auth=auth, headers=headers, timeout=30)
+        response = requests.request(
+            method,
+            url.rstrip("/") + path,
+            json={"data": data, "group_key": group_key},
+            auth=auth,
+            headers=headers,
+            timeout=30,
+        )
     except requests.RequestException as error:
-        raise click.ClickException(f"cannot reach {url}: {type(error).__name__} (is `make run` running?)") from None
+        raise click.ClickException(
+            f"cannot reach {url}: {type(error).__name__} (is `make run` running?)"
+        ) from None
     click.echo(f"{response.status_code} {response.reason}")
     click.echo(response.text)
     if response.status_code >= 400:
@@ -157,7 +223,9 @@ def _local_keys(state_dir: Path, access_key: str | None) -> tuple[str, str]:
     if access_key:
         if access_key in issued:
             return access_key, issued[access_key]["secret_access_key"]
-        raise click.ClickException(f"access key {access_key} was not issued by the embedded stack; give --secret-key")
+        raise click.ClickException(
+            f"access key {access_key} was not issued by the embedded stack; give --secret-key"
+        )
     if not issued:
         raise click.ClickException(f"{path} holds no keys; start the embedded stack first")
     first = sorted(issued)[0]
@@ -186,8 +254,10 @@ def config_check(path: Path) -> None:
             click.echo(f"  {problem}", err=True)
         sys.exit(1)
     integrations = sum(len(group.integrations) for group in loaded.group_keys.values())
-    click.echo(f"{path}: valid (version {loaded.version}, {len(loaded.clients)} client(s), "
-               f"{len(loaded.group_keys)} group key(s), {integrations} integration(s))")
+    click.echo(
+        f"{path}: valid (version {loaded.version}, {len(loaded.clients)} client(s), "
+        f"{len(loaded.group_keys)} group key(s), {integrations} integration(s))"
+    )
 
 
 @config.command("preview")
@@ -211,18 +281,29 @@ def config_preview(path: Path, group_key: str, kind: str, pairs: tuple[str, ...]
         data[name] = _parse_value(value)
     action = {"contacts": "upsert_contact", "delete": "delete_contact", "event": "event"}[kind]
     try:
-        message = IngestMessage(request_id="preview", action=action, group_key=group_key, data=check_flat(data),
-                                received_at=utcnow_iso(), client="preview")
-        services = Services(settings=RuntimeSettings(runtime="embedded", config_path=str(path)),
-                            queues=None, secrets=None)  # type: ignore[arg-type]
+        message = IngestMessage(
+            request_id="preview",
+            action=action,
+            group_key=group_key,
+            data=check_flat(data),
+            received_at=utcnow_iso(),
+            client="preview",
+        )
+        services = Services(
+            settings=RuntimeSettings(runtime="embedded", config_path=str(path)), queues=None, secrets=None
+        )  # type: ignore[arg-type]
         deliveries, rejections = plan(services, message)
     except ConfigError as error:
         raise click.ClickException("\n".join(error.problems)) from None
     except ContractError as error:
         raise click.ClickException(error.message) from None
     output = {
-        "deliveries": [delivery.model_dump(include={"integration", "operation", "payload"}) for delivery in deliveries],
-        "rejections": [rejection.model_dump(include={"integration", "reason", "errors"}) for rejection in rejections],
+        "deliveries": [
+            delivery.model_dump(include={"integration", "operation", "payload"}) for delivery in deliveries
+        ],
+        "rejections": [
+            rejection.model_dump(include={"integration", "reason", "errors"}) for rejection in rejections
+        ],
     }
     click.echo(json.dumps(output, indent=2))
 

@@ -164,7 +164,12 @@ class LocalGateway:
             return
         if route not in ROUTES:
             # API Gateway answers an unknown resource or method this way, signed or not.
-            self._reply(request, 403, {"message": "Missing Authentication Token"}, "MissingAuthenticationTokenException")
+            self._reply(
+                request,
+                403,
+                {"message": "Missing Authentication Token"},
+                "MissingAuthenticationTokenException",
+            )
             return
         event = proxy_event(
             method=request.command,
@@ -184,7 +189,9 @@ class LocalGateway:
         self._write(request, response)
 
     @staticmethod
-    def _reply(request: BaseHTTPRequestHandler, status: int, body: dict[str, Any], error_type: str | None) -> None:
+    def _reply(
+        request: BaseHTTPRequestHandler, status: int, body: dict[str, Any], error_type: str | None
+    ) -> None:
         payload = json.dumps(body).encode()
         request.send_response(status)
         request.send_header("Content-Type", "application/json")

@@ -106,8 +106,12 @@ class EmbeddedStack:
 
     def start(self) -> EmbeddedStack:
         runtime.install(
-            Services(settings=self.settings, queues=EmbeddedQueues(self.store), secrets=self.secrets,
-                     http=requests.Session())
+            Services(
+                settings=self.settings,
+                queues=EmbeddedQueues(self.store),
+                secrets=self.secrets,
+                http=requests.Session(),
+            )
         )
         if self.options.with_sandboxes:
             self._start_sandboxes()
@@ -115,12 +119,26 @@ class EmbeddedStack:
         ingest, validate, deliver = (load_handler(flow) for flow in ("ingest", "validate", "deliver"))
         self.refresh_handler = load_handler("refresh_tokens")
         self.pollers = [
-            SqsPoller(self.store, "ingest", validate, function_name="ValidateFunction", batch_size=10,
-                      max_batching_window=self.options.poll_window_seconds, timeout_seconds=10,
-                      on_error=self.errors.append),
-            SqsPoller(self.store, "delivery", deliver, function_name="DeliverFunction", batch_size=10,
-                      max_batching_window=self.options.poll_window_seconds, timeout_seconds=30,
-                      on_error=self.errors.append),
+            SqsPoller(
+                self.store,
+                "ingest",
+                validate,
+                function_name="ValidateFunction",
+                batch_size=10,
+                max_batching_window=self.options.poll_window_seconds,
+                timeout_seconds=10,
+                on_error=self.errors.append,
+            ),
+            SqsPoller(
+                self.store,
+                "delivery",
+                deliver,
+                function_name="DeliverFunction",
+                batch_size=10,
+                max_batching_window=self.options.poll_window_seconds,
+                timeout_seconds=30,
+                on_error=self.errors.append,
+            ),
         ]
         for poller in self.pollers:
             poller.start()
@@ -161,7 +179,9 @@ class EmbeddedStack:
         except Exception:
             api_key = random_secrets.token_urlsafe(24)
             self.secrets.put(SANDBOX_KEY_SECRET, {"api_key": api_key})
-        self.sandbox = ExpertSenderSandbox(api_key, host=self.options.host, port=self.options.sandbox_port).start()
+        self.sandbox = ExpertSenderSandbox(
+            api_key, host=self.options.host, port=self.options.sandbox_port
+        ).start()
         for group in self.config.group_keys.values():
             for integration in group.integrations:
                 if integration.type == "expertsender" and integration.secret:
@@ -169,7 +189,8 @@ class EmbeddedStack:
                     current = self.secrets.get(integration.secret) if integration.secret in names else None
                     if current is None or current.get("sandbox", False):
                         self.secrets.put(
-                            integration.secret, {"api_key": api_key, "base_url": self.sandbox.url, "sandbox": True}
+                            integration.secret,
+                            {"api_key": api_key, "base_url": self.sandbox.url, "sandbox": True},
                         )
 
     def _issue_caller_keys(self) -> None:
@@ -182,7 +203,9 @@ class EmbeddedStack:
         event = {"version": "0", "detail-type": "Scheduled Event", "source": "aws.events", "detail": {}}
         while not self._stop.is_set():
             try:
-                self.last_refresh = self.refresh_handler(event, LambdaContext(function_name="RefreshTokensFunction"))
+                self.last_refresh = self.refresh_handler(
+                    event, LambdaContext(function_name="RefreshTokensFunction")
+                )
             except Exception as error:  # keep the schedule alive, as EventBridge would
                 self.errors.append(error)
             self._stop.wait(self.options.refresh_interval_seconds)
@@ -195,8 +218,10 @@ class EmbeddedStack:
             for principal in client.principals:
                 keys = self.credentials.for_user(principal)
                 if keys:
-                    group_key = next(iter(client.group_keys)) if client.group_keys != ["*"] else next(
-                        iter(self.config.group_keys)
+                    group_key = (
+                        next(iter(client.group_keys))
+                        if client.group_keys != ["*"]
+                        else next(iter(self.config.group_keys))
                     )
                     return client.name, group_key, keys[0], keys[1]
         return None

@@ -24,7 +24,8 @@ class EmbeddedQueues(QueuePort):
     def send(self, queue: str, messages: list[OutgoingMessage]) -> list[str]:
         try:
             return self.store.send_batch(
-                queue, [(message.body, message.attributes or None, message.delay_seconds) for message in messages]
+                queue,
+                [(message.body, message.attributes or None, message.delay_seconds) for message in messages],
             )
         except (QueueNotFound, OSError, ValueError) as error:
             raise QueueError(f"queue '{queue}': {type(error).__name__}") from error

@@ -63,28 +63,47 @@ def client(stack: EmbeddedStack) -> tuple[str, str, str]:
     return group_key, access_key, secret_key
 
 
-def post(stack: EmbeddedStack, auth: AWS4Auth, body: Any, method: str = "POST", path: str = "/v1/contacts") -> requests.Response:
+def post(
+    stack: EmbeddedStack, auth: AWS4Auth, body: Any, method: str = "POST", path: str = "/v1/contacts"
+) -> requests.Response:
     assert stack.gateway is not None
     return requests.request(method, stack.gateway.url + path, json=body, auth=auth, timeout=10)
 
 
-def test_a_signed_contact_is_delivered_to_the_sandbox(stack: EmbeddedStack, client: tuple[str, str, str]) -> None:
+def test_a_signed_contact_is_delivered_to_the_sandbox(
+    stack: EmbeddedStack, client: tuple[str, str, str]
+) -> None:
     # given the example config and the client's issued key
     group_key, access_key, secret_key = client
     auth = AWS4Auth(access_key, secret_key, "us-east-1", "execute-api")
     # when a contact is sent
-    response = post(stack, auth, {"data": {"email": " Jane@Example.com", "first_name": "Jane", "city": "Oslo",
-                                           "tags": ["vip", "beta"]}, "group_key": group_key})
+    response = post(
+        stack,
+        auth,
+        {
+            "data": {
+                "email": " Jane@Example.com",
+                "first_name": "Jane",
+                "city": "Oslo",
+                "tags": ["vip", "beta"],
+            },
+            "group_key": group_key,
+        },
+    )
     # then it is accepted with a request id, and the customer becomes readable in the vendor sandbox, mapped
     assert response.status_code == 202, response.text
     assert response.json()["request_id"] == response.headers["X-Request-Id"]
     assert stack.sandbox is not None
-    customer = wait_for(lambda: stack.sandbox.find(email="jane@example.com"), what="the customer in the sandbox")
+    customer = wait_for(
+        lambda: stack.sandbox.find(email="jane@example.com"), what="the customer in the sandbox"
+    )
     assert customer["firstName"] == "Jane"
     assert {"name": "City", "value": "Oslo"} in customer["customAttributes"]
     assert {"name": "Tags", "value": "vip,beta"} in customer["customAttributes"]
     # and a delete removes it again
-    deleted = post(stack, auth, {"data": {"email": "jane@example.com"}, "group_key": group_key}, method="DELETE")
+    deleted = post(
+        stack, auth, {"data": {"email": "jane@example.com"}, "group_key": group_key}, method="DELETE"
+    )
     assert deleted.status_code == 202
     wait_for(lambda: stack.sandbox.find(email="jane@example.com") is None, what="the customer deleted")
 
@@ -93,17 +112,22 @@ def test_botocore_signed_request_is_accepted(stack: EmbeddedStack, client: tuple
     group_key, access_key, secret_key = client
     assert stack.gateway is not None
     body = json.dumps({"data": {"email": "boto@example.com"}, "group_key": group_key})
-    request = AWSRequest("POST", stack.gateway.url + "/v1/contacts", data=body,
-                         headers={"Content-Type": "application/json"})
+    request = AWSRequest(
+        "POST", stack.gateway.url + "/v1/contacts", data=body, headers={"Content-Type": "application/json"}
+    )
     SigV4Auth(Credentials(access_key, secret_key), "execute-api", "eu-west-1").add_auth(request)
     response = requests.post(request.url, data=body, headers=dict(request.headers), timeout=10)
     assert response.status_code == 202, response.text
 
 
-def test_nested_data_is_refused_naming_the_attribute(stack: EmbeddedStack, client: tuple[str, str, str]) -> None:
+def test_nested_data_is_refused_naming_the_attribute(
+    stack: EmbeddedStack, client: tuple[str, str, str]
+) -> None:
     group_key, access_key, secret_key = client
     auth = AWS4Auth(access_key, secret_key, "us-east-1", "execute-api")
-    response = post(stack, auth, {"data": {"email": "a@b.co", "address": {"city": "Oslo"}}, "group_key": group_key})
+    response = post(
+        stack, auth, {"data": {"email": "a@b.co", "address": {"city": "Oslo"}}, "group_key": group_key}
+    )
     assert response.status_code == 400
     assert response.json()["attribute"] == "data.address"
     assert "data.address" in response.json()["message"]
@@ -159,23 +183,45 @@ def test_group_key_rules(stack: EmbeddedStack, client: tuple[str, str, str]) -> 
     assert unknown.status_code == 404 and unknown.json()["code"] == "UNKNOWN_GROUP_KEY"
     missing = post(stack, auth, {"data": {"email": "a@b.co"}})
     assert missing.status_code == 400 and missing.json()["attribute"] == "group_key"
-    not_json = requests.post(stack.gateway.url + "/v1/contacts", data=b"{oops", auth=auth, timeout=10,  # type: ignore[union-attr]
-                             headers={"Content-Type": "application/json"})
+    not_json = requests.post(
+        stack.gateway.url + "/v1/contacts",
+        data=b"{oops",
+        auth=auth,
+        timeout=10,  # type: ignore[union-attr]
+        headers={"Content-Type": "application/json"},
+    )
     assert not_json.status_code == 400 and not_json.json()["code"] == "INVALID_JSON"
-    wrong_type = requests.post(stack.gateway.url + "/v1/contacts", data=b"a=b", auth=auth, timeout=10,  # type: ignore[union-attr]
-                               headers={"Content-Type": "application/x-www-form-urlencoded"})
+    wrong_type = requests.post(
+        stack.gateway.url + "/v1/contacts",
+        data=b"a=b",
+        auth=auth,
+        timeout=10,  # type: ignore[union-attr]
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
     assert wrong_type.status_code == 415
     events = post(stack, auth, {"data": {"email": "a@b.co"}, "group_key": group_key}, path="/v1/events")
     assert events.status_code == 422, "the demo group key has no integration for events"
 
 
-def test_vendor_400_is_rejected_with_the_vendors_reason(stack: EmbeddedStack, client: tuple[str, str, str]) -> None:
+def test_vendor_400_is_rejected_with_the_vendors_reason(
+    stack: EmbeddedStack, client: tuple[str, str, str]
+) -> None:
     group_key, access_key, secret_key = client
     auth = AWS4Auth(access_key, secret_key, "us-east-1", "execute-api")
     assert stack.sandbox is not None
-    stack.sandbox.inject(status=400, times=1, method="POST", path_prefix="/customers",
-                         body={"type": "about:blank", "title": "One or more validation errors occurred.", "status": 400,
-                               "detail": "Customer is blocked", "errors": ["data[0].email: customer is blocked"]})
+    stack.sandbox.inject(
+        status=400,
+        times=1,
+        method="POST",
+        path_prefix="/customers",
+        body={
+            "type": "about:blank",
+            "title": "One or more validation errors occurred.",
+            "status": 400,
+            "detail": "Customer is blocked",
+            "errors": ["data[0].email: customer is blocked"],
+        },
+    )
     response = post(stack, auth, {"data": {"email": "blocked@example.com"}, "group_key": group_key})
     assert response.status_code == 202
     rejection = wait_for(lambda: stack.store.peek("rejects"), what="a rejection")[0]
@@ -189,7 +235,9 @@ def test_vendor_400_is_rejected_with_the_vendors_reason(stack: EmbeddedStack, cl
     assert len(posts) == 1, "a record rejected for good is never retried"
 
 
-def test_record_that_cannot_be_mapped_is_rejected_at_validate(stack: EmbeddedStack, client: tuple[str, str, str]) -> None:
+def test_record_that_cannot_be_mapped_is_rejected_at_validate(
+    stack: EmbeddedStack, client: tuple[str, str, str]
+) -> None:
     group_key, access_key, secret_key = client
     auth = AWS4Auth(access_key, secret_key, "us-east-1", "execute-api")
     response = post(stack, auth, {"data": {"first_name": "No e-mail"}, "group_key": group_key})
@@ -201,7 +249,9 @@ def test_record_that_cannot_be_mapped_is_rejected_at_validate(stack: EmbeddedSta
     assert stack.sandbox is not None and not stack.sandbox.requests
 
 
-def test_vendor_503_then_success_is_delivered_once(stack: EmbeddedStack, client: tuple[str, str, str]) -> None:
+def test_vendor_503_then_success_is_delivered_once(
+    stack: EmbeddedStack, client: tuple[str, str, str]
+) -> None:
     group_key, access_key, secret_key = client
     auth = AWS4Auth(access_key, secret_key, "us-east-1", "execute-api")
     assert stack.sandbox is not None
@@ -217,17 +267,28 @@ def test_vendor_503_then_success_is_delivered_once(stack: EmbeddedStack, client:
 
 
 def test_a_vendor_down_for_good_ends_in_the_dlq_with_the_reason(tmp_path: Path) -> None:
-    options = StackOptions(state_dir=tmp_path / "state", port=0, sandbox_port=0, retry_base_seconds=0.05,
-                           retry_max_seconds=0.1, poll_window_seconds=0.02)
+    options = StackOptions(
+        state_dir=tmp_path / "state",
+        port=0,
+        sandbox_port=0,
+        retry_base_seconds=0.05,
+        retry_max_seconds=0.1,
+        poll_window_seconds=0.02,
+    )
     with EmbeddedStack(options) as stack:
         first = stack.first_client()
         assert first is not None and stack.sandbox is not None
         _, group_key, access_key, secret_key = first
         stack.sandbox.inject(status=503, times=100, method="POST")
-        response = post(stack, AWS4Auth(access_key, secret_key, "us-east-1", "execute-api"),
-                        {"data": {"email": "down@example.com"}, "group_key": group_key})
+        response = post(
+            stack,
+            AWS4Auth(access_key, secret_key, "us-east-1", "execute-api"),
+            {"data": {"email": "down@example.com"}, "group_key": group_key},
+        )
         assert response.status_code == 202
-        dead = json.loads(wait_for(lambda: stack.store.peek("delivery-dlq"), timeout=30, what="a dead letter")[0]["body"])
+        dead = json.loads(
+            wait_for(lambda: stack.store.peek("delivery-dlq"), timeout=30, what="a dead letter")[0]["body"]
+        )
         assert dead["attempts"] == 5
         assert "unavailable" in dead["reason"] and "503" in dead["reason"]
         assert dead["delivery"]["payload"]["customer"]["email"] == "down@example.com"
@@ -243,9 +304,22 @@ def _free_port() -> int:
 def _start_cli_stack(state: Path, port: int) -> subprocess.Popen[str]:
     env = {**os.environ, "POWERTOOLS_LOG_LEVEL": "WARNING"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "forwarder_local.cli", "run", "--no-sandboxes", "--state-dir", str(state),
-         "--port", str(port)],
-        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "forwarder_local.cli",
+            "run",
+            "--no-sandboxes",
+            "--state-dir",
+            str(state),
+            "--port",
+            str(port),
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     assert process.stdout is not None
     for line in process.stdout:
@@ -268,10 +342,16 @@ def test_an_accepted_record_survives_kill_9(tmp_path: Path) -> None:
         try:
             credentials = json.loads((state / "credentials.json").read_text())
             access_key = sorted(credentials)[0]
-            auth = AWS4Auth(access_key, credentials[access_key]["secret_access_key"], "us-east-1", "execute-api")
+            auth = AWS4Auth(
+                access_key, credentials[access_key]["secret_access_key"], "us-east-1", "execute-api"
+            )
             # when a record is accepted and the stack is killed before it could deliver
-            response = requests.post(f"http://127.0.0.1:{port}/v1/contacts", auth=auth, timeout=10,
-                                     json={"data": {"email": "survivor@example.com"}, "group_key": "demo"})
+            response = requests.post(
+                f"http://127.0.0.1:{port}/v1/contacts",
+                auth=auth,
+                timeout=10,
+                json={"data": {"email": "survivor@example.com"}, "group_key": "demo"},
+            )
             assert response.status_code == 202
         finally:
             process.send_signal(signal.SIGKILL)
@@ -281,7 +361,9 @@ def test_an_accepted_record_survives_kill_9(tmp_path: Path) -> None:
         sandbox.reset()
         process = _start_cli_stack(state, port)
         try:
-            wait_for(lambda: sandbox.find(email="survivor@example.com"), timeout=60, what="delivery after restart")
+            wait_for(
+                lambda: sandbox.find(email="survivor@example.com"), timeout=60, what="delivery after restart"
+            )
         finally:
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=10)

@@ -18,10 +18,11 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 from cfnlint.decode import cfn_yaml
+from moto import mock_aws
+
 from forwarder.adapters.aws import SQS_BATCH_MAX_BYTES, SecretsManagerSecrets, SqsQueues
 from forwarder.ports.queues import OutgoingMessage, QueueError
 from forwarder.ports.secrets import SecretNotFoundError, SecretStoreError
-from moto import mock_aws
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "template.yaml"
 REGION = "eu-west-1"

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import requests
+
 from forwarder_local.sandboxes.expertsender import ExpertSenderSandbox
 
 API_KEY = "sandbox-secret-key"

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import pytest
+
 from forwarder.contract import ContractError, Envelope, parse_envelope
 
 LIMIT = 10_000

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from forwarder_local.poller import LambdaContext, SqsPoller, sqs_event
 from forwarder_local.queue import (
     DurableQueueStore,

@@ -5,18 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from pydantic import TypeAdapter, ValidationError
+
 from forwarder.mapping import (
     DynamicMapping,
     ListMapping,
     MappingError,
+    MappingRule,
     StringMapping,
     TransformValueError,
     compile_mapping,
     compile_transform,
 )
-from pydantic import TypeAdapter, ValidationError
-
-from forwarder.mapping import MappingRule  # isort: skip
 
 RULES: TypeAdapter[Any] = TypeAdapter(list[MappingRule])
 
@@ -122,7 +122,7 @@ def test_every_problem_of_a_record_is_reported_at_once() -> None:
 
     # when a record lacks all of the required attributes and has a bad phone
     with pytest.raises(MappingError) as caught:
-        mapped({"phone": "call me", "first_name": "Jane", "email": "   "} | {"email": ""})
+        mapped({"phone": "call me", "first_name": "Jane", "email": ""})
 
     # then one error lists each problem, in rule order
     assert caught.value.errors == [
@@ -275,7 +275,13 @@ def test_default_fills_missing_and_empty_values_only() -> None:
 
 def test_a_default_makes_a_missing_attribute_present() -> None:
     mapped = mapper(
-        {"kind": "string", "from": "lang", "to": "language", "transforms": [{"default": "pl"}], "required": True}
+        {
+            "kind": "string",
+            "from": "lang",
+            "to": "language",
+            "transforms": [{"default": "pl"}],
+            "required": True,
+        }
     )
 
     assert mapped({}) == {"language": "pl"}

@@ -19,8 +19,9 @@ import requests
 from botocore.auth import SigV4Auth, SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
-from forwarder.auth.sigv4 import SignatureError, VerifiedCaller, verify
 from requests_aws4auth import AWS4Auth
+
+from forwarder.auth.sigv4 import SignatureError, VerifiedCaller, verify
 
 ACCESS_KEY = "AKIAFORWARDERTEST01"
 SECRET = "c2VjcmV0LWFjY2Vzcy1rZXktZm9yLXRlc3RzLW9ubHk"

@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 import pytest
+
 from forwarder.auth.sigv4 import (
     SignatureError,
     VerifiedCaller,

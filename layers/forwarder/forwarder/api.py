@@ -16,7 +16,9 @@ app = APIGatewayRestResolver()
 
 def _json(status: int, body: dict[str, Any], request_id: str | None = None) -> Response[Any]:
     headers = {"X-Request-Id": request_id} if request_id else None
-    return Response(status_code=status, content_type=content_types.APPLICATION_JSON, body=body, headers=headers)
+    return Response(
+        status_code=status, content_type=content_types.APPLICATION_JSON, body=body, headers=headers
+    )
 
 
 def _accept(action: Action) -> Response[Any]:
@@ -49,13 +51,13 @@ def custom_event() -> Response[Any]:
     return _accept(Action.EVENT)
 
 
-@app.exception_handler(ContractError)
+@app.exception_handler(ContractError)  # type: ignore[untyped-decorator]
 def contract_error(error: ContractError) -> Response[Any]:
     logger.info("request refused", extra={"status": error.status, "code": error.code})
     return _json(error.status, error.body())
 
 
-@app.exception_handler(ServiceUnavailable)
+@app.exception_handler(ServiceUnavailable)  # type: ignore[untyped-decorator]
 def unavailable(_: ServiceUnavailable) -> Response[Any]:
     return _json(503, {"code": "UNAVAILABLE", "message": "the request could not be queued; retry it"})
 
@@ -63,5 +65,6 @@ def unavailable(_: ServiceUnavailable) -> Response[Any]:
 @app.not_found
 def not_found(_: Exception) -> Response[Any]:
     return _json(
-        404, {"code": "NOT_FOUND", "message": "no such route; use POST|DELETE /v1/contacts or POST /v1/events"}
+        404,
+        {"code": "NOT_FOUND", "message": "no such route; use POST|DELETE /v1/contacts or POST /v1/events"},
     )

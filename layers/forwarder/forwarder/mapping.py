@@ -97,10 +97,7 @@ def _parse_date(value: Value, fmt: str) -> datetime:
     if not isinstance(value, str):
         raise TransformValueError(f"{value!r} is not a date string")
     try:
-        if fmt == "iso8601":
-            parsed = datetime.fromisoformat(value.strip())
-        else:
-            parsed = datetime.strptime(value.strip(), fmt)
+        parsed = datetime.fromisoformat(value.strip()) if fmt == "iso8601" else datetime.strptime(value.strip(), fmt)
     except ValueError:
         expected = "ISO 8601" if fmt == "iso8601" else f"the format '{fmt}'"
         raise TransformValueError(f"'{value}' is not a date in {expected}") from None

@@ -38,7 +38,9 @@ class RuntimeSettings(BaseModel):
     def from_environment(cls, env: Mapping[str, str] | None = None) -> RuntimeSettings:
         env = os.environ if env is None else env
         values = {
-            name: env[_ENV_PREFIX + name.upper()] for name in cls.model_fields if _ENV_PREFIX + name.upper() in env
+            name: env[_ENV_PREFIX + name.upper()]
+            for name in cls.model_fields
+            if _ENV_PREFIX + name.upper() in env
         }
         return cls.model_validate(values)
 

@@ -84,7 +84,9 @@ def parse_document(text: str, source: str) -> Any:
             return json.loads(text)
         return yaml.safe_load(text)
     except (yaml.YAMLError, json.JSONDecodeError) as error:
-        raise ConfigError(source, [f"not valid {'JSON' if source.endswith('.json') else 'YAML'}: {error}"]) from None
+        raise ConfigError(
+            source, [f"not valid {'JSON' if source.endswith('.json') else 'YAML'}: {error}"]
+        ) from None
 
 
 def load_config_text(text: str, source: str = "<config>") -> ForwarderConfig:

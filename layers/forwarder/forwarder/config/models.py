@@ -62,7 +62,8 @@ class IntegrationConfig(_Strict):
     def _check_against_integration(self) -> IntegrationConfig:
         if self.type not in integrations():
             raise ConfigProblem(
-                ("type",), f"unknown integration type '{self.type}'; known: {', '.join(sorted(integrations()))}"
+                ("type",),
+                f"unknown integration type '{self.type}'; known: {', '.join(sorted(integrations()))}",
             )
         integration = get_integration(self.type)
         for key in _secret_like_keys(self.settings):
@@ -123,8 +124,10 @@ def _action_for(integration: Integration, flow: str, name: str | None) -> Action
         name = default
     spec = integration.actions.get(name)
     if spec is None:
-        raise ConfigProblem((flow, "action"), f"unknown action '{name}'; {integration.title} has: "
-                            f"{', '.join(sorted(integration.actions))}")
+        raise ConfigProblem(
+            (flow, "action"),
+            f"unknown action '{name}'; {integration.title} has: {', '.join(sorted(integration.actions))}",
+        )
     if flow not in spec.flows:
         raise ConfigProblem(
             (flow, "action"), f"'{name}' cannot serve {flow} (it serves {', '.join(sorted(spec.flows))})"
@@ -132,7 +135,9 @@ def _action_for(integration: Integration, flow: str, name: str | None) -> Action
     return spec
 
 
-def _check_targets(flow: str, spec: ActionSpec, rules: list[StringMapping | ListMapping | DynamicMapping]) -> None:
+def _check_targets(
+    flow: str, spec: ActionSpec, rules: list[StringMapping | ListMapping | DynamicMapping]
+) -> None:
     seen: dict[str, int] = {}
     for index, rule in enumerate(rules):
         field = spec.fields.get(rule.to)

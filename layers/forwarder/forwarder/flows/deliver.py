@@ -68,7 +68,9 @@ def handle_batch(services: Services, event: dict[str, Any], context: Any = None)
         integration_config = _integration_config(services, group_key, integration_name)
         if integration_config is None:
             outcomes = [
-                Outcome.retry(f"integration '{integration_name}' of group key '{group_key}' is not configured")
+                Outcome.retry(
+                    f"integration '{integration_name}' of group key '{group_key}' is not configured"
+                )
             ] * len(items)
         else:
             outcomes = _send(services, integration_config, operation, items)
@@ -89,9 +91,11 @@ def _integration_config(services: Services, group_key: str, name: str) -> Integr
 def _send(services: Services, config: IntegrationConfig, operation: str, items: list[_Item]) -> list[Outcome]:
     integration = config.integration
     try:
-        credentials = services.secrets.get(
-            config.secret, max_age_seconds=services.settings.secrets_max_age_seconds
-        ) if config.secret else {}
+        credentials = (
+            services.secrets.get(config.secret, max_age_seconds=services.settings.secrets_max_age_seconds)
+            if config.secret
+            else {}
+        )
         integration.check_credentials(credentials)
     except (SecretStoreError, CredentialsError) as error:
         return [Outcome.retry(f"credentials unavailable: {error}")] * len(items)

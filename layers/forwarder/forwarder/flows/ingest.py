@@ -46,7 +46,10 @@ def accept(
     group = config.group_keys.get(envelope.group_key)
     if group is None:
         raise ContractError(
-            404, "UNKNOWN_GROUP_KEY", f"group key '{envelope.group_key}' does not exist", attribute="group_key"
+            404,
+            "UNKNOWN_GROUP_KEY",
+            f"group key '{envelope.group_key}' does not exist",
+            attribute="group_key",
         )
     if not client.allows(envelope.group_key):
         raise ContractError(
@@ -89,7 +92,12 @@ def accept(
         raise ServiceUnavailable() from None
     logger.info(
         "request accepted",
-        extra={"request_id": request_id, "group_key": envelope.group_key, "action": action.value, "client": client.name},
+        extra={
+            "request_id": request_id,
+            "group_key": envelope.group_key,
+            "action": action.value,
+            "client": client.name,
+        },
     )
     return Accepted(request_id, envelope.group_key)
 

@@ -42,7 +42,9 @@ def refresh_all(services: Services) -> RefreshReport:
             try:
                 credentials = services.secrets.get(config.secret, max_age_seconds=0)
                 config.integration.check_credentials(credentials)
-                fresh = config.integration.refresh_credentials(config.parsed_settings, credentials, services.http)
+                fresh = config.integration.refresh_credentials(
+                    config.parsed_settings, credentials, services.http
+                )
                 if fresh is not None:
                     services.secrets.put(config.secret, fresh)
                     report.refreshed.append(where)

@@ -40,7 +40,9 @@ def plan(services: Services, message: IngestMessage) -> tuple[list[DeliveryMessa
             continue
         try:
             mapped = integration_config.map(message.action, message.data)
-            payload = integration_config.integration.prepare(operation, mapped, integration_config.parsed_settings)
+            payload = integration_config.integration.prepare(
+                operation, mapped, integration_config.parsed_settings
+            )
         except (MappingError, RecordInvalid) as error:
             rejections.append(
                 Rejection(
@@ -112,7 +114,9 @@ def handle_record(services: Services, record: SQSRecord) -> None:
             ],
         )
     if rejections:
-        services.queues.send("rejects", [OutgoingMessage(rejection.model_dump_json()) for rejection in rejections])
+        services.queues.send(
+            "rejects", [OutgoingMessage(rejection.model_dump_json()) for rejection in rejections]
+        )
     logger.info(
         "record validated",
         extra={
@@ -126,9 +130,10 @@ def handle_record(services: Services, record: SQSRecord) -> None:
 
 def handle_batch(services: Services, event: dict[str, Any], context: Any) -> dict[str, Any]:
     processor = BatchProcessor(event_type=EventType.SQS)
-    return process_partial_response(
+    response = process_partial_response(
         event=event,
         record_handler=lambda record: handle_record(services, record),
         processor=processor,
         context=context,
     )
+    return dict(response)

@@ -7,6 +7,7 @@ never change. Each delivery ends in one ``Outcome``: delivered, retry later, or 
 from __future__ import annotations
 
 import abc
+import builtins
 import email.utils
 import enum
 from collections.abc import Sequence
@@ -113,7 +114,7 @@ class Integration(abc.ABC):
 
     type: ClassVar[str]
     title: ClassVar[str]
-    settings_model: ClassVar[type[BaseModel]]
+    settings_model: ClassVar[builtins.type[BaseModel]]
     secret_keys: ClassVar[tuple[str, ...]] = ()
     actions: ClassVar[dict[str, ActionSpec]]
     default_actions: ClassVar[dict[str, str]]  # flow -> action name

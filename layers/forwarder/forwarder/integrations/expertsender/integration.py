@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import builtins
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -109,7 +110,7 @@ def _problem(response: requests.Response) -> tuple[str, list[str]]:
 class ExpertSender(Integration):
     type: ClassVar[str] = "expertsender"
     title: ClassVar[str] = "ExpertSender CDP"
-    settings_model: ClassVar[type[BaseModel]] = ExpertSenderSettings
+    settings_model: ClassVar[builtins.type[BaseModel]] = ExpertSenderSettings
     secret_keys: ClassVar[tuple[str, ...]] = ("api_key",)
     actions: ClassVar[dict[str, ActionSpec]] = {
         "upsert_customer": ActionSpec(
@@ -290,10 +291,10 @@ class ExpertSender(Integration):
         # A 400 for a batch: reject the customers the vendor names, send the rest again.
         summary, errors = _problem(response)
         by_index: dict[int, list[str]] = {}
-        for error in errors:
-            match = _INDEX.search(error)
+        for message in errors:
+            match = _INDEX.search(message)
             if match and int(match.group(1)) < len(customers):
-                by_index.setdefault(int(match.group(1)), []).append(error)
+                by_index.setdefault(int(match.group(1)), []).append(message)
         outcomes: list[Outcome | None] = [None] * len(customers)
         if by_index:
             for index, its_errors in by_index.items():
