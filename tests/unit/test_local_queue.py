@@ -517,11 +517,12 @@ def test_sqs_event_parses_with_powertools_data_class(store: DurableQueueStore) -
 
 
 def test_lambda_context_is_accepted_by_powertools_logger_and_metrics(
-    capsys: pytest.CaptureFixture[str],
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from aws_lambda_powertools import Logger, Metrics
 
-    logger = Logger(service="test-local")
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "false")
+    logger = Logger(service="test-local", level="INFO")
     metrics = Metrics(namespace="ForwarderLocal", service="test-local")
 
     @logger.inject_lambda_context

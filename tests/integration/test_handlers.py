@@ -1,0 +1,156 @@
+"""The four Lambda handlers in-process, fed the canonical events from events/, on real local parts:
+the durable queue store, the local secret store and the ExpertSender sandbox."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from forwarder import runtime
+from forwarder.runtime import RuntimeSettings, Services
+from forwarder_local.poller import LambdaContext, sqs_event
+from forwarder_local.queue import DurableQueueStore
+from forwarder_local.sandboxes.expertsender import ExpertSenderSandbox
+from forwarder_local.stack import QUEUES, load_handler
+from forwarder_local.stores import EmbeddedQueues, LocalSecretStore
+from tests.conftest import REPO_ROOT, load_event
+
+SECRET = "forwarder/demo/expertsender"
+
+
+class World:
+    def __init__(self, tmp_path: Path, sandbox: ExpertSenderSandbox, max_receives: int = 5) -> None:
+        self.store = DurableQueueStore(tmp_path / "queues.db")
+        for spec in QUEUES:
+            self.store.create_queue(spec)
+        self.secrets = LocalSecretStore(tmp_path / "secrets.json")
+        self.sandbox = sandbox
+        settings = RuntimeSettings(
+            runtime="embedded",
+            config_path=str(REPO_ROOT / "config" / "forwarder.yaml"),
+            delivery_max_receives=max_receives,
+            retry_base_seconds=1,
+            retry_max_seconds=2,
+        )
+        runtime.install(Services(settings=settings, queues=EmbeddedQueues(self.store), secrets=self.secrets,
+                                 http=requests.Session()))
+
+    def bodies(self, queue: str) -> list[dict[str, Any]]:
+        return [json.loads(message["body"]) for message in self.store.peek(queue)]
+
+
+@pytest.fixture
+def sandbox() -> Iterator[ExpertSenderSandbox]:
+    with ExpertSenderSandbox("test-key") as running:
+        yield running
+
+
+@pytest.fixture
+def world(tmp_path: Path, sandbox: ExpertSenderSandbox) -> Iterator[World]:
+    built = World(tmp_path, sandbox)
+    built.secrets.put(SECRET, {"api_key": "test-key", "base_url": sandbox.url})
+    yield built
+    built.store.close()
+
+
+def invoke(flow: str, event: dict[str, Any]) -> Any:
+    return load_handler(flow)(event, LambdaContext(function_name=f"{flow}-function"))
+
+
+def test_ingest_accepts_the_canonical_event_and_queues_it(world: World) -> None:
+    response = invoke("ingest", load_event("api_post_contacts.json"))
+    assert response["statusCode"] == 202
+    request_id = json.loads(response["body"])["request_id"]
+    [queued] = world.bodies("ingest")
+    assert queued["request_id"] == request_id
+    assert queued["client"] == "demo"
+    assert queued["idempotency_key"] == "order-1001"
+    assert queued["data"]["tags"] == ["vip", "newsletter"]
+
+
+def test_ingest_refuses_nested_data_and_queues_nothing(world: World) -> None:
+    response = invoke("ingest", load_event("api_post_contacts_nested.json"))
+    assert response["statusCode"] == 400
+    assert json.loads(response["body"])["attribute"] == "data.address"
+    assert world.bodies("ingest") == []
+
+
+def test_ingest_refuses_a_caller_not_allowed_for_the_group_key(world: World) -> None:
+    event = load_event("api_post_contacts.json")
+    event["requestContext"]["identity"]["userArn"] = "arn:aws:iam::000000000000:user/someone-else"
+    event["requestContext"]["identity"]["accessKey"] = "AKIASOMEONEELSE00000"
+    response = invoke("ingest", event)
+    assert response["statusCode"] == 403
+    assert json.loads(response["body"])["code"] == "ACCESS_DENIED"
+
+
+def test_validate_emits_a_delivery_and_rejects_the_unmappable_record(world: World) -> None:
+    response = invoke("validate", load_event("sqs_ingest.json"))
+    assert response == {"batchItemFailures": []}
+    [delivery] = world.bodies("delivery")
+    assert delivery["integration"] == "expertsender"
+    assert delivery["payload"]["customer"]["email"] == "jane@example.com"
+    [rejection] = world.bodies("rejects")
+    assert rejection["request_id"].endswith("000000000002")
+    assert rejection["errors"] == ["attribute 'email' is required (it maps to 'email')"]
+
+
+def _received_delivery_event(world: World) -> dict[str, Any]:
+    body = load_event("sqs_delivery.json")["Records"][0]["body"]
+    world.store.send("delivery", body)
+    messages = world.store.receive("delivery", max_messages=10)
+    return sqs_event(world.store.queue_arn("delivery"), messages)
+
+
+def test_deliver_sends_the_canonical_delivery(world: World) -> None:
+    response = invoke("deliver", _received_delivery_event(world))
+    assert response == {"batchItemFailures": []}
+    customer = world.sandbox.find(email="jane@example.com")
+    assert customer is not None and customer["firstName"] == "Jane"
+
+
+def test_deliver_reports_a_throttled_record_and_honours_retry_after(world: World) -> None:
+    world.sandbox.inject(status=429, times=1, retry_after=120)
+    event = _received_delivery_event(world)
+    response = invoke("deliver", event)
+    assert response == {"batchItemFailures": [{"itemIdentifier": event["Records"][0]["messageId"]}]}
+    # the message stays hidden for the vendor's Retry-After (capped by retry_max_seconds=2), not the queue default
+    assert world.store.counts("delivery")["in_flight"] == 1
+    assert world.store.receive("delivery") == []
+
+
+def test_deliver_dead_letters_on_the_last_attempt_with_the_reason(world: World) -> None:
+    world.sandbox.inject(status=500, times=1)
+    event = _received_delivery_event(world)
+    event["Records"][0]["attributes"]["ApproximateReceiveCount"] = "5"
+    response = invoke("deliver", event)
+    assert response == {"batchItemFailures": []}
+    [dead] = world.bodies("delivery-dlq")
+    assert dead["attempts"] == 5
+    assert "500" in dead["reason"]
+    assert dead["delivery"]["request_id"].endswith("000000000001")
+
+
+def test_deliver_keeps_records_when_the_secret_is_missing(tmp_path: Path, sandbox: ExpertSenderSandbox) -> None:
+    world = World(tmp_path, sandbox)
+    event = _received_delivery_event(world)
+    response = invoke("deliver", event)
+    assert response["batchItemFailures"] == [{"itemIdentifier": event["Records"][0]["messageId"]}]
+    assert sandbox.requests == []
+
+
+def test_refresh_tokens_reports_a_missing_secret(tmp_path: Path, sandbox: ExpertSenderSandbox) -> None:
+    World(tmp_path, sandbox)
+    report = invoke("refresh_tokens", load_event("schedule.json"))
+    assert report["checked"] == 1
+    assert report["problems"] and SECRET in report["problems"][0]
+
+
+def test_refresh_tokens_is_clean_when_secrets_are_present(world: World) -> None:
+    report = invoke("refresh_tokens", load_event("schedule.json"))
+    assert report == {"checked": 1, "refreshed": [], "problems": []}

@@ -1,0 +1,317 @@
+"""The config document: the shipped file is valid, and every mistake is reported at its exact path and line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from forwarder.config import ConfigError, ForwarderConfig, load_config, load_config_text
+from forwarder.contract import Action
+from forwarder.integrations.expertsender import ExpertSenderSettings
+from forwarder_local.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+SHIPPED = REPO / "config" / "forwarder.yaml"
+ITEM = "group_keys.demo.integrations[0]"
+
+
+@pytest.fixture(scope="module")
+def shipped_text() -> str:
+    return SHIPPED.read_text(encoding="utf-8")
+
+
+def edit(text: str, old: str, new: str) -> str:
+    assert text.count(old) == 1, f"the shipped config no longer holds {old!r} exactly once"
+    return text.replace(old, new)
+
+
+def line_of(text: str, needle: str, start: int = 0) -> int:
+    """1-based number of the first line after line ``start`` that holds ``needle``."""
+    lines = text.splitlines()
+    for number, line in enumerate(lines[start:], start=start + 1):
+        if needle in line:
+            return number
+    raise AssertionError(f"{needle!r} not in the document")
+
+
+def problems_of(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        load_config_text(text, "forwarder.yaml")
+    return caught.value.problems
+
+
+# --- the shipped config --------------------------------------------------------------------------------------
+
+
+def test_the_shipped_config_is_valid_and_maps_a_record_for_expertsender() -> None:
+    # given the config the project ships
+    config = load_config(SHIPPED)
+
+    # then it has the demo client and group key, with ExpertSender settings parsed
+    assert [client.name for client in config.clients] == ["demo"]
+    integration = config.group_keys["demo"].integrations[0]
+    assert integration.type == "expertsender"
+    assert isinstance(integration.parsed_settings, ExpertSenderSettings)
+    assert integration.parsed_settings.mode == "AddOrUpdate"
+    assert integration.operation(Action.UPSERT_CONTACT) == "upsert_customer"
+    assert integration.operation(Action.DELETE_CONTACT) == "delete_customer"
+    assert integration.operation(Action.EVENT) is None
+
+    # and a record maps through its rules and transforms
+    mapped = integration.map(
+        Action.UPSERT_CONTACT,
+        {
+            "email": "  Jane@Example.COM ",
+            "phone": "600 100 200",
+            "gender": "f",
+            "city": "Oslo",
+            "newsletter_consent": True,
+            "crm_id": 1234,
+        },
+    )
+    assert mapped == {
+        "email": "jane@example.com",
+        "phone": "+48600100200",
+        "gender": "Female",
+        "crmId": "1234",
+        "customAttributes": {"City": "Oslo"},
+        "consents": {"1": True},
+    }
+
+
+# --- errors at the exact path and line ---------------------------------------------------------------------------
+
+
+def test_an_unknown_integration_type_points_at_type(shipped_text: str) -> None:
+    text = edit(shipped_text, "type: expertsender", "type: salesforce")
+
+    assert problems_of(text) == [
+        f"{ITEM}.type (line {line_of(text, 'type: salesforce')}): "
+        "unknown integration type 'salesforce'; known: expertsender"
+    ]
+
+
+def test_mapping_to_a_field_the_action_lacks_points_at_the_rule_and_lists_the_fields(
+    shipped_text: str,
+) -> None:
+    text = edit(shipped_text, "to: lastName", "to: surname")
+
+    (problem,) = problems_of(text)
+
+    assert problem.startswith(f"{ITEM}.contacts.mapping[2].to (line {line_of(text, 'to: surname')}): ")
+    assert "'surname' is not a field of upsert_customer" in problem
+    fields = problem.split("fields: ")[1].split(", ")
+    assert {"email", "phone", "firstName", "lastName", "customAttributes", "consents"} <= set(fields)
+
+
+def test_the_wrong_kind_for_a_field_points_at_the_rule(shipped_text: str) -> None:
+    text = edit(shipped_text, "{kind: string, from: crm_id,", "{kind: list, from: crm_id,")
+
+    assert problems_of(text) == [
+        f"{ITEM}.contacts.mapping[4].kind (line {line_of(text, 'from: crm_id')}): "
+        "field 'crmId' takes a string mapping, not list"
+    ]
+
+
+def test_a_credential_in_settings_is_refused_and_sent_to_the_secret_store(shipped_text: str) -> None:
+    text = edit(
+        shipped_text,
+        "          mode: AddOrUpdate\n",
+        "          mode: AddOrUpdate\n          api_key: s3cr3t\n",
+    )
+
+    (problem,) = problems_of(text)
+
+    assert problem.startswith(f"{ITEM}.settings.api_key (line {line_of(text, 'api_key: s3cr3t')}): ")
+    assert "credential" in problem and "secret store" in problem
+    assert "s3cr3t" not in problem
+
+
+def test_a_missing_secret_is_refused_at_the_integration(shipped_text: str) -> None:
+    secret_line = next(
+        line for line in shipped_text.splitlines(keepends=True) if "secret: forwarder/" in line
+    )
+    text = edit(shipped_text, secret_line, "")
+
+    (problem,) = problems_of(text)
+
+    assert problem.startswith(f"{ITEM} (line {line_of(text, '- name: expertsender')}): ")
+    assert "needs a secret holding api_key" in problem
+
+
+def test_a_client_naming_an_unknown_group_key_points_at_that_key(shipped_text: str) -> None:
+    text = edit(shipped_text, "group_keys: [demo]", "group_keys: [demo, nordics]")
+
+    assert problems_of(text) == [
+        f"clients[0].group_keys[1] (line {line_of(text, 'nordics')}): unknown group key 'nordics'; known: demo"
+    ]
+
+
+def test_duplicate_integration_names_point_at_the_second_one(shipped_text: str) -> None:
+    # given the group key's integration listed twice
+    head, item = shipped_text.split("    integrations:\n")
+    text = head + "    integrations:\n" + item + item
+    first = line_of(text, "- name: expertsender")
+
+    # then the problem is at the second one's name and says which one it repeats
+    assert problems_of(text) == [
+        f"group_keys.demo.integrations[1].name (line {line_of(text, '- name: expertsender', first)}): "
+        "integration name 'expertsender' is already used by integrations[0]; names are unique per group key"
+    ]
+
+
+def test_an_invalid_settings_value_names_settings_mode(shipped_text: str) -> None:
+    text = edit(shipped_text, "mode: AddOrUpdate", "mode: Upsert")
+
+    (problem,) = problems_of(text)
+
+    assert problem.startswith(f"{ITEM}.settings.mode (line {line_of(text, 'mode: Upsert')}): ")
+    assert "'Add', 'Update' or 'AddOrUpdate'" in problem
+
+
+def test_an_unknown_settings_key_is_named(shipped_text: str) -> None:
+    text = edit(
+        shipped_text, "          batch_size: 100\n", "          batch_size: 100\n          batchsize: 5\n"
+    )
+
+    (problem,) = problems_of(text)
+
+    assert problem.startswith(f"{ITEM}.settings.batchsize (line {line_of(text, 'batchsize: 5')}): ")
+
+
+def test_events_for_expertsender_are_refused_at_events(shipped_text: str) -> None:
+    # given an events flow, which ExpertSender has no action for
+    text = edit(
+        shipped_text,
+        "        delete:\n",
+        "        events:\n          mapping:\n            - {kind: string, from: email, to: email}\n        delete:\n",
+    )
+
+    assert problems_of(text) == [
+        f"{ITEM}.events (line {line_of(text, 'events:')}): "
+        "ExpertSender CDP has no action for events; remove 'events'"
+    ]
+
+
+def test_an_unknown_transform_points_at_the_rule_transforms_and_names_it(shipped_text: str) -> None:
+    text = edit(shipped_text, "to: firstName, transforms: [trim]", "to: firstName, transforms: [strip]")
+
+    (problem,) = problems_of(text)
+
+    assert problem.startswith(f"{ITEM}.contacts.mapping[1].transforms (line {line_of(text, '[strip]')}): ")
+    assert "unknown transform 'strip'" in problem
+
+
+def test_every_problem_in_the_document_is_reported(shipped_text: str) -> None:
+    text = edit(shipped_text, "version: 1", "version: 2")
+    text = edit(text, "    description: Demo", "    descripton: Demo")
+
+    problems = problems_of(text)
+
+    assert len(problems) == 2
+    assert problems[0].startswith(f"version (line {line_of(text, 'version: 2')}): ")
+    assert problems[1].startswith(f"group_keys.demo.descripton (line {line_of(text, 'descripton:')}): ")
+
+
+def test_broken_yaml_is_reported_as_such() -> None:
+    problems = problems_of("version: 1\nclients: [\n")
+
+    assert len(problems) == 1 and problems[0].startswith("not valid YAML")
+
+
+def test_a_missing_config_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read the config"):
+        load_config(tmp_path / "absent.yaml")
+
+
+# --- the CLI check ----------------------------------------------------------------------------------------------
+
+
+def test_config_check_passes_the_shipped_file() -> None:
+    result = CliRunner().invoke(main, ["config", "check", str(SHIPPED)])
+
+    assert result.exit_code == 0, result.output
+    assert "valid (version 1, 1 client(s), 1 group key(s), 1 integration(s))" in result.output
+
+
+def test_config_check_fails_a_broken_file_and_prints_the_line(shipped_text: str, tmp_path: Path) -> None:
+    # given a config with a mapping to a field ExpertSender does not have
+    broken = tmp_path / "broken.yaml"
+    text = edit(shipped_text, "to: lastName", "to: surname")
+    broken.write_text(text, encoding="utf-8")
+
+    # when it is checked
+    result = CliRunner().invoke(main, ["config", "check", str(broken)])
+
+    # then the command fails and prints the path and line of the problem
+    assert result.exit_code == 1
+    assert f"{broken}: invalid" in result.output
+    assert f"{ITEM}.contacts.mapping[2].to (line {line_of(text, 'to: surname')})" in result.output
+
+
+# --- clients ---------------------------------------------------------------------------------------------------
+
+CLIENTS = """
+version: 1
+clients:
+  - name: backend
+    principals: [AKIAEXAMPLEBACKEND01, "arn:aws:iam::123456789012:user/backend"]
+    group_keys: [pl]
+  - name: ops
+    principals: ["arn:aws:iam::123456789012:role/ops"]
+    group_keys: ["*"]
+group_keys:
+  pl:
+    integrations:
+      - name: es
+        type: expertsender
+        secret: forwarder/pl/expertsender
+        delete:
+          mapping:
+            - {kind: string, from: email, to: email, required: true}
+  de:
+    integrations:
+      - name: es
+        type: expertsender
+        secret: forwarder/de/expertsender
+        delete:
+          mapping:
+            - {kind: string, from: email, to: email, required: true}
+"""
+
+
+@pytest.fixture
+def clients_config() -> ForwarderConfig:
+    return load_config_text(CLIENTS)
+
+
+def test_a_client_is_found_by_its_access_key_id_or_its_arn(clients_config: ForwarderConfig) -> None:
+    by_key = clients_config.client_for("AKIAEXAMPLEBACKEND01", "arn:aws:iam::123456789012:user/other")
+    by_arn = clients_config.client_for("AKIAUNKNOWN000000000", "arn:aws:iam::123456789012:user/backend")
+    by_role = clients_config.client_for(None, "arn:aws:iam::123456789012:role/ops")
+
+    assert by_key is not None and by_key.name == "backend"
+    assert by_arn is not None and by_arn.name == "backend"
+    assert by_role is not None and by_role.name == "ops"
+    assert clients_config.client_for("AKIAUNKNOWN000000000", None) is None
+    assert clients_config.client_for() is None
+
+
+def test_a_client_may_use_only_its_group_keys_unless_it_has_the_wildcard(
+    clients_config: ForwarderConfig,
+) -> None:
+    backend, ops = clients_config.clients
+
+    assert backend.allows("pl") and not backend.allows("de")
+    assert ops.allows("pl") and ops.allows("de") and ops.allows("anything")
+
+
+def test_a_principal_shared_by_two_clients_is_refused() -> None:
+    text = CLIENTS.replace('["arn:aws:iam::123456789012:role/ops"]', "[AKIAEXAMPLEBACKEND01]")
+
+    (problem,) = problems_of(text)
+
+    assert problem.startswith(f"clients[1].principals[0] (line {line_of(text, '[AKIAEXAMPLEBACKEND01]')}): ")
+    assert "belongs to both 'backend' and 'ops'" in problem
