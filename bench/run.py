@@ -380,17 +380,23 @@ class Stages:
             self.stats = {}
 
     def wrap(
-        self, fn: Callable[..., Any], name: Callable[..., str], items: Callable[..., int]
+        self,
+        fn: Callable[..., Any],
+        key: Callable[[tuple[Any, ...]], str],
+        items: Callable[[tuple[Any, ...], Any], int],
     ) -> Callable[..., Any]:
+        """``fn`` timed under the stage ``key(args)``, counting ``items(args, result)`` per call."""
+
         def timed(*args: Any, **kwargs: Any) -> Any:
-            wall, cpu = time.perf_counter(), time.thread_time()
+            wall, cpu, result = time.perf_counter(), time.thread_time(), None
             try:
-                return fn(*args, **kwargs)
+                result = fn(*args, **kwargs)
+                return result
             finally:
                 wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
-                key, count = name(*args, **kwargs), items(*args, **kwargs)
+                name, count = key(args), items(args, result) if result is not None else 0
                 with self._lock:
-                    stat = self.stats.setdefault(key, StageStat())
+                    stat = self.stats.setdefault(name, StageStat())
                     stat.calls += 1
                     stat.items += count
                     stat.wall += wall
@@ -400,29 +406,39 @@ class Stages:
 
 
 def instrument(stack: EmbeddedStack, stages: Stages) -> None:
-    """Time the gateway, the three handlers and the queue store's transactions of a started stack."""
-    gateway = stack.gateway
+    """Time the gateway, the three handlers and the queue store's transactions of a started stack.
+
+    Instance attributes shadow the methods, in this process only; ``_receive_now`` is the store's receive
+    transaction (``receive`` itself includes the long-poll wait).
+    """
+    gateway, store = stack.gateway, stack.store
     assert gateway is not None
-    one: Callable[..., int] = lambda *args, **kwargs: 1  # noqa: E731
-    records: Callable[..., int] = lambda event, *args, **kwargs: len(event.get("Records", []))  # noqa: E731
-    gateway._serve = stages.wrap(gateway._serve, lambda *a: "gateway: whole request", one)  # type: ignore[method-assign]
-    gateway.handler = stages.wrap(gateway.handler, lambda *a: "ingest handler (in gateway)", one)
+
+    def named(label: str) -> Callable[[tuple[Any, ...]], str]:
+        return lambda args: label
+
+    def per_queue(label: str) -> Callable[[tuple[Any, ...]], str]:
+        return lambda args: f"queue: {label} {args[0]}"
+
+    def one(args: tuple[Any, ...], result: Any) -> int:
+        return 1
+
+    def records(args: tuple[Any, ...], result: Any) -> int:
+        return len(args[0].get("Records", []))
+
+    def second_arg(args: tuple[Any, ...], result: Any) -> int:
+        return len(args[1])
+
+    def returned(args: tuple[Any, ...], result: Any) -> int:
+        return len(result)
+
+    gateway._serve = stages.wrap(gateway._serve, named("gateway: whole request"), one)
+    gateway.handler = stages.wrap(gateway.handler, named("ingest handler (in gateway)"), one)
     for poller, label in zip(stack.pollers, ("validate handler", "deliver handler"), strict=True):
-        poller.handler = stages.wrap(poller.handler, lambda *a, label=label: label, records)
-    store = stack.store
-    store.send_batch = stages.wrap(  # type: ignore[method-assign]
-        store.send_batch,
-        lambda queue, *a, **k: f"queue: send_batch -> {queue}",
-        lambda q, entries, *a: len(entries),
-    )
-    store.delete_batch = stages.wrap(  # type: ignore[method-assign]
-        store.delete_batch,
-        lambda queue, *a, **k: f"queue: delete_batch <- {queue}",
-        lambda q, handles, *a, **k: len(handles),
-    )
-    store._receive_now = stages.wrap(  # type: ignore[method-assign]
-        store._receive_now, lambda queue, *a: f"queue: receive txn <- {queue}", lambda *a: 0
-    )
+        poller.handler = stages.wrap(poller.handler, named(label), records)
+    store.send_batch = stages.wrap(store.send_batch, per_queue("send_batch ->"), second_arg)
+    store.delete_batch = stages.wrap(store.delete_batch, per_queue("delete_batch <-"), second_arg)
+    store._receive_now = stages.wrap(store._receive_now, per_queue("receive txn <-"), returned)
 
 
 def _client_main(
@@ -697,7 +713,7 @@ def stage_report(stages: Stages, records: int, e2e: float) -> list[str]:
             (
                 name,
                 f"{stat.calls:,}",
-                f"{stat.items / stat.calls:.1f}" if stat.items else "-",
+                f"{stat.items / stat.calls:.1f}",
                 fmt_time(stat.wall / stat.calls),
                 fmt_time(stat.cpu / stat.calls),
                 fmt_time(stat.wall / max(records, 1)),

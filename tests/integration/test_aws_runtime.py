@@ -75,14 +75,20 @@ def test_a_record_travels_through_sqs_and_secrets_manager(aws: dict[str, str]) -
             SecretString=json.dumps({"api_key": "aws-mode-key", "base_url": sandbox.url}),
         )
         # when API Gateway invokes ingest, and the SQS event sources invoke validate and deliver
-        response = load_handler("ingest")(load_event("api_post_contacts.json"), LambdaContext("IngestFunction"))
+        response = load_handler("ingest")(
+            load_event("api_post_contacts.json"), LambdaContext("IngestFunction")
+        )
         assert response["statusCode"] == 202
         ingest_event = receive_event(aws["ingest"])
         assert len(ingest_event["Records"]) == 1
-        assert load_handler("validate")(ingest_event, LambdaContext("ValidateFunction")) == {"batchItemFailures": []}
+        assert load_handler("validate")(ingest_event, LambdaContext("ValidateFunction")) == {
+            "batchItemFailures": []
+        }
         delivery_event = receive_event(aws["delivery"])
         assert json.loads(delivery_event["Records"][0]["body"])["integration"] == "expertsender"
-        assert load_handler("deliver")(delivery_event, LambdaContext("DeliverFunction")) == {"batchItemFailures": []}
+        assert load_handler("deliver")(delivery_event, LambdaContext("DeliverFunction")) == {
+            "batchItemFailures": []
+        }
         # then the customer is at the vendor
         customer = sandbox.find(email="jane@example.com")
         assert customer is not None and customer["firstName"] == "Jane"
@@ -96,7 +102,9 @@ def test_a_retry_hides_the_sqs_message_for_the_backoff(aws: dict[str, str]) -> N
         )
         sandbox.inject(status=503, times=1)
         # a queue whose own visibility timeout would make a failed message receivable at once
-        boto3.client("sqs").set_queue_attributes(QueueUrl=aws["delivery"], Attributes={"VisibilityTimeout": "0"})
+        boto3.client("sqs").set_queue_attributes(
+            QueueUrl=aws["delivery"], Attributes={"VisibilityTimeout": "0"}
+        )
         body = load_event("sqs_delivery.json")["Records"][0]["body"]
         boto3.client("sqs").send_message(QueueUrl=aws["delivery"], MessageBody=body)
         event = receive_event(aws["delivery"])

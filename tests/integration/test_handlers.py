@@ -37,8 +37,14 @@ class World:
             retry_base_seconds=1,
             retry_max_seconds=2,
         )
-        runtime.install(Services(settings=settings, queues=EmbeddedQueues(self.store), secrets=self.secrets,
-                                 http=requests.Session()))
+        runtime.install(
+            Services(
+                settings=settings,
+                queues=EmbeddedQueues(self.store),
+                secrets=self.secrets,
+                http=requests.Session(),
+            )
+        )
 
     def bodies(self, queue: str) -> list[dict[str, Any]]:
         return [json.loads(message["body"]) for message in self.store.peek(queue)]
@@ -136,7 +142,9 @@ def test_deliver_dead_letters_on_the_last_attempt_with_the_reason(world: World) 
     assert dead["delivery"]["request_id"].endswith("000000000001")
 
 
-def test_deliver_keeps_records_when_the_secret_is_missing(tmp_path: Path, sandbox: ExpertSenderSandbox) -> None:
+def test_deliver_keeps_records_when_the_secret_is_missing(
+    tmp_path: Path, sandbox: ExpertSenderSandbox
+) -> None:
     world = World(tmp_path, sandbox)
     event = _received_delivery_event(world)
     response = invoke("deliver", event)

@@ -97,7 +97,11 @@ def _parse_date(value: Value, fmt: str) -> datetime:
     if not isinstance(value, str):
         raise TransformValueError(f"{value!r} is not a date string")
     try:
-        parsed = datetime.fromisoformat(value.strip()) if fmt == "iso8601" else datetime.strptime(value.strip(), fmt)
+        parsed = (
+            datetime.fromisoformat(value.strip())
+            if fmt == "iso8601"
+            else datetime.strptime(value.strip(), fmt)
+        )
     except ValueError:
         expected = "ISO 8601" if fmt == "iso8601" else f"the format '{fmt}'"
         raise TransformValueError(f"'{value}' is not a date in {expected}") from None
