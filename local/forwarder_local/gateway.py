@@ -113,6 +113,7 @@ class LocalGateway:
 
         class _RequestHandler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # no 40 ms Nagle/delayed-ACK stall between headers and body
 
             def log_message(self, format: str, *args: Any) -> None:
                 return

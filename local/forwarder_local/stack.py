@@ -134,7 +134,7 @@ class EmbeddedStack:
                 "delivery",
                 deliver,
                 function_name="DeliverFunction",
-                batch_size=10,
+                batch_size=100,
                 max_batching_window=self.options.poll_window_seconds,
                 timeout_seconds=30,
                 on_error=self.errors.append,
