@@ -107,14 +107,68 @@ def run(
     click.echo("Ctrl-C stops the stack; accepted records stay queued and are delivered on the next start.")
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
+    last = ""
     try:
         while not done.wait(1):
-            pass
+            line = _queue_summary(stack.store)
+            if line != last:
+                click.echo(line)
+                last = line
     except KeyboardInterrupt:
         pass
     finally:
         stack.stop()
         click.echo("stopped")
+
+
+def _queue_summary(store: Any) -> str:
+    def depth(name: str) -> int:
+        return sum(store.counts(name).values())
+
+    return (
+        f"[queues] ingest {depth('ingest')} | delivery {depth('delivery')} | rejected {depth('rejects')} | "
+        f"dead-lettered {depth('delivery-dlq')}   (forwarder trail rejects | dead-letters)"
+    )
+
+
+@main.command()
+@click.argument("which", type=click.Choice(["rejects", "dead-letters"]))
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_STATE)
+@click.option("--limit", default=20, show_default=True)
+@click.option("--show-data", is_flag=True, help="also print the record (personal data)")
+def trail(which: str, state_dir: Path, limit: int, show_data: bool) -> None:
+    """List records rejected for good, or dead-lettered deliveries, with their reasons (embedded stack)."""
+    from forwarder_local.queue import DurableQueueStore
+
+    path = state_dir / "queues.db"
+    if not path.exists():
+        raise click.ClickException(f"no queues at {path}; start the embedded stack first")
+    store = DurableQueueStore(path)
+    try:
+        entries = store.peek("rejects" if which == "rejects" else "delivery-dlq", limit=limit)
+    finally:
+        store.close()
+    if not entries:
+        click.echo(f"no {which}")
+    for entry in entries:
+        document = json.loads(entry["body"])
+        if which == "rejects":
+            where = f"{document['stage']} {document.get('integration') or ''}".strip()
+            click.echo(
+                f"{document['rejected_at']}  {document['request_id']}  [{where}]  {document['reason']}"
+            )
+            for error in document.get("errors", []):
+                click.echo(f"    - {error}")
+            record = document.get("record")
+        else:
+            delivery = document["delivery"]
+            click.echo(
+                f"{document['dead_lettered_at']}  {delivery['request_id']}  [{delivery['integration']}] "
+                f"after {document['attempts']} attempts: {document['reason']}"
+            )
+            record = delivery.get("payload")
+        if show_data:
+            click.echo(f"    record: {json.dumps(record)}")
 
 
 # --- send --------------------------------------------------------------------------------------------------
