@@ -162,3 +162,42 @@ def test_refresh_tokens_reports_a_missing_secret(tmp_path: Path, sandbox: Expert
 def test_refresh_tokens_is_clean_when_secrets_are_present(world: World) -> None:
     report = invoke("refresh_tokens", load_event("schedule.json"))
     assert report == {"checked": 1, "refreshed": [], "problems": []}
+
+
+class _DeliveryQueueDown(EmbeddedQueues):
+    def send(self, queue: str, messages: list[Any]) -> list[str]:
+        if queue == "delivery":
+            from forwarder.ports.queues import QueueError
+
+            raise QueueError("queue 'delivery': ServiceUnavailable")
+        return super().send(queue, messages)
+
+
+def test_validate_reports_records_whose_deliveries_could_not_be_queued(world: World) -> None:
+    # given a delivery queue that refuses messages
+    services = runtime.services()
+    runtime.install(
+        Services(settings=services.settings, queues=_DeliveryQueueDown(world.store), secrets=services.secrets)
+    )
+    event = load_event("sqs_ingest.json")
+    # when validate runs the batch (one mappable record, one that is rejected)
+    response = invoke("validate", event)
+    # then only the record that needed the delivery queue is retried; the rejection is on the trail
+    assert response == {"batchItemFailures": [{"itemIdentifier": event["Records"][0]["messageId"]}]}
+    assert len(world.bodies("rejects")) == 1
+
+
+def test_validate_sends_a_batch_of_records_together(world: World) -> None:
+    event = load_event("sqs_ingest.json")
+    template = event["Records"][0]
+    records = []
+    for index in range(25):
+        record = json.loads(json.dumps(template))
+        body = json.loads(record["body"])
+        body["request_id"] = f"request-{index}"
+        body["data"]["email"] = f"person{index}@example.com"
+        record["body"], record["messageId"] = json.dumps(body), f"message-{index}"
+        records.append(record)
+    assert invoke("validate", {"Records": records}) == {"batchItemFailures": []}
+    queued = world.bodies("delivery")
+    assert sorted(item["request_id"] for item in queued) == sorted(f"request-{index}" for index in range(25))

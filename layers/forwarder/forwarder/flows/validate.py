@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from pydantic import ValidationError
 
@@ -14,7 +13,7 @@ from forwarder.integrations.base import RecordInvalid
 from forwarder.mapping import MappingError
 from forwarder.messages import DeliveryMessage, IngestMessage, Rejection
 from forwarder.observability import logger
-from forwarder.ports.queues import OutgoingMessage
+from forwarder.ports.queues import OutgoingMessage, QueueError
 from forwarder.runtime import Services
 
 
@@ -82,8 +81,8 @@ def plan(services: Services, message: IngestMessage) -> tuple[list[DeliveryMessa
     return deliveries, rejections
 
 
-def handle_record(services: Services, record: SQSRecord) -> None:
-    """Validate one ingest message; raise (so the record is retried) only when the queues fail."""
+def outgoing(services: Services, record: SQSRecord) -> tuple[list[OutgoingMessage], list[OutgoingMessage]]:
+    """The delivery and rejection messages one ingest message leads to."""
     try:
         message = IngestMessage.model_validate_json(record.body)
     except ValidationError as error:
@@ -95,28 +94,8 @@ def handle_record(services: Services, record: SQSRecord) -> None:
             errors=[f"{'.'.join(map(str, item['loc']))}: {item['msg']}" for item in error.errors()][:10],
             record={"body": record.body[:2000]},
         )
-        services.queues.send("rejects", [OutgoingMessage(rejection.model_dump_json())])
-        return
+        return [], [OutgoingMessage(rejection.model_dump_json())]
     deliveries, rejections = plan(services, message)
-    if deliveries:
-        services.queues.send(
-            "delivery",
-            [
-                OutgoingMessage(
-                    delivery.model_dump_json(),
-                    {
-                        "request_id": delivery.request_id,
-                        "integration": delivery.integration,
-                        "group_key": delivery.group_key,
-                    },
-                )
-                for delivery in deliveries
-            ],
-        )
-    if rejections:
-        services.queues.send(
-            "rejects", [OutgoingMessage(rejection.model_dump_json()) for rejection in rejections]
-        )
     logger.info(
         "record validated",
         extra={
@@ -126,14 +105,48 @@ def handle_record(services: Services, record: SQSRecord) -> None:
             "rejections": [rejection.integration for rejection in rejections],
         },
     )
-
-
-def handle_batch(services: Services, event: dict[str, Any], context: Any) -> dict[str, Any]:
-    processor = BatchProcessor(event_type=EventType.SQS)
-    response = process_partial_response(
-        event=event,
-        record_handler=lambda record: handle_record(services, record),
-        processor=processor,
-        context=context,
+    return (
+        [
+            OutgoingMessage(
+                delivery.model_dump_json(),
+                {
+                    "request_id": delivery.request_id,
+                    "integration": delivery.integration,
+                    "group_key": delivery.group_key,
+                },
+            )
+            for delivery in deliveries
+        ],
+        [OutgoingMessage(rejection.model_dump_json()) for rejection in rejections],
     )
-    return dict(response)
+
+
+def handle_batch(services: Services, event: dict[str, Any], context: Any = None) -> dict[str, Any]:
+    """Validate a batch; the batch's deliveries and rejections are sent together (one SQS batch call per ten
+    messages, not one per record). A record is reported failed when its own validation raised, or when a send
+    that carried its messages failed: it is then retried whole (deliveries are at-least-once)."""
+    failures: list[str] = []
+    deliveries: list[tuple[str, OutgoingMessage]] = []
+    rejections: list[tuple[str, OutgoingMessage]] = []
+    for raw in event.get("Records", []):
+        record = SQSRecord(raw)
+        try:
+            to_deliver, to_reject = outgoing(services, record)
+        except Exception:  # a defect for this record must not fail its neighbours
+            logger.exception("validation failed unexpectedly", extra={"message_id": record.message_id})
+            failures.append(record.message_id)
+            continue
+        deliveries.extend((record.message_id, message) for message in to_deliver)
+        rejections.extend((record.message_id, message) for message in to_reject)
+    for queue, messages in (("delivery", deliveries), ("rejects", rejections)):
+        if not messages:
+            continue
+        try:
+            services.queues.send(queue, [message for _, message in messages])
+        except QueueError as error:
+            logger.error(
+                "could not enqueue; the batch's records will be retried",
+                extra={"queue": queue, "error": str(error)},
+            )
+            failures.extend(owner for owner, _ in messages if owner not in failures)
+    return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in dict.fromkeys(failures)]}
