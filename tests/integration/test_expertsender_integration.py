@@ -420,3 +420,37 @@ def test_a_record_without_the_match_field_lists_every_problem(integration: Exper
         "field 'gender': 'x' is not one of Male, Female, NotSpecified",
         "field 'phone' is required: the integration matches customers by PhoneNumber",
     ]
+
+
+def test_a_batch_too_large_for_the_vendor_is_halved_until_it_fits(
+    integration: ExpertSender, sandbox: ExpertSenderSandbox, api_key: str, http: requests.Session
+) -> None:
+    # given a vendor that refuses the first (whole) batch as too large
+    sandbox.inject(status=413, times=1, method="POST")
+    outcomes = upsert(integration, sandbox, api_key, http, PEOPLE)
+    # then nobody is rejected for the batch's size: the halves are delivered
+    assert [outcome.verdict for outcome in outcomes] == [Verdict.DELIVERED] * 3
+    assert [request.status for request in sandbox.requests] == [413, 201, 201]
+    assert all(sandbox.find(email=person["email"]) for person in PEOPLE)
+
+
+def test_a_wrong_route_is_a_configuration_problem_not_a_bad_record(
+    integration: ExpertSender, sandbox: ExpertSenderSandbox, api_key: str, http: requests.Session
+) -> None:
+    parsed = ExpertSenderSettings()
+    payloads = [integration.prepare(UPSERT, person, parsed) for person in PEOPLE]
+    wrong = {"api_key": api_key, "base_url": sandbox.url + "/v9"}
+    outcomes = integration.deliver(UPSERT, payloads, parsed, wrong, http)
+    assert {outcome.verdict for outcome in outcomes} == {Verdict.RETRY}
+    assert "base_url" in outcomes[0].reason
+
+
+def test_delete_by_crm_id_uses_the_documented_path(
+    integration: ExpertSender, sandbox: ExpertSenderSandbox, api_key: str, http: requests.Session
+) -> None:
+    upsert(integration, sandbox, api_key, http, [{"email": "crm@example.com", "crmId": "C-77"}])
+    outcome = delete(integration, sandbox, api_key, http, {"crmId": "C-77"}, delete_by="crmId")
+    assert outcome.verdict is Verdict.DELIVERED
+    assert sandbox.requests[-1].method == "DELETE"
+    assert sandbox.requests[-1].path == "/customers/crmid/C-77"
+    assert sandbox.find(crm_id="C-77") is None

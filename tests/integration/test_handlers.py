@@ -4,6 +4,7 @@ the durable queue store, the local secret store and the ExpertSender sandbox."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import requests
 from forwarder import runtime
 from forwarder.runtime import RuntimeSettings, Services
 from forwarder_local.poller import LambdaContext, sqs_event
-from forwarder_local.queue import DurableQueueStore
+from forwarder_local.queue import DurableQueueStore, QueueSpec
 from forwarder_local.sandboxes.expertsender import ExpertSenderSandbox
 from forwarder_local.stack import QUEUES, load_handler
 from forwarder_local.stores import EmbeddedQueues, LocalSecretStore
@@ -121,13 +122,58 @@ def test_deliver_sends_the_canonical_delivery(world: World) -> None:
 
 
 def test_deliver_reports_a_throttled_record_and_honours_retry_after(world: World) -> None:
+    # given a delivery queue whose own visibility timeout would make a failed message visible at once
+    world.store.create_queue(
+        QueueSpec("delivery", visibility_timeout=0, max_receive_count=5, dead_letter_queue="delivery-dlq")
+    )
     world.sandbox.inject(status=429, times=1, retry_after=120)
     event = _received_delivery_event(world)
+    # when the vendor throttles with Retry-After: 120 (capped here by retry_max_seconds=2; backoff base is 1 s)
     response = invoke("deliver", event)
     assert response == {"batchItemFailures": [{"itemIdentifier": event["Records"][0]["messageId"]}]}
-    # the message stays hidden for the vendor's Retry-After (capped by retry_max_seconds=2), not the queue default
-    assert world.store.counts("delivery")["in_flight"] == 1
+    # then the message stays hidden for the capped Retry-After, longer than the backoff alone would
+    time.sleep(1.3)
     assert world.store.receive("delivery") == []
+    time.sleep(1.0)
+    assert len(world.store.receive("delivery")) == 1
+
+
+def test_deliver_stops_before_the_invocation_runs_out_of_time(world: World) -> None:
+    # given 3 deletes and an invocation with little time left (the budget keeps a 2 s margin)
+    body = json.loads(load_event("sqs_delivery.json")["Records"][0]["body"])
+    for index in range(3):
+        delete = {
+            **body,
+            "action": "delete_contact",
+            "operation": "delete_customer",
+            "request_id": f"delete-{index}",
+            "payload": {"by": "email", "value": f"p{index}@example.com"},
+        }
+        world.store.send("delivery", json.dumps(delete))
+    event = sqs_event(world.store.queue_arn("delivery"), world.store.receive("delivery", max_messages=10))
+    context = LambdaContext(function_name="DeliverFunction", timeout_seconds=3)
+    # when deliver runs
+    response = load_handler("deliver")(event, context)
+    # then it makes no vendor call it could not finish, and reports every unsent record for a prompt retry
+    assert world.sandbox.requests == []
+    assert len(response["batchItemFailures"]) == 3
+    assert len(world.store.receive("delivery", max_messages=10)) == 3, "not attempted: visible again at once"
+
+
+def test_deliver_refuses_a_secret_outside_the_deployed_prefix(
+    tmp_path: Path, sandbox: ExpertSenderSandbox
+) -> None:
+    world = World(tmp_path, sandbox)
+    world.secrets.put(SECRET, {"api_key": "test-key", "base_url": sandbox.url})
+    services = runtime.services()
+    settings = services.settings.model_copy(update={"secrets_prefix": "brand-x/"})
+    runtime.install(Services(settings=settings, queues=services.queues, secrets=services.secrets))
+    event = _received_delivery_event(world)
+    event["Records"][0]["attributes"]["ApproximateReceiveCount"] = "5"
+    assert invoke("deliver", event) == {"batchItemFailures": []}
+    [dead] = world.bodies("delivery-dlq")
+    assert "outside the prefix 'brand-x/'" in dead["reason"]
+    assert sandbox.requests == []
 
 
 def test_deliver_dead_letters_on_the_last_attempt_with_the_reason(world: World) -> None:

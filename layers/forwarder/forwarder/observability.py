@@ -9,7 +9,9 @@ from aws_lambda_powertools.metrics import MetricUnit, single_metric
 from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 
 logger = Logger(service="forwarder")
-tracer = Tracer(service="forwarder")
+# Only the AWS SDK is traced: vendor URLs carry customer identifiers (e.g. DELETE /customers/email/{email}),
+# which X-Ray would store with every segment of an auto-patched `requests`.
+tracer = Tracer(service="forwarder", patch_modules=["boto3", "botocore"])
 metrics = Metrics(namespace="Forwarder", service="forwarder")
 
 

@@ -33,6 +33,16 @@ class RuntimeSettings(BaseModel):
     retry_max_seconds: float = Field(900.0, gt=0, le=43200)
     secrets_max_age_seconds: int = Field(300, ge=0)
     vendor_timeout_seconds: float = Field(10.0, gt=0)
+    secrets_prefix: str = Field("", description="the functions may read only secrets named with this prefix")
+
+    def secret_outside_prefix(self, name: str) -> str | None:
+        """Why a secret cannot be read under this deployment's policy, or None when it can."""
+        if self.secrets_prefix and not name.startswith(self.secrets_prefix):
+            return (
+                f"secret '{name}' is outside the prefix '{self.secrets_prefix}' the functions may read; "
+                "rename it or deploy with a matching SecretsPrefix"
+            )
+        return None
 
     @classmethod
     def from_environment(cls, env: Mapping[str, str] | None = None) -> RuntimeSettings:

@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from forwarder.config import IntegrationConfig
-from forwarder.integrations.base import CredentialsError, Outcome, Verdict
+from forwarder.integrations.base import NOT_ATTEMPTED, Budget, CredentialsError, Outcome, Verdict
 from forwarder.messages import DeadLetter, DeliveryMessage, Rejection
 from forwarder.observability import emit_counts, logger
 from forwarder.ports.queues import OutgoingMessage, QueueError
@@ -44,6 +44,8 @@ def backoff_seconds(attempt: int, base: float, cap: float, rng: random.Random | 
 
 
 def handle_batch(services: Services, event: dict[str, Any], context: Any = None) -> dict[str, Any]:
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    budget = Budget.from_remaining_ms(remaining() if callable(remaining) else None)
     failures: list[str] = []
     counts: Counter[tuple[str, str]] = Counter()
     groups: dict[tuple[str, str, str], list[_Item]] = {}
@@ -73,7 +75,7 @@ def handle_batch(services: Services, event: dict[str, Any], context: Any = None)
                 )
             ] * len(items)
         else:
-            outcomes = _send(services, integration_config, operation, items)
+            outcomes = _send(services, integration_config, operation, items, budget)
         for item, outcome in zip(items, outcomes, strict=True):
             verdict = _settle(services, item, outcome)
             counts[(integration_name, verdict)] += 1
@@ -88,8 +90,13 @@ def _integration_config(services: Services, group_key: str, name: str) -> Integr
     return group.integration(name) if group else None
 
 
-def _send(services: Services, config: IntegrationConfig, operation: str, items: list[_Item]) -> list[Outcome]:
+def _send(
+    services: Services, config: IntegrationConfig, operation: str, items: list[_Item], budget: Budget
+) -> list[Outcome]:
     integration = config.integration
+    problem = services.settings.secret_outside_prefix(config.secret) if config.secret else None
+    if problem:
+        return [Outcome.retry(f"credentials unavailable: {problem}")] * len(items)
     try:
         credentials = (
             services.secrets.get(config.secret, max_age_seconds=services.settings.secrets_max_age_seconds)
@@ -110,6 +117,7 @@ def _send(services: Services, config: IntegrationConfig, operation: str, items: 
                 config.parsed_settings,
                 credentials,
                 services.http,
+                budget,
             )
         )
     return outcomes
@@ -151,6 +159,9 @@ def _settle(services: Services, item: _Item, outcome: Outcome) -> str:
             )
             logger.warning("dead-lettered after its last attempt", extra=log)
             return "dead_lettered"
+        if outcome.reason == NOT_ATTEMPTED:
+            services.queues.change_visibility("delivery", item.receipt_handle, 0)
+            return "retrying"
         delay = backoff_seconds(
             item.receive_count, services.settings.retry_base_seconds, services.settings.retry_max_seconds
         )

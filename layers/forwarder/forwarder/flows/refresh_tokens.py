@@ -39,6 +39,10 @@ def refresh_all(services: Services) -> RefreshReport:
             seen.add(config.secret)
             report.checked += 1
             where = f"{group_key}/{config.name} (secret '{config.secret}')"
+            problem = services.settings.secret_outside_prefix(config.secret)
+            if problem:
+                report.problems.append(f"{where}: {problem}")
+                continue
             try:
                 credentials = services.secrets.get(config.secret, max_age_seconds=0)
                 config.integration.check_credentials(credentials)

@@ -10,7 +10,8 @@ import abc
 import builtins
 import email.utils
 import enum
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
@@ -69,6 +70,26 @@ class Outcome:
     @classmethod
     def rejected(cls, reason: str, errors: list[str] | None = None, *, status: int | None = None) -> Outcome:
         return cls(Verdict.REJECTED, reason, errors or [], vendor_status=status)
+
+
+NOT_ATTEMPTED = "not attempted: the invocation had too little time left; it is retried"
+
+
+@dataclass(slots=True)
+class Budget:
+    """The time an invocation may still spend; ``deadline`` is on the ``clock`` (monotonic), None = no limit."""
+
+    deadline: float | None = None
+    clock: Callable[[], float] = time.monotonic
+
+    @classmethod
+    def from_remaining_ms(cls, remaining_ms: int | None, margin_seconds: float = 2.0) -> Budget:
+        if remaining_ms is None:
+            return cls()
+        return cls(time.monotonic() + remaining_ms / 1000 - margin_seconds)
+
+    def allows(self, seconds: float) -> bool:
+        return self.deadline is None or self.clock() + seconds <= self.deadline
 
 
 class RecordInvalid(ValueError):
@@ -134,8 +155,10 @@ class Integration(abc.ABC):
         settings: BaseModel,
         credentials: dict[str, Any],
         http: requests.Session,
+        budget: Budget | None = None,
     ) -> list[Outcome]:
-        """Send payloads (batched where the vendor allows); one Outcome per payload, in order."""
+        """Send payloads (batched where the vendor allows); one Outcome per payload, in order. A request that
+        ``budget`` does not allow is not made: its payloads get ``Outcome.retry(NOT_ATTEMPTED)``."""
 
     def batch_size(self, operation: str, settings: BaseModel) -> int:
         """How many payloads one ``deliver`` call may take for this operation."""

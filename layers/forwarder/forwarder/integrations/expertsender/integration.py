@@ -24,7 +24,9 @@ import requests
 from pydantic import BaseModel, ConfigDict, Field
 
 from forwarder.integrations.base import (
+    NOT_ATTEMPTED,
     ActionSpec,
+    Budget,
     FieldSpec,
     Integration,
     Outcome,
@@ -261,15 +263,19 @@ class ExpertSender(Integration):
         settings: BaseModel,
         credentials: dict[str, Any],
         http: requests.Session,
+        budget: Budget | None = None,
     ) -> list[Outcome]:
         assert isinstance(settings, ExpertSenderSettings)
         self.check_credentials(credentials)
         base_url = str(credentials.get("base_url") or settings.base_url).rstrip("/")
         headers = {"x-api-key": str(credentials["api_key"]), "Accept": "application/json"}
         if operation == "delete_customer":
-            return [self._delete(payload, base_url, headers, settings, http) for payload in payloads]
+            return [
+                self._delete(payload, base_url, headers, settings, http, budget or Budget())
+                for payload in payloads
+            ]
         customers = [payload["customer"] for payload in payloads]
-        return self._post_customers(customers, base_url, headers, settings, http)
+        return self._post_customers(customers, base_url, headers, settings, http, budget or Budget())
 
     def _post_customers(
         self,
@@ -278,7 +284,10 @@ class ExpertSender(Integration):
         headers: dict[str, str],
         settings: ExpertSenderSettings,
         http: requests.Session,
+        budget: Budget,
     ) -> list[Outcome]:
+        if not budget.allows(3.05 + settings.timeout_seconds):
+            return [Outcome.retry(NOT_ATTEMPTED)] * len(customers)
         body = {"mode": settings.mode, "matchBy": settings.match_by, "data": customers}
         try:
             response = http.post(
@@ -286,6 +295,19 @@ class ExpertSender(Integration):
             )
         except requests.RequestException as error:
             return [classify_transport_error(error)] * len(customers)
+        if response.status_code in (404, 405):  # the route itself is wrong: no record's fault
+            summary, _ = _problem(response)
+            return [
+                Outcome.retry(
+                    f"ExpertSender answered {summary} to POST /customers; check the integration's base_url",
+                    status=response.status_code,
+                )
+            ] * len(customers)
+        if response.status_code == 413 and len(customers) > 1:  # too large together: halve until it fits
+            half = len(customers) // 2
+            return self._post_customers(customers[:half], base_url, headers, settings, http, budget) + (
+                self._post_customers(customers[half:], base_url, headers, settings, http, budget)
+            )
         if response.status_code != 400 or len(customers) == 1:
             return [self._classify(response)] * len(customers)
         # A 400 for a batch: reject the customers the vendor names, send the rest again.
@@ -301,12 +323,16 @@ class ExpertSender(Integration):
                 outcomes[index] = Outcome.rejected(f"ExpertSender {summary}", its_errors, status=400)
             rest = [index for index in range(len(customers)) if outcomes[index] is None]
             if rest:
-                again = self._post_customers([customers[i] for i in rest], base_url, headers, settings, http)
+                again = self._post_customers(
+                    [customers[i] for i in rest], base_url, headers, settings, http, budget
+                )
                 for index, outcome in zip(rest, again, strict=True):
                     outcomes[index] = outcome
         else:
             for index, customer in enumerate(customers):
-                outcomes[index] = self._post_customers([customer], base_url, headers, settings, http)[0]
+                outcomes[index] = self._post_customers([customer], base_url, headers, settings, http, budget)[
+                    0
+                ]
         return [outcome for outcome in outcomes if outcome is not None]
 
     def _delete(
@@ -316,8 +342,14 @@ class ExpertSender(Integration):
         headers: dict[str, str],
         settings: ExpertSenderSettings,
         http: requests.Session,
+        budget: Budget,
     ) -> Outcome:
-        url = f"{base_url}/customers/{payload['by']}/{quote(str(payload['value']), safe='')}"
+        if not budget.allows(3.05 + settings.timeout_seconds):
+            return Outcome.retry(NOT_ATTEMPTED)
+        segment = (
+            "crmid" if payload["by"] == "crmId" else payload["by"]
+        )  # seed 004 spells DELETE .../crmid/{crmId}
+        url = f"{base_url}/customers/{segment}/{quote(str(payload['value']), safe='')}"
         params = {"withAnonymization": "true" if settings.with_anonymization else "false"}
         try:
             response = http.delete(
