@@ -9,6 +9,7 @@ import sys
 import threading
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import click
 
@@ -98,8 +99,9 @@ def run(
         name, group_key, access_key, _ = first
         click.echo(f"  client '{name}' may use group key '{group_key}'; its access key id is {access_key}")
         click.echo("\nSend a first record (signed with the client's key from the state folder):\n")
+        state_flag = "" if state_dir == DEFAULT_STATE else f" --state-dir {state_dir}"
         click.echo(
-            f"  .venv/bin/forwarder send contacts --group-key {group_key} --url {stack.gateway.url} \\"
+            f"  .venv/bin/forwarder send contacts --group-key {group_key} --url {stack.gateway.url}{state_flag} \\"
         )
         click.echo("      --set email=jane@example.com --set first_name=Jane --set city=Oslo\n")
         if stack.sandbox:
@@ -127,12 +129,12 @@ def _queue_summary(store: Any) -> str:
 
     return (
         f"[queues] ingest {depth('ingest')} | delivery {depth('delivery')} | rejected {depth('rejects')} | "
-        f"dead-lettered {depth('delivery-dlq')}   (forwarder trail rejects | dead-letters)"
+        f"dead-lettered {depth('delivery-dlq') + depth('ingest-dlq')}   (see: forwarder trail rejects | dead-letters)"
     )
 
 
 @main.command()
-@click.argument("which", type=click.Choice(["rejects", "dead-letters"]))
+@click.argument("which", type=click.Choice(["rejects", "dead-letters", "ingest-dead-letters"]))
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_STATE)
 @click.option("--limit", default=20, show_default=True)
 @click.option("--show-data", is_flag=True, help="also print the record (personal data)")
@@ -145,13 +147,28 @@ def trail(which: str, state_dir: Path, limit: int, show_data: bool) -> None:
         raise click.ClickException(f"no queues at {path}; start the embedded stack first")
     store = DurableQueueStore(path)
     try:
-        entries = store.peek("rejects" if which == "rejects" else "delivery-dlq", limit=limit)
+        queue = {"rejects": "rejects", "dead-letters": "delivery-dlq", "ingest-dead-letters": "ingest-dlq"}[
+            which
+        ]
+        entries = store.peek(queue, limit=limit)
     finally:
         store.close()
     if not entries:
         click.echo(f"no {which}")
     for entry in entries:
-        document = json.loads(entry["body"])
+        try:
+            document = json.loads(entry["body"])
+        except json.JSONDecodeError:
+            document = {}
+        if document.get("kind") != ("rejection" if which == "rejects" else "dead_letter"):
+            # moved by the queue's redrive policy: the function crashed or timed out on it every time
+            click.echo(
+                f"{entry.get('message_id', '?')}  redriven after repeated failures (no reason recorded): "
+                f"{document.get('kind', 'unreadable')} message of request {document.get('request_id', '?')}"
+            )
+            if show_data:
+                click.echo(f"    body: {entry['body']}")
+            continue
         if which == "rejects":
             where = f"{document['stage']} {document.get('integration') or ''}".strip()
             click.echo(
@@ -201,9 +218,11 @@ def _parse_value(text: str) -> Any:
 )
 @click.option("--url", default="http://127.0.0.1:8080", show_default=True, help="the API's base URL")
 @click.option(
-    "--access-key", envvar="AWS_ACCESS_KEY_ID", help="default: the embedded stack's key for the client"
+    "--access-key", help="default: the key the embedded stack issued (local URL), else AWS_ACCESS_KEY_ID"
 )
-@click.option("--secret-key", envvar="AWS_SECRET_ACCESS_KEY")
+@click.option(
+    "--secret-key", help="default: from the embedded stack's state folder, else AWS_SECRET_ACCESS_KEY"
+)
 @click.option("--session-token", envvar="AWS_SESSION_TOKEN")
 @click.option("--region", envvar="AWS_REGION", default="us-east-1", show_default=True)
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_STATE)
@@ -241,7 +260,13 @@ def send(
     if not group_key:
         raise click.UsageError("give --group-key (or group_key in --file)")
     if not access_key or not secret_key:
-        access_key, secret_key = _local_keys(state_dir, access_key)
+        host = (urlsplit(url).hostname or "").lower()
+        local = host in ("127.0.0.1", "localhost", "::1") and (state_dir / "credentials.json").exists()
+        if not local and os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY"):
+            access_key, secret_key = os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"]
+        else:
+            access_key, secret_key = _local_keys(state_dir, access_key)
+            session_token = None
     method, path = ROUTES[kind]
     auth = AWS4Auth(access_key, secret_key, region, "execute-api", session_token=session_token)
     headers = {"Content-Type": "application/json"}

@@ -247,3 +247,17 @@ def test_validate_sends_a_batch_of_records_together(world: World) -> None:
     assert invoke("validate", {"Records": records}) == {"batchItemFailures": []}
     queued = world.bodies("delivery")
     assert sorted(item["request_id"] for item in queued) == sorted(f"request-{index}" for index in range(25))
+
+
+def test_ingest_refuses_a_record_that_would_not_fit_one_queue_message(world: World) -> None:
+    # given a body under the request limit whose numbers grow when re-serialised (1E9 -> 1000000000.0)
+    event = load_event("api_post_contacts.json")
+    event["body"] = (
+        '{"group_key": "demo", "data": {"email": "a@b.co", "scores": [' + ",".join(["1E9"] * 55_000) + "]}}"
+    )
+    assert len(event["body"]) < 240 * 1024
+    # when it is sent, then it is refused with 413 and nothing is queued
+    response = invoke("ingest", event)
+    assert response["statusCode"] == 413
+    assert "once queued" in json.loads(response["body"])["message"]
+    assert world.bodies("ingest") == []

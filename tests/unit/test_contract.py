@@ -177,3 +177,20 @@ def test_a_json_body_that_is_not_an_object_is_refused(document: Any) -> None:
     error = refused(json.dumps(document))
 
     assert (error.status, error.code) == (400, "INVALID_ENVELOPE")
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_non_json_constants_are_refused_not_turned_into_null(constant: str) -> None:
+    body = '{"data": {"score": %s}, "group_key": "demo"}' % constant
+    with pytest.raises(ContractError) as refused:
+        parse_envelope(body, "application/json", 10_000)
+    assert refused.value.status == 400
+    assert constant.lstrip("-") in refused.value.message
+
+
+def test_an_unpaired_surrogate_is_refused_naming_the_attribute() -> None:
+    body = '{"data": {"name": "\\ud800x", "ok": "fine"}, "group_key": "demo"}'
+    with pytest.raises(ContractError) as refused:
+        parse_envelope(body, "application/json", 10_000)
+    assert refused.value.status == 400
+    assert refused.value.attribute == "data.name"

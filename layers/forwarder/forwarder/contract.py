@@ -72,6 +72,16 @@ def _type_name(value: Any) -> str:
 def check_flat(data: dict[str, Any]) -> FlatData:
     """Return ``data`` when every value is a scalar or a list of scalars; otherwise name the attribute."""
     for name, value in data.items():
+        if not _encodable(name) or any(
+            isinstance(item, str) and not _encodable(item)
+            for item in (value if isinstance(value, list) else [value])
+        ):
+            raise ContractError(
+                400,
+                "INVALID_TEXT",
+                f"attribute 'data.{name}' holds an unpaired UTF-16 surrogate; send valid Unicode text",
+                attribute=f"data.{name}",
+            )
         if isinstance(value, list):
             for index, item in enumerate(value):
                 if isinstance(item, dict | list):
@@ -91,6 +101,22 @@ def check_flat(data: dict[str, Any]) -> FlatData:
                 attribute=f"data.{name}",
             )
     return data
+
+
+class _NotJson(ValueError):
+    pass
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _NotJson(f"{name} is not a JSON value; send a number, null or a string")
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (\ud800) cannot be stored or forwarded
+        return False
+    return True
 
 
 def parse_envelope(body: bytes | str | None, content_type: str | None, max_bytes: int) -> Envelope:
@@ -113,7 +139,9 @@ def parse_envelope(body: bytes | str | None, content_type: str | None, max_bytes
     if not raw.strip():
         raise ContractError(400, "EMPTY_BODY", 'the body is empty; send {"data": {...}, "group_key": "..."}')
     try:
-        document = json.loads(raw)
+        document = json.loads(raw, parse_constant=_refuse_constant)
+    except _NotJson as error:
+        raise ContractError(400, "INVALID_JSON", f"the body is not valid JSON: {error}") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         where = (
             f" at line {error.lineno} column {error.colno}" if isinstance(error, json.JSONDecodeError) else ""

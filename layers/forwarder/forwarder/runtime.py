@@ -28,6 +28,9 @@ class RuntimeSettings(BaseModel):
     runtime: Literal["aws", "embedded"] = "aws"
     config_path: str = "/opt/forwarder.yaml"
     max_body_bytes: int = Field(240 * 1024, ge=1024, description="leaves room in a 256 KiB SQS message")
+    max_message_bytes: int = Field(
+        256 * 1024, ge=1024, description="the queue's message size limit (SQS: 256 KiB)"
+    )
     delivery_max_receives: int = Field(5, ge=1, description="the delivery queue's maxReceiveCount")
     retry_base_seconds: float = Field(10.0, gt=0)
     retry_max_seconds: float = Field(900.0, gt=0, le=43200)

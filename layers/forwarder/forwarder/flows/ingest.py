@@ -77,12 +77,20 @@ def accept(
         client=client.name,
         idempotency_key=idempotency_key,
     )
+    body_json = message.model_dump_json()
+    if len(body_json.encode("utf-8")) > services.settings.max_message_bytes:
+        raise ContractError(
+            413,
+            "BODY_TOO_LARGE",
+            f"the record takes {len(body_json.encode('utf-8'))} bytes once queued; the limit is "
+            f"{services.settings.max_message_bytes}: send fewer or shorter attributes",
+        )
     try:
         services.queues.send(
             "ingest",
             [
                 OutgoingMessage(
-                    message.model_dump_json(),
+                    body_json,
                     {"request_id": request_id, "group_key": envelope.group_key, "action": action.value},
                 )
             ],
