@@ -181,7 +181,7 @@ def test_a_json_body_that_is_not_an_object_is_refused(document: Any) -> None:
 
 @pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
 def test_non_json_constants_are_refused_not_turned_into_null(constant: str) -> None:
-    body = '{"data": {"score": %s}, "group_key": "demo"}' % constant
+    body = '{"data": {"score": ' + constant + '}, "group_key": "demo"}'
     with pytest.raises(ContractError) as refused:
         parse_envelope(body, "application/json", 10_000)
     assert refused.value.status == 400
