@@ -315,3 +315,26 @@ def test_a_principal_shared_by_two_clients_is_refused() -> None:
 
     assert problem.startswith(f"clients[1].principals[0] (line {line_of(text, '[AKIAEXAMPLEBACKEND01]')}): ")
     assert "belongs to both 'backend' and 'ops'" in problem
+
+
+def test_matching_by_a_field_no_mapping_fills_is_refused(shipped_text: str) -> None:
+    text = edit(shipped_text, "match_by: Email", "match_by: CrmId")
+    text = edit(text, "            - {kind: string, from: crm_id, to: crmId, transforms: [string]}\n", "")
+    (problem,) = problems_of(text)
+    assert problem.startswith(f"{ITEM}.contacts.mapping (line ")
+    assert "match_by is CrmId but no mapping fills 'crmId'" in problem
+
+
+def test_a_consent_renamed_to_a_non_numeric_id_points_at_the_attribute(shipped_text: str) -> None:
+    text = edit(shipped_text, 'newsletter_consent: "1"', "newsletter_consent: marketing")
+    (problem,) = problems_of(text)
+    line = line_of(text, "newsletter_consent: marketing")
+    assert problem.startswith(f"{ITEM}.contacts.mapping[8].fields.newsletter_consent (line {line})")
+    assert "numeric consent ids" in problem
+
+
+def test_deleting_by_a_field_the_delete_mapping_lacks_is_refused(shipped_text: str) -> None:
+    text = edit(shipped_text, "delete_by: email", "delete_by: phone")
+    (problem,) = problems_of(text)
+    assert problem.startswith(f"{ITEM}.delete.mapping (line ")
+    assert "delete_by is phone but no mapping fills 'phone'" in problem

@@ -84,6 +84,7 @@ class IntegrationConfig(_Strict):
             )
         if not any(getattr(self, flow) for flow in FLOWS):
             raise ValueError("configure at least one of contacts, delete, events")
+        configured: dict[str, tuple[str, list[Any]]] = {}
         for flow in FLOWS:
             flow_config: FlowConfig | None = getattr(self, flow)
             if flow_config is None:
@@ -91,6 +92,9 @@ class IntegrationConfig(_Strict):
             spec = _action_for(integration, flow, flow_config.action)
             _check_targets(flow, spec, flow_config.mapping)
             self._mappers[flow] = compile_mapping(list(flow_config.mapping))
+            configured[flow] = (spec.name, list(flow_config.mapping))
+        for path, message in integration.check_config(self._settings, configured):
+            raise ConfigProblem(path, message)
         return self
 
     @property

@@ -164,6 +164,14 @@ class Integration(abc.ABC):
         """How many payloads one ``deliver`` call may take for this operation."""
         return 1
 
+    def check_config(
+        self, settings: BaseModel, flows: dict[str, tuple[str, list[Any]]]
+    ) -> list[tuple[tuple[str | int, ...], str]]:
+        """Mistakes a schema-valid config would only reveal by rejecting every record: (path, message) pairs,
+        the path relative to the integration (e.g. ``("contacts", "mapping")``). ``flows``: flow -> (action,
+        mapping rules)."""
+        return []
+
     def check_credentials(self, credentials: dict[str, Any]) -> None:
         missing = [key for key in self.secret_keys if not credentials.get(key)]
         if missing:

@@ -131,6 +131,44 @@ class ExpertSender(Integration):
     }
     default_actions: ClassVar[dict[str, str]] = {"contacts": "upsert_customer", "delete": "delete_customer"}
 
+    def check_config(
+        self, settings: BaseModel, flows: dict[str, tuple[str, list[Any]]]
+    ) -> list[tuple[tuple[str | int, ...], str]]:
+        assert isinstance(settings, ExpertSenderSettings)
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        if "contacts" in flows:
+            _, rules = flows["contacts"]
+            match_field = MATCH_FIELD[settings.match_by]
+            if not any(rule.to == match_field for rule in rules):
+                problems.append(
+                    (
+                        ("contacts", "mapping"),
+                        f"settings.match_by is {settings.match_by} but no mapping fills '{match_field}': "
+                        "every record would be rejected",
+                    )
+                )
+            for index, rule in enumerate(rules):
+                if rule.to == "consents":
+                    for attribute, consent_id in rule.fields.items():
+                        if not str(consent_id).isdigit():
+                            problems.append(
+                                (
+                                    ("contacts", "mapping", index, "fields", attribute),
+                                    f"consents are renamed to numeric consent ids, not '{consent_id}'",
+                                )
+                            )
+        if "delete" in flows:
+            _, rules = flows["delete"]
+            if not any(rule.to == settings.delete_by for rule in rules):
+                problems.append(
+                    (
+                        ("delete", "mapping"),
+                        f"settings.delete_by is {settings.delete_by} but no mapping fills '{settings.delete_by}': "
+                        "every delete would be rejected",
+                    )
+                )
+        return problems
+
     # --- validate: mapped fields -> vendor payload ---------------------------------------------------------
 
     def prepare(self, operation: str, mapped: dict[str, Any], settings: BaseModel) -> dict[str, Any]:
