@@ -26,7 +26,7 @@ from forwarder_local.gateway import LocalGateway
 from forwarder_local.poller import LambdaContext, SqsPoller
 from forwarder_local.queue import DurableQueueStore, QueueSpec
 from forwarder_local.sandboxes.expertsender import ExpertSenderSandbox
-from forwarder_local.stores import EmbeddedQueues, LocalCredentials, LocalSecretStore
+from forwarder_local.stores import EmbeddedQueues, LocalCredentials, LocalDeletionLedger, LocalSecretStore
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FUNCTIONS = REPO_ROOT / "functions"
@@ -87,6 +87,7 @@ class EmbeddedStack:
             self.store.create_queue(spec)
         self.secrets = LocalSecretStore(state / "secrets.json")
         self.credentials = LocalCredentials(state / "credentials.json")
+        self.ledger = LocalDeletionLedger(state / "ledger.db")
         self.sandbox: ExpertSenderSandbox | None = None
         self.gateway: LocalGateway | None = None
         self.pollers: list[SqsPoller] = []
@@ -110,6 +111,7 @@ class EmbeddedStack:
                 settings=self.settings,
                 queues=EmbeddedQueues(self.store),
                 secrets=self.secrets,
+                ledger=self.ledger,
                 http=requests.Session(),
             )
         )
@@ -163,6 +165,7 @@ class EmbeddedStack:
             self.sandbox.stop()
         runtime.install(None)
         self.store.close()
+        self.ledger.close()
 
     def __enter__(self) -> EmbeddedStack:
         return self.start()

@@ -6,10 +6,13 @@ from __future__ import annotations
 import json
 import os
 import secrets as random_secrets
+import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
+from forwarder.ports.ledger import DeletionLedger, LedgerError
 from forwarder.ports.queues import OutgoingMessage, QueueError, QueuePort
 from forwarder.ports.secrets import SecretNotFoundError, SecretsPort, SecretStoreError
 from forwarder_local.queue import DurableQueueStore, QueueNotFound, ReceiptHandleInvalid
@@ -118,3 +121,58 @@ class LocalCredentials:
         secret_access_key = random_secrets.token_urlsafe(30)[:40]
         self._file.update(access_key_id, {"secret_access_key": secret_access_key, "user_arn": user_arn})
         return access_key_id, secret_access_key
+
+
+class LocalDeletionLedger(DeletionLedger):
+    """The deletion ledger in SQLite (``ledger.db`` in the state folder); entries expire after ``ttl_days``."""
+
+    def __init__(self, path: str | Path, ttl_days: int = 30, clock: Any = time.time) -> None:
+        self._lock = threading.Lock()
+        self._clock = clock
+        self._ttl = ttl_days * 86400
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS deletes (pk TEXT PRIMARY KEY, deleted_at TEXT NOT NULL, expires_at REAL)"
+        )
+
+    def record_deletes(self, entries: dict[str, str]) -> None:
+        expires = self._clock() + self._ttl
+        try:
+            with self._lock:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.executemany(
+                    "INSERT INTO deletes (pk, deleted_at, expires_at) VALUES (?, ?, ?) ON CONFLICT(pk) DO UPDATE "
+                    "SET deleted_at = excluded.deleted_at, expires_at = excluded.expires_at "
+                    "WHERE excluded.deleted_at > deletes.deleted_at",
+                    [(key, moment, expires) for key, moment in entries.items()],
+                )
+                self._db.execute("COMMIT")
+        except sqlite3.Error as error:
+            raise LedgerError(f"local deletion ledger: {type(error).__name__}") from None
+
+    def deleted_since(self, keys: list[str], received_at: str) -> str | None:
+        if not keys:
+            return None
+        try:
+            with self._lock:
+                for start in range(0, len(keys), 500):
+                    chunk = keys[start : start + 500]
+                    marks = ",".join("?" * len(chunk))
+                    found = {
+                        row[0]
+                        for row in self._db.execute(
+                            f"SELECT pk FROM deletes WHERE pk IN ({marks}) AND deleted_at > ? AND expires_at > ?",  # noqa: S608
+                            [*chunk, received_at, self._clock()],
+                        )
+                    }
+                    for key in chunk:
+                        if key in found:
+                            return key
+        except sqlite3.Error as error:
+            raise LedgerError(f"local deletion ledger: {type(error).__name__}") from None
+        return None
+
+    def close(self) -> None:
+        self._db.close()

@@ -424,3 +424,32 @@ def test_the_cli_sends_a_signed_record_and_lists_the_rejects_trail(stack: Embedd
     assert listed.exit_code == 0
     assert "attribute 'email' is required" in listed.output
     assert "Nobody" not in listed.output, "personal data only with --show-data"
+
+
+def test_a_delete_is_final_even_when_an_earlier_upsert_is_still_retrying(
+    stack: EmbeddedStack, client: tuple[str, str, str]
+) -> None:
+    # given an upsert the vendor throttles (it waits out a Retry-After of 1 s)
+    group_key, access_key, secret_key = client
+    auth = AWS4Auth(access_key, secret_key, "us-east-1", "execute-api")
+    assert stack.sandbox is not None
+    stack.sandbox.inject(status=429, times=1, retry_after=1, method="POST")
+    assert (
+        post(stack, auth, {"data": {"email": "gdpr@example.com"}, "group_key": group_key}).status_code == 202
+    )
+    wait_for(lambda: [r for r in stack.sandbox.requests if r.status == 429], what="the throttled upsert")
+    # when the customer asks to be deleted meanwhile (the vendor answers 404: not there yet)
+    deleted = post(
+        stack, auth, {"data": {"email": "gdpr@example.com"}, "group_key": group_key}, method="DELETE"
+    )
+    assert deleted.status_code == 202
+    wait_for(lambda: [r for r in stack.sandbox.requests if r.method == "DELETE"], what="the delete")
+    # then the retried upsert is not sent: the customer stays erased
+    wait_for(lambda: sum(stack.store.counts("delivery").values()) == 0, what="the delivery queue to drain")
+    assert stack.sandbox.find(email="gdpr@example.com") is None
+    assert [r.status for r in stack.sandbox.requests if r.method == "POST"] == [429]
+    # and a new upsert after the delete is delivered as usual
+    assert (
+        post(stack, auth, {"data": {"email": "gdpr@example.com"}, "group_key": group_key}).status_code == 202
+    )
+    wait_for(lambda: stack.sandbox.find(email="gdpr@example.com"), what="the re-subscribed customer")

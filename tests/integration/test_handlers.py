@@ -18,7 +18,7 @@ from forwarder_local.poller import LambdaContext, sqs_event
 from forwarder_local.queue import DurableQueueStore, QueueSpec
 from forwarder_local.sandboxes.expertsender import ExpertSenderSandbox
 from forwarder_local.stack import QUEUES, load_handler
-from forwarder_local.stores import EmbeddedQueues, LocalSecretStore
+from forwarder_local.stores import EmbeddedQueues, LocalDeletionLedger, LocalSecretStore
 from tests.conftest import REPO_ROOT, load_event
 
 SECRET = "forwarder/demo/expertsender"
@@ -38,11 +38,13 @@ class World:
             retry_base_seconds=1,
             retry_max_seconds=2,
         )
+        self.ledger = LocalDeletionLedger(tmp_path / "ledger.db")
         runtime.install(
             Services(
                 settings=settings,
                 queues=EmbeddedQueues(self.store),
                 secrets=self.secrets,
+                ledger=self.ledger,
                 http=requests.Session(),
             )
         )

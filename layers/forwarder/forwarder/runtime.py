@@ -17,7 +17,7 @@ import requests
 from pydantic import BaseModel, Field
 
 from forwarder.config import ForwarderConfig, load_config
-from forwarder.ports import QueuePort, SecretsPort
+from forwarder.ports import DeletionLedger, QueuePort, SecretsPort
 
 _ENV_PREFIX = "FORWARDER_"
 
@@ -63,6 +63,7 @@ class Services:
     settings: RuntimeSettings
     queues: QueuePort
     secrets: SecretsPort
+    ledger: DeletionLedger | None = None
     http: requests.Session = field(default_factory=requests.Session)
     clock: Callable[[], float] = time.time
 
@@ -89,11 +90,14 @@ def services() -> Services:
             settings = RuntimeSettings.from_environment()
             if settings.runtime != "aws":
                 raise RuntimeError("embedded runtime: the embedded stack must install its services first")
-            from forwarder.adapters.aws import SecretsManagerSecrets, SqsQueues
+            from forwarder.adapters.aws import DynamoDbDeletionLedger, SecretsManagerSecrets, SqsQueues
 
             _services = Services(
                 settings=settings,
                 queues=SqsQueues.from_environment(os.environ),
                 secrets=SecretsManagerSecrets(),
+                ledger=DynamoDbDeletionLedger.from_environment(os.environ)
+                if os.environ.get("FORWARDER_LEDGER_TABLE")
+                else None,
             )
         return _services

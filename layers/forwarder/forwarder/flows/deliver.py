@@ -20,9 +20,11 @@ from typing import Any
 from pydantic import ValidationError
 
 from forwarder.config import IntegrationConfig
+from forwarder.contract import Action
 from forwarder.integrations.base import NOT_ATTEMPTED, Budget, CredentialsError, Outcome, Verdict
 from forwarder.messages import DeadLetter, DeliveryMessage, Rejection
 from forwarder.observability import emit_counts, logger
+from forwarder.ports.ledger import LedgerError
 from forwarder.ports.queues import OutgoingMessage, QueueError
 from forwarder.ports.secrets import SecretStoreError
 from forwarder.runtime import Services
@@ -75,7 +77,7 @@ def handle_batch(services: Services, event: dict[str, Any], context: Any = None)
                 )
             ] * len(items)
         else:
-            outcomes = _send(services, integration_config, operation, items, budget)
+            outcomes = _send_in_order(services, integration_config, operation, items, budget)
         for item, outcome in zip(items, outcomes, strict=True):
             verdict = _settle(services, item, outcome)
             counts[(integration_name, verdict)] += 1
@@ -88,6 +90,62 @@ def handle_batch(services: Services, event: dict[str, Any], context: Any = None)
 def _integration_config(services: Services, group_key: str, name: str) -> IntegrationConfig | None:
     group = services.config.group_keys.get(group_key)
     return group.integration(name) if group else None
+
+
+SUPERSEDED = Outcome(Verdict.SUPERSEDED, "superseded: a later delete of the same customer was delivered")
+
+
+def _ledger_keys(
+    config: IntegrationConfig, group_key: str, operation: str, payload: dict[str, Any]
+) -> list[str]:
+    return [
+        f"{group_key}/{config.name}/{identity}"
+        for identity in config.integration.identities(operation, payload)
+    ]
+
+
+def _send_in_order(
+    services: Services, config: IntegrationConfig, operation: str, items: list[_Item], budget: Budget
+) -> list[Outcome]:
+    """Send, keeping deletes final: an upsert received before a delivered delete of the same customer is not
+    sent (superseded), and each delivered delete is recorded in the deletion ledger."""
+    ledger = services.ledger
+    is_delete = items[0].delivery.action is Action.DELETE_CONTACT
+    if ledger is None:
+        return _send(services, config, operation, items, budget)
+    keys = [_ledger_keys(config, item.delivery.group_key, operation, item.delivery.payload) for item in items]
+    outcomes: list[Outcome | None] = [None] * len(items)
+    if not is_delete:
+        try:
+            # One look-up for the whole group in the common case (no delete since its oldest record).
+            oldest = min(item.delivery.received_at for item in items)
+            if ledger.deleted_since([key for item_keys in keys for key in item_keys], oldest):
+                for index, item in enumerate(items):
+                    if keys[index] and ledger.deleted_since(keys[index], item.delivery.received_at):
+                        outcomes[index] = SUPERSEDED
+        except LedgerError as error:
+            return [Outcome.retry(f"the deletion ledger is unavailable: {error}")] * len(items)
+    pending = [index for index, outcome in enumerate(outcomes) if outcome is None]
+    sent = _send(services, config, operation, [items[index] for index in pending], budget) if pending else []
+    for index, outcome in zip(pending, sent, strict=True):
+        outcomes[index] = outcome
+    if is_delete:
+        deleted = {
+            key: items[index].delivery.received_at
+            for index in pending
+            if outcomes[index] is not None and outcomes[index].verdict is Verdict.DELIVERED  # type: ignore[union-attr]
+            for key in keys[index]
+        }
+        if deleted:
+            try:
+                ledger.record_deletes(deleted)
+            except LedgerError as error:
+                retry = Outcome.retry(f"the delete was delivered but could not be recorded: {error}")
+                outcomes = [
+                    retry if outcome and outcome.verdict is Verdict.DELIVERED else outcome
+                    for outcome in outcomes
+                ]
+    return [outcome for outcome in outcomes if outcome is not None]
 
 
 def _send(
@@ -137,6 +195,9 @@ def _settle(services: Services, item: _Item, outcome: Outcome) -> str:
         if outcome.verdict is Verdict.DELIVERED:
             logger.info("delivered", extra=log)
             return "delivered"
+        if outcome.verdict is Verdict.SUPERSEDED:
+            logger.info("not sent: a later delete of the same customer was delivered", extra=log)
+            return "superseded"
         if outcome.verdict is Verdict.REJECTED:
             rejection = Rejection(
                 request_id=delivery.request_id,

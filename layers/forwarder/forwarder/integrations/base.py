@@ -47,6 +47,7 @@ class Verdict(enum.StrEnum):
     DELIVERED = "delivered"
     RETRY = "retry"
     REJECTED = "rejected"
+    SUPERSEDED = "superseded"  # not sent: a later delete of the same customer was delivered
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +171,11 @@ class Integration(abc.ABC):
         """Mistakes a schema-valid config would only reveal by rejecting every record: (path, message) pairs,
         the path relative to the integration (e.g. ``("contacts", "mapping")``). ``flows``: flow -> (action,
         mapping rules)."""
+        return []
+
+    def identities(self, operation: str, payload: dict[str, Any]) -> list[str]:
+        """The customer identifiers a payload carries (``email:jane@example.com``), for the deletion ledger.
+        An empty list opts the operation out of delete ordering."""
         return []
 
     def check_credentials(self, credentials: dict[str, Any]) -> None:

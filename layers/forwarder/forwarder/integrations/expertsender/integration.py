@@ -169,6 +169,14 @@ class ExpertSender(Integration):
                 )
         return problems
 
+    def identities(self, operation: str, payload: dict[str, Any]) -> list[str]:
+        if operation == "delete_customer":
+            by, value = str(payload["by"]), str(payload["value"])
+            return [f"{by}:{value.lower() if by == 'email' else value}"]
+        customer = payload.get("customer", {})
+        found = [f"email:{str(customer['email']).lower()}"] if customer.get("email") else []
+        return found + [f"{name}:{customer[name]}" for name in ("phone", "crmId") if customer.get(name)]
+
     # --- validate: mapped fields -> vendor payload ---------------------------------------------------------
 
     def prepare(self, operation: str, mapped: dict[str, Any], settings: BaseModel) -> dict[str, Any]:
