@@ -17,8 +17,12 @@ import pytest
 from cfnlint.decode import cfn_yaml
 from samtranslator.translator.transform import transform
 
+from forwarder.adapters.aws import LEDGER_TABLE_ENV_VAR, LEDGER_TTL_DAYS
+
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "template.yaml"
+
+LEDGER_ACTIONS = {"dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:UpdateItem"}
 
 SIGNED_ROUTES = {("/v1/contacts", "post"), ("/v1/contacts", "delete"), ("/v1/events", "post")}
 
@@ -431,3 +435,60 @@ def test_outputs_let_tests_and_operators_find_the_stack(cfn: dict[str, Any]) -> 
         assert outputs[f"{queue}Arn"]["Value"] == {"Fn::GetAtt": [queue, "Arn"]}
     for function in resources(cfn, "AWS::Lambda::Function"):
         assert outputs[f"{function}Name"]["Value"] == {"Ref": function}
+    assert outputs["DeletionLedgerTableName"]["Value"] == {"Ref": "DeletionLedgerTable"}
+
+
+# --------------------------------------------------------------------------------------------------
+# the deletion ledger
+# --------------------------------------------------------------------------------------------------
+
+
+def test_the_deletion_ledger_expires_its_entries_and_has_no_physical_name(cfn: dict[str, Any]) -> None:
+    ((name, table),) = resources(cfn, "AWS::DynamoDB::Table").items()
+    assert name == "DeletionLedgerTable"
+    # a generated name: dev and prod stacks in one account each have their own ledger
+    assert "TableName" not in table
+    assert table["KeySchema"] == [{"AttributeName": "pk", "KeyType": "HASH"}]
+    assert table["AttributeDefinitions"] == [{"AttributeName": "pk", "AttributeType": "S"}]
+    assert table["BillingMode"] == "PAY_PER_REQUEST"
+    # DynamoDB removes an entry once the epoch seconds in its expires_at have passed
+    assert table["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
+    # the keys hold e-mail addresses
+    assert table["SSESpecification"] == {"SSEEnabled": True}
+    assert table["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
+
+
+def test_a_delete_outlives_every_upsert_the_dlq_can_replay(cfn: dict[str, Any]) -> None:
+    # An upsert older than a delete, redriven from the DLQ on its last day, must still find the delete.
+    queues = resources(cfn, "AWS::SQS::Queue")
+    for dlq in dead_letter_queues(cfn):
+        assert int(queues[dlq]["MessageRetentionPeriod"]) < LEDGER_TTL_DAYS * 86400, dlq
+
+
+def test_only_deliver_can_reach_the_deletion_ledger(cfn: dict[str, Any]) -> None:
+    roles = {
+        name: str(target(function["Role"]))
+        for name, function in resources(cfn, "AWS::Lambda::Function").items()
+    }
+    reachers = set()
+    for function, role in roles.items():
+        for statement in policy_statements(cfn, role):
+            touches_dynamodb = any(a.startswith("dynamodb:") or a == "*" for a in actions(statement))
+            if touches_dynamodb or "DeletionLedgerTable" in referenced_ids(statement.get("Resource")):
+                reachers.add(function)
+                # exactly read and conditional-write, on the table itself (no Scan, Query, DeleteItem, ...)
+                assert set(actions(statement)) == LEDGER_ACTIONS, function
+                assert statement["Resource"] == {"Fn::GetAtt": ["DeletionLedgerTable", "Arn"]}, function
+                assert statement["Effect"] == "Allow"
+        # no DynamoDB access hides in a managed policy either
+        managed = cfn["Resources"][role]["Properties"].get("ManagedPolicyArns", [])
+        assert not any("dynamodb" in json.dumps(arn).lower() for arn in managed), function
+    assert reachers == {"DeliverFunction"}
+
+
+def test_functions_find_the_deletion_ledger_by_name(cfn: dict[str, Any]) -> None:
+    for name, function in resources(cfn, "AWS::Lambda::Function").items():
+        # {"Ref": table} is the table's name
+        assert function["Environment"]["Variables"][LEDGER_TABLE_ENV_VAR] == {"Ref": "DeletionLedgerTable"}, (
+            name
+        )

@@ -1,8 +1,10 @@
-"""AWS adapters: SQS behind the queue port, Secrets Manager behind the secrets port.
+"""AWS adapters: SQS behind the queue port, Secrets Manager behind the secrets port, DynamoDB behind the
+deletion ledger port.
 
-SDK errors never leave this module: they become ``QueueError``, ``SecretNotFoundError`` or
-``SecretStoreError``, whose messages name the queue or secret and the AWS error code, never a message
-body or a secret value. boto3 clients are created lazily (first use), or injected (tests, shared clients).
+SDK errors never leave this module: they become ``QueueError``, ``SecretNotFoundError``,
+``SecretStoreError`` or ``LedgerError``, whose messages name the queue, secret or table and the AWS error
+code, never a message body, a secret value or a ledger key (keys hold e-mail addresses). boto3 clients
+are created lazily (first use), or injected (tests, shared clients).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any, Self
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from forwarder.ports.ledger import DeletionLedger, LedgerError
 from forwarder.ports.queues import OutgoingMessage, QueueError, QueuePort
 from forwarder.ports.secrets import SecretNotFoundError, SecretsPort, SecretStoreError
 
@@ -256,3 +259,147 @@ class SecretsManagerSecrets(SecretsPort):
         if not isinstance(value, dict):
             raise SecretStoreError(f"secret {name!r} is not a JSON object")
         return value
+
+
+# ----------------------------------------------------------------------------------------------------
+# DynamoDB
+# ----------------------------------------------------------------------------------------------------
+
+#: The environment variable holding the deletion ledger's table name (set by template.yaml's Globals).
+LEDGER_TABLE_ENV_VAR = "FORWARDER_LEDGER_TABLE"
+#: How long a delivered delete blocks older upserts: longer than the DLQ's 14-day retention, so an upsert
+#: replayed from the DLQ is still blocked (tests/unit/test_template.py checks it against the template).
+LEDGER_TTL_DAYS = 30
+#: BatchGetItem reads at most 100 keys a call.
+DYNAMODB_BATCH_GET_MAX_KEYS = 100
+#: Calls per chunk while DynamoDB returns UnprocessedKeys (throttling), with exponential backoff between.
+LEDGER_BATCH_GET_ATTEMPTS = 5
+LEDGER_BATCH_GET_BACKOFF_SECONDS = 0.05
+
+_SECONDS_PER_DAY = 86400
+# Attribute names go through placeholders: no clash with DynamoDB's reserved words, now or later.
+_LEDGER_NAMES = {"#pk": "pk", "#deleted": "deleted_at", "#expires": "expires_at"}
+
+
+class DynamoDbDeletionLedger(DeletionLedger):
+    """The deletion ledger port on a DynamoDB table: partition key ``pk`` (S), the latest delete's
+    ``deleted_at`` (S, ISO 8601 UTC) and ``expires_at`` (N, epoch seconds; the table's TTL attribute).
+
+    TTL deletion is lazy (DynamoDB removes expired items within days), so reads ignore expired items
+    themselves. Reads are strongly consistent: a delete recorded a moment ago must block an upsert now.
+    """
+
+    def __init__(
+        self,
+        table_name: str,
+        client: Any | None = None,
+        *,
+        ttl_days: int = LEDGER_TTL_DAYS,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if ttl_days <= 0:
+            raise ValueError(f"ttl_days must be positive, not {ttl_days}")
+        self._table = table_name
+        self._client_instance = client
+        self._ttl_seconds = ttl_days * _SECONDS_PER_DAY
+        self._clock = clock
+
+    @classmethod
+    def from_environment(cls, env: Mapping[str, str], client: Any | None = None) -> Self:
+        """The table named by ``FORWARDER_LEDGER_TABLE`` (e.g. ``os.environ`` in a deployed function)."""
+        table_name = env.get(LEDGER_TABLE_ENV_VAR)
+        if not table_name:
+            raise LedgerError(f"no deletion ledger table configured (set {LEDGER_TABLE_ENV_VAR})")
+        return cls(table_name, client)
+
+    @property
+    def _client(self) -> Any:
+        if self._client_instance is None:
+            self._client_instance = _create_client("dynamodb")
+        return self._client_instance
+
+    def record_deletes(self, entries: dict[str, str]) -> None:
+        now = self._clock()
+        expires_at = str(int(now + self._ttl_seconds))
+        for key, deleted_at in entries.items():
+            try:
+                self._client.update_item(
+                    TableName=self._table,
+                    Key={"pk": {"S": key}},
+                    UpdateExpression="SET #deleted = :t, #expires = :e",
+                    # Never lower a newer delete's time; an expired entry (TTL deletion lags) counts as none.
+                    ConditionExpression="attribute_not_exists(#deleted) OR #deleted < :t OR #expires <= :now",
+                    ExpressionAttributeNames={"#deleted": "deleted_at", "#expires": "expires_at"},
+                    ExpressionAttributeValues={
+                        ":t": {"S": deleted_at},
+                        ":e": {"N": expires_at},
+                        ":now": {"N": str(int(now))},
+                    },
+                )
+            except ClientError as exc:
+                if _error_code(exc) == "ConditionalCheckFailedException":
+                    continue  # a newer delete of this customer is recorded already
+                raise LedgerError(
+                    f"DynamoDB refused to record a delete in table {self._table!r}: {_error_code(exc)}"
+                ) from exc
+            except BotoCoreError as exc:
+                raise LedgerError(
+                    f"DynamoDB unreachable for table {self._table!r}: {type(exc).__name__}"
+                ) from exc
+
+    def deleted_since(self, keys: list[str], received_at: str) -> str | None:
+        # Duplicate keys would fail the whole BatchGetItem call (ValidationException).
+        unique = list(dict.fromkeys(keys))
+        for start in range(0, len(unique), DYNAMODB_BATCH_GET_MAX_KEYS):
+            chunk = unique[start : start + DYNAMODB_BATCH_GET_MAX_KEYS]
+            deleted = self._deleted_after(chunk, received_at)
+            # Chunks keep the keys' order: the first chunk with a hit holds the first key deleted since.
+            for key in chunk:
+                if key in deleted:
+                    return key
+        return None
+
+    def _deleted_after(self, keys: list[str], received_at: str) -> set[str]:
+        """The keys (at most 100) whose unexpired entry records a delete received after ``received_at``."""
+        request: dict[str, Any] = {
+            self._table: {
+                "Keys": [{"pk": {"S": key}} for key in keys],
+                "ConsistentRead": True,
+                "ProjectionExpression": "#pk, #deleted, #expires",
+                "ExpressionAttributeNames": _LEDGER_NAMES,
+            }
+        }
+        items: list[dict[str, Any]] = []
+        for attempt in range(LEDGER_BATCH_GET_ATTEMPTS):
+            if attempt:
+                time.sleep(LEDGER_BATCH_GET_BACKOFF_SECONDS * 2 ** (attempt - 1))
+            try:
+                response: dict[str, Any] = self._client.batch_get_item(RequestItems=request)
+            except ClientError as exc:
+                raise LedgerError(
+                    f"DynamoDB refused to read table {self._table!r}: {_error_code(exc)}"
+                ) from exc
+            except BotoCoreError as exc:
+                raise LedgerError(
+                    f"DynamoDB unreachable for table {self._table!r}: {type(exc).__name__}"
+                ) from exc
+            items.extend((response.get("Responses") or {}).get(self._table) or [])
+            unprocessed: dict[str, Any] = response.get("UnprocessedKeys") or {}
+            if not (unprocessed.get(self._table) or {}).get("Keys"):
+                break
+            request = unprocessed
+        else:
+            left = len(request[self._table]["Keys"])
+            raise LedgerError(
+                f"DynamoDB left {left} of {len(keys)} keys unread in table {self._table!r} "
+                f"after {LEDGER_BATCH_GET_ATTEMPTS} attempts (throttled)"
+            )
+        now = self._clock()
+        deleted: set[str] = set()
+        for item in items:
+            expires_at = (item.get("expires_at") or {}).get("N")
+            if expires_at is not None and float(expires_at) <= now:
+                continue  # expired, not yet removed by TTL
+            if str((item.get("deleted_at") or {}).get("S", "")) > received_at:
+                deleted.add(str(item["pk"]["S"]))
+        return deleted
