@@ -37,6 +37,13 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
         for logical, suffix in QUEUES.items():
             urls[logical] = sqs.create_queue(QueueName=f"forwarder-{logical}")["QueueUrl"]
             monkeypatch.setenv(f"FORWARDER_QUEUE_URL_{suffix}", urls[logical])
+        boto3.client("dynamodb").create_table(
+            TableName="forwarder-ledger",
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        monkeypatch.setenv("FORWARDER_LEDGER_TABLE", "forwarder-ledger")
         runtime.install(None)
         yield urls
         runtime.install(None)
@@ -92,6 +99,18 @@ def test_a_record_travels_through_sqs_and_secrets_manager(aws: dict[str, str]) -
         # then the customer is at the vendor
         customer = sandbox.find(email="jane@example.com")
         assert customer is not None and customer["firstName"] == "Jane"
+        # and a delete goes the same way and is recorded in the DynamoDB deletion ledger
+        response = load_handler("ingest")(
+            load_event("api_delete_contacts.json"), LambdaContext("IngestFunction")
+        )
+        assert response["statusCode"] == 202
+        load_handler("validate")(receive_event(aws["ingest"]), LambdaContext("ValidateFunction"))
+        load_handler("deliver")(receive_event(aws["delivery"]), LambdaContext("DeliverFunction"))
+        assert sandbox.find(email="jane@example.com") is None
+        item = boto3.client("dynamodb").get_item(
+            TableName="forwarder-ledger", Key={"pk": {"S": "demo/expertsender/email:jane@example.com"}}
+        )
+        assert "deleted_at" in item["Item"]
 
 
 def test_a_retry_hides_the_sqs_message_for_the_backoff(aws: dict[str, str]) -> None:
