@@ -227,6 +227,13 @@ def _parse_value(text: str) -> Any:
 @click.option("--region", envvar="AWS_REGION", default="us-east-1", show_default=True)
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_STATE)
 @click.option("--idempotency-key", help="sent as the Idempotency-Key header")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="config the local stack runs (to pick a key allowed for the group key)",
+)
 def send(
     kind: str,
     group_key: str | None,
@@ -239,6 +246,7 @@ def send(
     region: str,
     state_dir: Path,
     idempotency_key: str | None,
+    config_path: Path | None,
 ) -> None:
     """Send one signed record (SigV4, service execute-api) and print the answer."""
     import requests
@@ -265,7 +273,7 @@ def send(
         if not local and os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY"):
             access_key, secret_key = os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"]
         else:
-            access_key, secret_key = _local_keys(state_dir, access_key)
+            access_key, secret_key = _local_keys(state_dir, access_key, group_key, config_path)
             session_token = None
     method, path = ROUTES[kind]
     auth = AWS4Auth(access_key, secret_key, region, "execute-api", session_token=session_token)
@@ -291,7 +299,10 @@ def send(
         sys.exit(1)
 
 
-def _local_keys(state_dir: Path, access_key: str | None) -> tuple[str, str]:
+def _local_keys(
+    state_dir: Path, access_key: str | None, group_key: str | None = None, config_path: Path | None = None
+) -> tuple[str, str]:
+    """A key the embedded stack issued: the one named, else one whose client may use ``group_key``."""
     path = state_dir / "credentials.json"
     try:
         issued = json.loads(path.read_text())
@@ -307,8 +318,23 @@ def _local_keys(state_dir: Path, access_key: str | None) -> tuple[str, str]:
         )
     if not issued:
         raise click.ClickException(f"{path} holds no keys; start the embedded stack first")
-    first = sorted(issued)[0]
-    return first, issued[first]["secret_access_key"]
+    candidates = sorted(issued)
+    if group_key:
+        try:
+            from forwarder.config import load_config
+            from forwarder_local.stack import DEFAULT_CONFIG
+
+            config = load_config(config_path or DEFAULT_CONFIG)
+            allowed = [
+                key
+                for key in candidates
+                if (client := config.client_for(key, issued[key].get("user_arn")))
+                and client.allows(group_key)
+            ]
+            candidates = allowed or candidates
+        except Exception as error:  # no readable config: any issued key; the gateway says if it is not allowed
+            click.echo(f"(could not read the config to pick a key: {type(error).__name__})", err=True)
+    return candidates[0], issued[candidates[0]]["secret_access_key"]
 
 
 # --- config ------------------------------------------------------------------------------------------------
