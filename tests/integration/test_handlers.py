@@ -156,10 +156,15 @@ def test_deliver_stops_before_the_invocation_runs_out_of_time(world: World) -> N
     context = LambdaContext(function_name="DeliverFunction", timeout_seconds=3)
     # when deliver runs
     response = load_handler("deliver")(event, context)
-    # then it makes no vendor call it could not finish, and reports every unsent record for a prompt retry
+    # then it makes no vendor call it could not finish, and requeues every unsent record as a fresh message,
+    # so a record the invocation had no time for never uses up its receives (nor reaches the DLQ untried)
     assert world.sandbox.requests == []
-    assert len(response["batchItemFailures"]) == 3
-    assert len(world.store.receive("delivery", max_messages=10)) == 3, "not attempted: visible again at once"
+    assert response == {"batchItemFailures": []}
+    requeued = world.store.receive("delivery", max_messages=10)
+    assert sorted(json.loads(message.body)["request_id"] for message in requeued) == [
+        f"delete-{i}" for i in range(3)
+    ]
+    assert {message.receive_count for message in requeued} == {1}
 
 
 def test_deliver_refuses_a_secret_outside_the_deployed_prefix(
@@ -263,3 +268,42 @@ def test_ingest_refuses_a_record_that_would_not_fit_one_queue_message(world: Wor
     assert response["statusCode"] == 413
     assert "once queued" in json.loads(response["body"])["message"]
     assert world.bodies("ingest") == []
+
+
+def test_a_dead_letter_redriven_to_the_delivery_queue_is_delivered(world: World) -> None:
+    # given a dead letter (the envelope the DLQ holds), moved back by a DLQ redrive (replay)
+    delivery = json.loads(load_event("sqs_delivery.json")["Records"][0]["body"])
+    dead = {
+        "kind": "dead_letter",
+        "version": 1,
+        "delivery": delivery,
+        "reason": "HTTP 503",
+        "attempts": 5,
+        "dead_lettered_at": "2026-11-25T10:00:00.000Z",
+    }
+    world.store.send("delivery", json.dumps(dead))
+    event = sqs_event(world.store.queue_arn("delivery"), world.store.receive("delivery"))
+    # when deliver runs, then the customer is delivered, not filed as a malformed message
+    assert invoke("deliver", event) == {"batchItemFailures": []}
+    assert world.sandbox.find(email="jane@example.com") is not None
+    assert world.bodies("rejects") == []
+
+
+def test_duplicate_deletes_in_one_batch_record_the_latest(world: World) -> None:
+    body = json.loads(load_event("sqs_delivery.json")["Records"][0]["body"])
+    for received_at in ("2026-11-25T12:00:00.000Z", "2026-11-25T08:00:00.000Z"):
+        delete = {
+            **body,
+            "action": "delete_contact",
+            "operation": "delete_customer",
+            "received_at": received_at,
+            "payload": {"by": "email", "value": "jane@example.com"},
+        }
+        world.store.send("delivery", json.dumps(delete))
+    invoke(
+        "deliver",
+        sqs_event(world.store.queue_arn("delivery"), world.store.receive("delivery", max_messages=10)),
+    )
+    assert world.ledger.deleted_since(
+        ["demo/expertsender/email:jane@example.com"], "2026-11-25T10:00:00.000Z"
+    )

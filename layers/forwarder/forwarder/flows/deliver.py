@@ -24,7 +24,7 @@ from forwarder.contract import Action
 from forwarder.integrations.base import NOT_ATTEMPTED, Budget, CredentialsError, Outcome, Verdict
 from forwarder.messages import DeadLetter, DeliveryMessage, Rejection
 from forwarder.observability import emit_counts, logger
-from forwarder.ports.ledger import LedgerError
+from forwarder.ports.ledger import DeletionLedger, LedgerError
 from forwarder.ports.queues import OutgoingMessage, QueueError
 from forwarder.ports.secrets import SecretStoreError
 from forwarder.runtime import Services
@@ -54,7 +54,7 @@ def handle_batch(services: Services, event: dict[str, Any], context: Any = None)
     for record in event.get("Records", []):
         message_id = record["messageId"]
         try:
-            delivery = DeliveryMessage.model_validate_json(record["body"])
+            delivery = _delivery_of(record["body"])
         except ValidationError:
             if not _reject_malformed(services, record):
                 failures.append(message_id)
@@ -87,6 +87,13 @@ def handle_batch(services: Services, event: dict[str, Any], context: Any = None)
     return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in failures]}
 
 
+def _delivery_of(body: str) -> DeliveryMessage:
+    """The delivery a queue message carries: a DeliveryMessage, or a DeadLetter redriven from the DLQ (replay)."""
+    if '"kind":"dead_letter"' in body or '"kind": "dead_letter"' in body:
+        return DeadLetter.model_validate_json(body).delivery
+    return DeliveryMessage.model_validate_json(body)
+
+
 def _integration_config(services: Services, group_key: str, name: str) -> IntegrationConfig | None:
     group = services.config.group_keys.get(group_key)
     return group.integration(name) if group else None
@@ -107,45 +114,52 @@ def _ledger_keys(
 def _send_in_order(
     services: Services, config: IntegrationConfig, operation: str, items: list[_Item], budget: Budget
 ) -> list[Outcome]:
-    """Send, keeping deletes final: an upsert received before a delivered delete of the same customer is not
-    sent (superseded), and each delivered delete is recorded in the deletion ledger."""
+    """Send, keeping deletes final. A delete is recorded in the deletion ledger *before* it is sent (the
+    customer's request, from its receipt time on, outranks older upserts even while the delete retries); an
+    upsert received before a recorded delete of any identifier it carries is not sent (superseded). Upserts are
+    checked against the ledger chunk by chunk, just before each request."""
     ledger = services.ledger
-    is_delete = items[0].delivery.action is Action.DELETE_CONTACT
     if ledger is None:
         return _send(services, config, operation, items, budget)
     keys = [_ledger_keys(config, item.delivery.group_key, operation, item.delivery.payload) for item in items]
-    outcomes: list[Outcome | None] = [None] * len(items)
-    if not is_delete:
+    if items[0].delivery.action is Action.DELETE_CONTACT:
+        latest: dict[str, str] = {}
+        for item, item_keys in zip(items, keys, strict=True):
+            for key in item_keys:
+                latest[key] = max(latest.get(key, ""), item.delivery.received_at)
         try:
-            # One look-up for the whole group in the common case (no delete since its oldest record).
-            oldest = min(item.delivery.received_at for item in items)
-            if ledger.deleted_since([key for item_keys in keys for key in item_keys], oldest):
-                for index, item in enumerate(items):
-                    if keys[index] and ledger.deleted_since(keys[index], item.delivery.received_at):
-                        outcomes[index] = SUPERSEDED
+            if latest:
+                ledger.record_deletes(latest)
         except LedgerError as error:
             return [Outcome.retry(f"the deletion ledger is unavailable: {error}")] * len(items)
-    pending = [index for index, outcome in enumerate(outcomes) if outcome is None]
-    sent = _send(services, config, operation, [items[index] for index in pending], budget) if pending else []
-    for index, outcome in zip(pending, sent, strict=True):
-        outcomes[index] = outcome
-    if is_delete:
-        deleted = {
-            key: items[index].delivery.received_at
-            for index in pending
-            if outcomes[index] is not None and outcomes[index].verdict is Verdict.DELIVERED  # type: ignore[union-attr]
-            for key in keys[index]
-        }
-        if deleted:
-            try:
-                ledger.record_deletes(deleted)
-            except LedgerError as error:
-                retry = Outcome.retry(f"the delete was delivered but could not be recorded: {error}")
-                outcomes = [
-                    retry if outcome and outcome.verdict is Verdict.DELIVERED else outcome
-                    for outcome in outcomes
-                ]
-    return [outcome for outcome in outcomes if outcome is not None]
+        return _send(services, config, operation, items, budget)
+    size = max(1, config.integration.batch_size(operation, config.parsed_settings))
+    outcomes: list[Outcome] = []
+    for start in range(0, len(items), size):
+        chunk, chunk_keys = items[start : start + size], keys[start : start + size]
+        try:
+            superseded = _superseded(ledger, chunk, chunk_keys)
+        except LedgerError as error:
+            outcomes.extend([Outcome.retry(f"the deletion ledger is unavailable: {error}")] * len(chunk))
+            continue
+        pending = [index for index in range(len(chunk)) if index not in superseded]
+        sent = iter(
+            _send(services, config, operation, [chunk[index] for index in pending], budget) if pending else []
+        )
+        outcomes.extend(SUPERSEDED if index in superseded else next(sent) for index in range(len(chunk)))
+    return outcomes
+
+
+def _superseded(ledger: DeletionLedger, chunk: list[_Item], keys: list[list[str]]) -> set[int]:
+    """Indexes of the chunk's upserts that a later recorded delete supersedes (one look-up when none is)."""
+    oldest = min(item.delivery.received_at for item in chunk)
+    if not ledger.deleted_since([key for item_keys in keys for key in item_keys], oldest):
+        return set()
+    return {
+        index
+        for index, item in enumerate(chunk)
+        if keys[index] and ledger.deleted_since(keys[index], item.delivery.received_at)
+    }
 
 
 def _send(
@@ -195,6 +209,14 @@ def _settle(services: Services, item: _Item, outcome: Outcome) -> str:
         if outcome.verdict is Verdict.DELIVERED:
             logger.info("delivered", extra=log)
             return "delivered"
+        if outcome.reason == NOT_ATTEMPTED:
+            # Never tried: re-enqueue a fresh copy (its receive count starts again) and let this one go, so a
+            # record the invocation had no time for is never dead-lettered untried.
+            services.queues.send(
+                "delivery",
+                [OutgoingMessage(delivery.model_dump_json(), {"integration": delivery.integration})],
+            )
+            return "requeued"
         if outcome.verdict is Verdict.SUPERSEDED:
             logger.info("not sent: a later delete of the same customer was delivered", extra=log)
             return "superseded"
@@ -220,9 +242,6 @@ def _settle(services: Services, item: _Item, outcome: Outcome) -> str:
             )
             logger.warning("dead-lettered after its last attempt", extra=log)
             return "dead_lettered"
-        if outcome.reason == NOT_ATTEMPTED:
-            services.queues.change_visibility("delivery", item.receipt_handle, 0)
-            return "retrying"
         delay = backoff_seconds(
             item.receive_count, services.settings.retry_base_seconds, services.settings.retry_max_seconds
         )

@@ -63,7 +63,9 @@ class ExpertSenderSettings(BaseModel):
     with_anonymization: bool = False
     consents_force: bool | None = None
     confirmation_message_id: int | None = None
-    timeout_seconds: float = Field(10.0, gt=0, le=60)
+    timeout_seconds: float = Field(
+        10.0, gt=0, le=20, description="read timeout; with connecting it must fit the 30 s deliver invocation"
+    )
 
 
 _CUSTOMER_FIELDS = {
