@@ -332,7 +332,9 @@ def _local_keys(
                 and client.allows(group_key)
             ]
             candidates = allowed or candidates
-        except Exception as error:  # no readable config: any issued key; the gateway says if it is not allowed
+        except (
+            Exception
+        ) as error:  # no readable config: any issued key; the gateway says if it is not allowed
             click.echo(f"(could not read the config to pick a key: {type(error).__name__})", err=True)
     return candidates[0], issued[candidates[0]]["secret_access_key"]
 

@@ -454,3 +454,16 @@ def test_delete_by_crm_id_uses_the_documented_path(
     assert sandbox.requests[-1].method == "DELETE"
     assert sandbox.requests[-1].path == "/customers/crmid/C-77"
     assert sandbox.find(crm_id="C-77") is None
+
+
+def test_a_delete_to_a_wrong_route_is_retried_not_taken_for_an_absent_customer(
+    integration: ExpertSender, sandbox: ExpertSenderSandbox, api_key: str, http: requests.Session
+) -> None:
+    upsert(integration, sandbox, api_key, http, [PEOPLE[0]])
+    parsed = ExpertSenderSettings()
+    payload = integration.prepare(DELETE, {"email": PEOPLE[0]["email"]}, parsed)
+    wrong = {"api_key": api_key, "base_url": sandbox.url + "/v9"}
+    (outcome,) = integration.deliver(DELETE, [payload], parsed, wrong, http)
+    assert outcome.verdict is Verdict.RETRY
+    assert "base_url" in outcome.reason
+    assert sandbox.find(email=PEOPLE[0]["email"]) is not None

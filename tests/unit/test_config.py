@@ -338,3 +338,11 @@ def test_deleting_by_a_field_the_delete_mapping_lacks_is_refused(shipped_text: s
     (problem,) = problems_of(text)
     assert problem.startswith(f"{ITEM}.delete.mapping (line ")
     assert "delete_by is phone but no mapping fills 'phone'" in problem
+
+
+def test_a_delete_identifier_normalised_unlike_the_stored_one_is_refused(shipped_text: str) -> None:
+    text = edit(shipped_text, "delete_by: email", "delete_by: phone")
+    text = text.rstrip("\n") + "\n            - {kind: string, from: phone, to: phone}\n"
+    (problem,) = problems_of(text)
+    assert problem.startswith(f"{ITEM}.delete.mapping[1] (line ")
+    assert "must be normalised as contacts normalises it" in problem

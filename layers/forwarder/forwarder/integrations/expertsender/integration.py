@@ -39,6 +39,7 @@ MATCH_FIELD = {"Email": "email", "PhoneNumber": "phone", "CrmId": "crmId"}
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _PHONE = re.compile(r"^\+?[0-9]{3,20}$")
 _INDEX = re.compile(r"data\[(\d+)\]")
+_CUSTOMER_MISSING = re.compile(r"\bno customer\b|\bcustomer\b[^.]*\bnot (been )?found\b", re.IGNORECASE)
 _GENDERS = {
     "male": "Male",
     "female": "Female",
@@ -111,6 +112,19 @@ def _problem(response: requests.Response) -> tuple[str, list[str]]:
     return summary, errors
 
 
+def _customer_not_found(response: requests.Response) -> bool:
+    """A 404 about the customer (problem details naming it), as opposed to a wrong route or host."""
+    try:
+        body = response.json()
+    except ValueError:
+        return False
+    if not isinstance(body, dict):
+        return False
+    if str(body.get("substatus", "")).startswith("Customer"):
+        return True
+    return bool(_CUSTOMER_MISSING.search(f"{body.get('detail', '')}"))
+
+
 class ExpertSender(Integration):
     type: ClassVar[str] = "expertsender"
     title: ClassVar[str] = "ExpertSender CDP"
@@ -161,6 +175,21 @@ class ExpertSender(Integration):
                             )
         if "delete" in flows:
             _, rules = flows["delete"]
+            contacts_rules = flows.get("contacts", ("", []))[1]
+            stored = next((rule for rule in contacts_rules if rule.to == settings.delete_by), None)
+            for index, rule in enumerate(rules):
+                if (
+                    stored is not None
+                    and rule.to == settings.delete_by
+                    and rule.transforms != stored.transforms
+                ):
+                    problems.append(
+                        (
+                            ("delete", "mapping", index, "transforms"),
+                            f"'{settings.delete_by}' must be normalised as contacts normalises it "
+                            f"(transforms {stored.transforms}), or deletes will miss the stored customer",
+                        )
+                    )
             if not any(rule.to == settings.delete_by for rule in rules):
                 problems.append(
                     (
@@ -195,7 +224,13 @@ class ExpertSender(Integration):
             )
         text = str(value).strip()
         if settings.delete_by == "id" and not text.isdigit():
-            raise RecordInvalid([f"field 'id': '{text}' is not an integer customer id"])
+            raise RecordInvalid(["field 'id' is not an integer customer id"])
+        if settings.delete_by == "phone" and not _PHONE.match(text):
+            raise RecordInvalid(
+                [
+                    "field 'phone' must be digits with an optional leading +, as stored (add the 'phone' transform)"
+                ]
+            )
         return {"by": settings.delete_by, "value": text}
 
     def _prepare_customer(self, mapped: dict[str, Any], settings: ExpertSenderSettings) -> dict[str, Any]:
@@ -406,7 +441,14 @@ class ExpertSender(Integration):
         except requests.RequestException as error:
             return classify_transport_error(error)
         if response.status_code == 404:
-            return Outcome.delivered(404)  # already absent: the effect a delete asks for
+            if _customer_not_found(response):
+                return Outcome.delivered(404)  # already absent: the effect a delete asks for
+            summary, _ = _problem(response)
+            return Outcome.retry(
+                f"ExpertSender answered {summary} to DELETE /customers/{segment}/...; not a missing customer: "
+                "check the integration's base_url",
+                status=404,
+            )
         return self._classify(response)
 
     @staticmethod
