@@ -194,3 +194,12 @@ def test_an_unpaired_surrogate_is_refused_naming_the_attribute() -> None:
         parse_envelope(body, "application/json", 10_000)
     assert refused.value.status == 400
     assert refused.value.attribute == "data.name"
+
+
+@pytest.mark.parametrize("number", ["1e999", "-1e999", "9" * 5000])
+def test_numbers_that_cannot_be_forwarded_faithfully_are_refused(number: str) -> None:
+    body = '{"data": {"score": ' + number + '}, "group_key": "demo"}'
+    with pytest.raises(ContractError) as refused:
+        parse_envelope(body, "application/json", 100_000)
+    assert refused.value.status == 400
+    assert "too large" in refused.value.message

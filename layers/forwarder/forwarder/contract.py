@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -111,6 +112,13 @@ def _refuse_constant(name: str) -> Any:
     raise _NotJson(f"{name} is not a JSON value; send a number, null or a string")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise _NotJson(f"the number {text[:20]}... is too large to forward")
+    return value
+
+
 def _encodable(text: str) -> bool:
     try:
         text.encode("utf-8")
@@ -139,7 +147,7 @@ def parse_envelope(body: bytes | str | None, content_type: str | None, max_bytes
     if not raw.strip():
         raise ContractError(400, "EMPTY_BODY", 'the body is empty; send {"data": {...}, "group_key": "..."}')
     try:
-        document = json.loads(raw, parse_constant=_refuse_constant)
+        document = json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
     except _NotJson as error:
         raise ContractError(400, "INVALID_JSON", f"the body is not valid JSON: {error}") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -147,6 +155,8 @@ def parse_envelope(body: bytes | str | None, content_type: str | None, max_bytes
             f" at line {error.lineno} column {error.colno}" if isinstance(error, json.JSONDecodeError) else ""
         )
         raise ContractError(400, "INVALID_JSON", f"the body is not valid JSON{where}") from None
+    except ValueError:  # an integer of more digits than Python converts
+        raise ContractError(400, "INVALID_JSON", "the body holds a number too large to forward") from None
     if not isinstance(document, dict):
         raise ContractError(
             400, "INVALID_ENVELOPE", 'the body must be a JSON object: {"data": {...}, "group_key": "..."}'
