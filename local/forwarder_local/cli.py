@@ -82,6 +82,9 @@ def run(
             f"cannot start: {error.strerror} (is another stack running? try --port)"
         ) from None
     assert stack.gateway is not None
+    (state_dir / "stack.json").write_text(
+        json.dumps({"config": str(Path(options.config_path).resolve()), "gateway": stack.gateway.url})
+    )
     counts = {name: stack.store.counts(name) for name in ("ingest", "delivery")}
     pending = sum(count["visible"] + count["in_flight"] + count["delayed"] for count in counts.values())
     click.echo(f"Forwarder embedded stack (state in {state_dir.resolve()})")
@@ -174,8 +177,14 @@ def trail(which: str, state_dir: Path, limit: int, show_data: bool) -> None:
             click.echo(
                 f"{document['rejected_at']}  {document['request_id']}  [{where}]  {document['reason']}"
             )
-            for error in document.get("errors", []):
-                click.echo(f"    - {error}")
+            errors = document.get("errors", [])
+            if show_data:
+                for error in errors:
+                    click.echo(f"    - {error}")
+            elif errors:
+                click.echo(
+                    f"    ({len(errors)} problem(s); --show-data lists them, they may quote the record)"
+                )
             record = document.get("record")
         else:
             delivery = document["delivery"]
@@ -299,6 +308,14 @@ def send(
         sys.exit(1)
 
 
+def _stack_config(state_dir: Path) -> Path | None:
+    """The config the embedded stack in ``state_dir`` was started with (``forwarder run`` records it)."""
+    try:
+        return Path(json.loads((state_dir / "stack.json").read_text())["config"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _local_keys(
     state_dir: Path, access_key: str | None, group_key: str | None = None, config_path: Path | None = None
 ) -> tuple[str, str]:
@@ -324,18 +341,21 @@ def _local_keys(
             from forwarder.config import load_config
             from forwarder_local.stack import DEFAULT_CONFIG
 
-            config = load_config(config_path or DEFAULT_CONFIG)
+            config = load_config(config_path or _stack_config(state_dir) or DEFAULT_CONFIG)
             allowed = [
                 key
                 for key in candidates
                 if (client := config.client_for(key, issued[key].get("user_arn")))
                 and client.allows(group_key)
             ]
-            candidates = allowed or candidates
-        except (
-            Exception
-        ) as error:  # no readable config: any issued key; the gateway says if it is not allowed
+        except Exception as error:  # no readable config: any issued key; the gateway says if not allowed
             click.echo(f"(could not read the config to pick a key: {type(error).__name__})", err=True)
+        else:
+            if not allowed:
+                raise click.ClickException(
+                    f"no key issued in {path} belongs to a client allowed to use group key '{group_key}'"
+                )
+            candidates = allowed
     return candidates[0], issued[candidates[0]]["secret_access_key"]
 
 

@@ -422,8 +422,13 @@ def test_the_cli_sends_a_signed_record_and_lists_the_rejects_trail(stack: Embedd
     wait_for(lambda: stack.store.peek("rejects"), what="the rejection")
     listed = runner.invoke(main, ["trail", "rejects", "--state-dir", state])
     assert listed.exit_code == 0
-    assert "attribute 'email' is required" in listed.output
-    assert "Nobody" not in listed.output, "personal data only with --show-data"
+    assert "the record does not map to ExpertSender CDP" in listed.output
+    assert "Nobody" not in listed.output and "attribute 'email'" not in listed.output, (
+        "details only on request"
+    )
+    detailed = runner.invoke(main, ["trail", "rejects", "--state-dir", state, "--show-data"])
+    assert "attribute 'email' is required" in detailed.output
+    assert "Nobody" in detailed.output
 
 
 def test_a_delete_is_final_even_when_an_earlier_upsert_is_still_retrying(

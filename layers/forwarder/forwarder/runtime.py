@@ -96,8 +96,7 @@ def services() -> Services:
                 settings=settings,
                 queues=SqsQueues.from_environment(os.environ),
                 secrets=SecretsManagerSecrets(),
-                ledger=DynamoDbDeletionLedger.from_environment(os.environ)
-                if os.environ.get("FORWARDER_LEDGER_TABLE")
-                else None,
+                # Required: without it deletes would silently stop being final (raises naming the variable).
+                ledger=DynamoDbDeletionLedger.from_environment(os.environ),
             )
         return _services
