@@ -63,7 +63,7 @@ def run(
     os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
     os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
     from forwarder.config import ConfigError
-    from forwarder_local.stack import DEFAULT_CONFIG, EmbeddedStack, StackOptions
+    from forwarder_local.stack import DEFAULT_CONFIG, EmbeddedStack, StackOptions, StateInUse
 
     options = StackOptions(
         state_dir=state_dir,
@@ -77,6 +77,8 @@ def run(
         stack = EmbeddedStack(options).start()
     except ConfigError as error:
         raise click.ClickException("\n".join([f"invalid config {error.source}:", *error.problems])) from None
+    except StateInUse as error:
+        raise click.ClickException(str(error)) from None
     except OSError as error:
         raise click.ClickException(
             f"cannot start: {error.strerror} (is another stack running? try --port)"
@@ -95,6 +97,7 @@ def run(
         click.echo(f"  ExpertSender CDP sandbox           {stack.sandbox.url}   GET /_sandbox/customers")
     click.echo(
         f"  queues (durable, SQS semantics)    {state_dir / 'queues.db'}   {pending} message(s) pending"
+        + (f", {stack.released} resumed from the previous run" if stack.released else "")
     )
     click.echo(f"  config                             {options.config_path}")
     first = stack.first_client()

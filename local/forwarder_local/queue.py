@@ -504,6 +504,23 @@ class DurableQueueStore:
         if seconds == 0:
             self._signal.notify()
 
+    def release_in_flight(self, queue: str) -> int:
+        """Make every received-but-not-deleted message of ``queue`` visible now; returns how many.
+
+        Not an SQS operation: the embedded stack calls it at start-up, when whoever received those messages
+        died with the previous process, so they need not wait out their visibility timeouts."""
+        name = _queue_name(queue)
+        with self._write() as conn:
+            self._spec(conn, name)
+            cursor = conn.execute(
+                "UPDATE messages SET visible_at = ? WHERE queue = ? AND receive_count > 0 AND visible_at > ?",
+                (self._now(), name, self._now()),
+            )
+            released = cursor.rowcount
+        if released:
+            self._signal.notify()
+        return released
+
     def counts(self, queue: str) -> dict[str, int]:
         """{"visible", "in_flight", "delayed"} message counts (unexpired messages only)."""
         name = _queue_name(queue)

@@ -8,6 +8,7 @@ The handlers are the very files in ``functions/``, invoked with the same event s
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import os
 import secrets as random_secrets
@@ -43,6 +44,10 @@ QUEUES = (
 )
 
 
+class StateInUse(RuntimeError):
+    """Another stack holds the state folder: its queues' in-flight messages belong to it."""
+
+
 def load_handler(flow: str) -> Any:
     """Import ``functions/<flow>/app.py`` by path and return its ``lambda_handler``."""
     path = FUNCTIONS / flow / "app.py"
@@ -75,6 +80,14 @@ class EmbeddedStack:
         state = self.options.state_dir
         state.mkdir(parents=True, exist_ok=True)
         os.chmod(state, 0o700)
+        self._lock_file = open(state / "stack.lock", "a")  # noqa: SIM115 - held for the stack's lifetime
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.close()
+            raise StateInUse(
+                f"another embedded stack is running on {state.resolve()}; stop it or use --state-dir"
+            ) from None
         self.store = DurableQueueStore(state / "queues.db")
         for spec in QUEUES:
             if spec.name == "delivery":
@@ -85,6 +98,9 @@ class EmbeddedStack:
                     dead_letter_queue=spec.dead_letter_queue,
                 )
             self.store.create_queue(spec)
+        # Messages in flight when a previous run died (even kill -9) are retried at once, not after their
+        # visibility timeout: their consumer died with that process. Only one stack runs on a state folder.
+        self.released = sum(self.store.release_in_flight(name) for name in ("ingest", "delivery"))
         self.secrets = LocalSecretStore(state / "secrets.json")
         self.credentials = LocalCredentials(state / "credentials.json")
         self.ledger = LocalDeletionLedger(state / "ledger.db")
@@ -166,6 +182,7 @@ class EmbeddedStack:
         runtime.install(None)
         self.store.close()
         self.ledger.close()
+        self._lock_file.close()
 
     def __enter__(self) -> EmbeddedStack:
         return self.start()

@@ -458,3 +458,10 @@ def test_a_delete_is_final_even_when_an_earlier_upsert_is_still_retrying(
         post(stack, auth, {"data": {"email": "gdpr@example.com"}, "group_key": group_key}).status_code == 202
     )
     wait_for(lambda: stack.sandbox.find(email="gdpr@example.com"), what="the re-subscribed customer")
+
+
+def test_a_second_stack_on_the_same_state_folder_is_refused(stack: EmbeddedStack) -> None:
+    from forwarder_local.stack import StateInUse
+
+    with pytest.raises(StateInUse, match="another embedded stack is running"):
+        EmbeddedStack(StackOptions(state_dir=stack.options.state_dir, port=0, sandbox_port=0))

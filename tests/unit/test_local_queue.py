@@ -781,3 +781,16 @@ def test_poller_thread_processes_messages_and_survives_errors(store: DurableQueu
     assert not poller.running
     assert bodies == ["good", "last"]
     assert [str(e) for e in errors] == ["bad message"]
+
+
+def test_release_in_flight_makes_received_messages_visible_but_not_delayed_ones(tmp_path: Path) -> None:
+    store = DurableQueueStore(tmp_path / "q.db")
+    store.create_queue(QueueSpec("work", visibility_timeout=300))
+    store.send("work", "received")
+    store.send("work", "delayed", delay_seconds=300)
+    [message] = store.receive("work")
+    assert store.receive("work") == []
+    assert store.release_in_flight("work") == 1
+    [again] = store.receive("work")
+    assert again.body == "received" and again.receive_count == 2
+    assert message.message_id == again.message_id
