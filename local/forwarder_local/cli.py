@@ -200,6 +200,50 @@ def trail(which: str, state_dir: Path, limit: int, show_data: bool) -> None:
             click.echo(f"    record: {json.dumps(record)}")
 
 
+@main.command()
+@click.argument("which", type=click.Choice(["dead-letters", "ingest-dead-letters"]))
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_STATE)
+@click.option("--integration", help="only dead letters of this integration")
+@click.option("--limit", default=10_000, show_default=True)
+def replay(which: str, state_dir: Path, integration: str | None, limit: int) -> None:
+    """Move dead letters back onto their queue to be delivered again (e.g. after fixing a secret).
+
+    Works while the stack runs or not. On AWS, the same is an SQS DLQ redrive (StartMessageMoveTask): deliver
+    unwraps the dead-letter envelope either way."""
+    from forwarder_local.queue import DurableQueueStore
+
+    source, target = {
+        "dead-letters": ("delivery-dlq", "delivery"),
+        "ingest-dead-letters": ("ingest-dlq", "ingest"),
+    }[which]
+    path = state_dir / "queues.db"
+    if not path.exists():
+        raise click.ClickException(f"no queues at {path}; start the embedded stack first")
+    store = DurableQueueStore(path)
+    moved = skipped = 0
+    try:
+        total = min(limit, sum(store.counts(source).values()))
+        with click.progressbar(length=total, label=f"replaying {source} -> {target}") as progress:
+            while moved + skipped < total:
+                batch = store.receive(source, max_messages=10, visibility_timeout=60)
+                if not batch:
+                    break
+                for message in batch:
+                    if integration and message.attributes.get("integration") != integration:
+                        store.change_visibility(source, message.receipt_handle, 0)
+                        skipped += 1
+                        continue
+                    store.send(target, message.body, message.attributes or None)
+                    store.delete(source, message.receipt_handle)
+                    moved += 1
+                progress.update(len(batch))
+    finally:
+        store.close()
+    click.echo(
+        f"replayed {moved} message(s) from {source} to {target}" + (f"; {skipped} left" if skipped else "")
+    )
+
+
 # --- send --------------------------------------------------------------------------------------------------
 
 

@@ -293,6 +293,17 @@ def test_a_vendor_down_for_good_ends_in_the_dlq_with_the_reason(tmp_path: Path) 
         assert "unavailable" in dead["reason"] and "503" in dead["reason"]
         assert dead["delivery"]["payload"]["customer"]["email"] == "down@example.com"
         assert len([r for r in stack.sandbox.requests if r.method == "POST"]) == 5
+        # and once the vendor is back, `forwarder replay dead-letters` delivers it
+        from click.testing import CliRunner
+
+        from forwarder_local.cli import main
+
+        stack.sandbox.reset()
+        replayed = CliRunner().invoke(main, ["replay", "dead-letters", "--state-dir", str(options.state_dir)])
+        assert replayed.exit_code == 0, replayed.output
+        assert "replayed 1 message(s)" in replayed.output
+        wait_for(lambda: stack.sandbox.find(email="down@example.com"), what="the replayed delivery")
+        assert sum(stack.store.counts("delivery-dlq").values()) == 0
 
 
 def _free_port() -> int:
