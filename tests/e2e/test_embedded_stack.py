@@ -390,46 +390,15 @@ def test_the_cli_sends_a_signed_record_and_lists_the_rejects_trail(stack: Embedd
     assert stack.gateway is not None and stack.sandbox is not None
     state = str(stack.options.state_dir)
     runner = CliRunner()
+    send = ["send", "contacts", "-g", "demo", "--url", stack.gateway.url, "--state-dir", state]
     # given the stack's issued key in its state folder, when `forwarder send` posts a contact
-    sent = runner.invoke(
-        main,
-        [
-            "send",
-            "contacts",
-            "-g",
-            "demo",
-            "--url",
-            stack.gateway.url,
-            "--state-dir",
-            state,
-            "--set",
-            "email=cli@example.com",
-            "--set",
-            'tags=["a","b"]',
-        ],
-        env={"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""},
-    )
+    sent = runner.invoke(main, [*send, "--set", "email=cli@example.com", "--set", 'tags=["a","b"]'])
     # then it is accepted and delivered
     assert sent.exit_code == 0, sent.output
     assert sent.output.startswith("202 Accepted")
     wait_for(lambda: stack.sandbox.find(email="cli@example.com"), what="the CLI's record in the sandbox")
     # and a record without the required e-mail shows up in `forwarder trail rejects` with its reason
-    runner.invoke(
-        main,
-        [
-            "send",
-            "contacts",
-            "-g",
-            "demo",
-            "--url",
-            stack.gateway.url,
-            "--state-dir",
-            state,
-            "--set",
-            "first_name=Nobody",
-        ],
-        env={"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""},
-    )
+    runner.invoke(main, [*send, "--set", "first_name=Nobody"])
     wait_for(lambda: stack.store.peek("rejects"), what="the rejection")
     listed = runner.invoke(main, ["trail", "rejects", "--state-dir", state])
     assert listed.exit_code == 0

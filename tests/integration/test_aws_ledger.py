@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import traceback
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,6 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 from cfnlint.decode import cfn_yaml
-from moto import mock_aws
 
 from forwarder.adapters.aws import LEDGER_BATCH_GET_ATTEMPTS, LEDGER_TTL_DAYS, DynamoDbDeletionLedger
 from forwarder.ports.ledger import LedgerError
@@ -32,19 +30,6 @@ JOHN = "demo/expertsender/email:john@example.com"
 T0 = "2026-11-25T10:00:00.000Z"
 BEFORE_T0 = "2026-11-25T09:59:59.999Z"
 AFTER_T0 = "2026-11-25T10:00:00.001Z"
-
-
-@pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Fake credentials and region: nothing reaches AWS, the developer's own AWS config, and moto."""
-    for var in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_DYNAMODB"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    monkeypatch.setenv("AWS_REGION", REGION)
-    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
-        monkeypatch.setenv(var, "testing")
-    with mock_aws():
-        yield
 
 
 class FakeClock:
