@@ -47,7 +47,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_PATH = REPO_ROOT / "config" / "forwarder.yaml"
 GROUP_KEY = "demo"
 REGION = "eu-central-1"
-ACCESS_KEY = "AKIAFORWARDERBENCH01"
+ACCESS_KEY = "AKIDEXAMPLEBENCH"
 SECRET_KEY = "YmVuY2gtc2VjcmV0LWFjY2Vzcy1rZXktbm90LXJlYWw"
 RUDDERSTACK_EVENTS_PER_S = 1700.0  # RudderStack's published figure, 2-vCPU machine
 
