@@ -194,7 +194,7 @@ def bench_hot_path(table: Table, tmp: Path) -> None:
         received_at=utcnow_iso(),
         client="demo",
     )
-    deliveries, rejections = plan(services, message)
+    deliveries, rejections = plan(services.config, message)
     if len(deliveries) != 1 or rejections:
         raise SystemExit(f"the typical record does not plan to one delivery: {rejections}")
     delivery_json = deliveries[0].model_dump_json()
@@ -206,7 +206,7 @@ def bench_hot_path(table: Table, tmp: Path) -> None:
 
     parse = measure(lambda: parse_envelope(body, "application/json", settings.max_body_bytes))
     prepare = measure(map_and_prepare)
-    planned = measure(lambda: plan(services, message))
+    planned = measure(lambda: plan(services.config, message))
     ingest_round = measure(lambda: IngestMessage.model_validate_json(message.model_dump_json()))
     delivery_round = measure(lambda: DeliveryMessage.model_validate_json(deliveries[0].model_dump_json()))
     store.close()

@@ -442,11 +442,10 @@ def config_check(path: Path) -> None:
 @click.option("--file", "-f", "data_file", type=click.File("r"), help="JSON file with the data object")
 def config_preview(path: Path, group_key: str, kind: str, pairs: tuple[str, ...], data_file: Any) -> None:
     """Dry run: the delivery payloads (or rejections) a record would cause, without sending anything."""
-    from forwarder.config import ConfigError
+    from forwarder.config import ConfigError, load_config
     from forwarder.contract import ContractError, check_flat
     from forwarder.flows.validate import plan
     from forwarder.messages import IngestMessage, utcnow_iso
-    from forwarder.runtime import RuntimeSettings, Services
 
     data: dict[str, Any] = json.load(data_file) if data_file else {}
     data = data.get("data", data) if isinstance(data, dict) else {}
@@ -463,10 +462,7 @@ def config_preview(path: Path, group_key: str, kind: str, pairs: tuple[str, ...]
             received_at=utcnow_iso(),
             client="preview",
         )
-        services = Services(
-            settings=RuntimeSettings(runtime="embedded", config_path=str(path)), queues=None, secrets=None
-        )  # type: ignore[arg-type]
-        deliveries, rejections = plan(services, message)
+        deliveries, rejections = plan(load_config(path), message)
     except ConfigError as error:
         raise click.ClickException("\n".join(error.problems)) from None
     except ContractError as error:

@@ -46,19 +46,27 @@ class _JsonFile:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
+        self._cached: tuple[tuple[int, int, int], dict[str, Any]] | None = None
 
     def read(self) -> dict[str, Any]:
+        """The document, parsed again only when the file changed (the gateway reads it per request)."""
         try:
+            stat = self.path.stat()
+            version = (stat.st_ino, stat.st_mtime_ns, stat.st_size)  # writes replace the file: a new inode
+            if self._cached is not None and self._cached[0] == version:
+                return self._cached[1]
             document = json.loads(self.path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return {}
         except (OSError, json.JSONDecodeError) as error:
             raise SecretStoreError(f"cannot read {self.path.name}: {type(error).__name__}") from None
-        return document if isinstance(document, dict) else {}
+        document = document if isinstance(document, dict) else {}
+        self._cached = (version, document)
+        return document
 
     def update(self, key: str, value: Any) -> None:
         with self._lock:
-            document = self.read()
+            document = dict(self.read())
             document[key] = value
             self.path.parent.mkdir(parents=True, exist_ok=True)
             temporary = self.path.with_suffix(".tmp")

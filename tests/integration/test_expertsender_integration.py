@@ -372,7 +372,8 @@ def test_date_of_birth_is_sent_as_a_utc_date_time_the_vendor_accepts(
 def test_a_date_of_birth_that_is_not_iso_8601_is_refused(integration: ExpertSender) -> None:
     (error,) = invalid(integration, {"email": "a@b.pl", "dateOfBirth": "17.05.1990"})
 
-    assert error.startswith("field 'dateOfBirth': '17.05.1990' is not an ISO 8601 date")
+    assert error.startswith("field 'dateOfBirth': '17.05.1990' is not a date in ISO 8601")
+    assert "add a 'date' transform" in error
 
 
 def test_consents_become_consents_data_with_numeric_ids_and_the_vendor_stores_them(

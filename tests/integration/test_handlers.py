@@ -307,3 +307,21 @@ def test_duplicate_deletes_in_one_batch_record_the_latest(world: World) -> None:
     assert world.ledger.deleted_since(
         ["demo/expertsender/email:jane@example.com"], "2026-11-25T10:00:00.000Z"
     )
+
+
+def test_ingest_refuses_a_client_using_a_group_key_it_is_not_allowed(world: World, tmp_path: Path) -> None:
+    # given a second group key that the demo client is not allowed to use
+    config = (REPO_ROOT / "config" / "forwarder.yaml").read_text()
+    other = config[config.index("  demo:\n") :].replace("  demo:\n", "  other-brand:\n", 1)
+    path = tmp_path / "two-brands.yaml"
+    path.write_text(config + other)
+    services = runtime.services()
+    settings = services.settings.model_copy(update={"config_path": str(path)})
+    runtime.install(Services(settings=settings, queues=services.queues, secrets=services.secrets))
+    event = load_event("api_post_contacts.json")
+    event["body"] = json.dumps({"data": {"email": "jane@example.com"}, "group_key": "other-brand"})
+    # when the demo client sends to it, then it is refused with 403 and nothing is queued
+    response = invoke("ingest", event)
+    assert response["statusCode"] == 403
+    assert json.loads(response["body"])["code"] == "GROUP_KEY_FORBIDDEN"
+    assert world.bodies("ingest") == []

@@ -185,4 +185,6 @@ def parse_envelope(body: bytes | str | None, content_type: str | None, max_bytes
         )
     if not data:
         raise ContractError(400, "EMPTY_DATA", "'data' has no attributes", attribute="data")
-    return Envelope(group_key=group_key, data=check_flat(data))
+    return Envelope.model_construct(
+        group_key=group_key, data=check_flat(data)
+    )  # checked above: no second pass

@@ -116,16 +116,20 @@ def _format_date(moment: datetime, fmt: str) -> str:
     return moment.strftime(fmt)
 
 
+def convert_date(value: Value, input_format: str = "iso8601", output_format: str = "iso8601") -> str:
+    """Read a date in ``input_format`` and write it in ``output_format`` (default: ISO 8601 in, a UTC date-time
+    with milliseconds and Z out); TransformValueError says why a value does not convert."""
+    try:
+        return _format_date(_parse_date(value, input_format), output_format)
+    except TransformValueError:
+        raise
+    except (OverflowError, ValueError):  # e.g. 9999-12-31T23:00-05:00 has no UTC date-time
+        raise TransformValueError(f"'{value}' is out of the supported date range") from None
+
+
 def _date(input_format: str, output_format: str) -> TransformFn:
     def convert(value: Value) -> Value:
-        if value is None:
-            return None
-        try:
-            return _format_date(_parse_date(value, input_format), output_format)
-        except (OverflowError, ValueError) as error:  # e.g. 9999-12-31T23:00-05:00 has no UTC date-time
-            if isinstance(error, TransformValueError):
-                raise
-            raise TransformValueError(f"'{value}' is out of the supported date range") from None
+        return None if value is None else convert_date(value, input_format, output_format)
 
     return convert
 

@@ -15,11 +15,11 @@ from __future__ import annotations
 import random
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import ValidationError
+from pydantic import Field, TypeAdapter, ValidationError
 
-from forwarder.config import IntegrationConfig
+from forwarder.config import ForwarderConfig, IntegrationConfig
 from forwarder.contract import Action
 from forwarder.integrations.base import NOT_ATTEMPTED, Budget, CredentialsError, Outcome, Verdict
 from forwarder.messages import DeadLetter, DeliveryMessage, Rejection
@@ -68,8 +68,10 @@ def handle_batch(services: Services, event: dict[str, Any], context: Any = None)
         )
         groups.setdefault((delivery.group_key, delivery.integration, delivery.operation), []).append(item)
 
+    config = services.config if groups else None
     for (group_key, integration_name, operation), items in groups.items():
-        integration_config = _integration_config(services, group_key, integration_name)
+        assert config is not None
+        integration_config = _integration_config(config, group_key, integration_name)
         if integration_config is None:
             outcomes = [
                 Outcome.retry(
@@ -87,15 +89,19 @@ def handle_batch(services: Services, event: dict[str, Any], context: Any = None)
     return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in failures]}
 
 
+# A delivery queue message: a delivery, or a dead letter redriven from the DLQ (replay), told apart by "kind".
+_QUEUED: TypeAdapter[DeliveryMessage | DeadLetter] = TypeAdapter(
+    Annotated[DeliveryMessage | DeadLetter, Field(discriminator="kind")]
+)
+
+
 def _delivery_of(body: str) -> DeliveryMessage:
-    """The delivery a queue message carries: a DeliveryMessage, or a DeadLetter redriven from the DLQ (replay)."""
-    if '"kind":"dead_letter"' in body or '"kind": "dead_letter"' in body:
-        return DeadLetter.model_validate_json(body).delivery
-    return DeliveryMessage.model_validate_json(body)
+    queued = _QUEUED.validate_json(body)
+    return queued.delivery if isinstance(queued, DeadLetter) else queued
 
 
-def _integration_config(services: Services, group_key: str, name: str) -> IntegrationConfig | None:
-    group = services.config.group_keys.get(group_key)
+def _integration_config(config: ForwarderConfig, group_key: str, name: str) -> IntegrationConfig | None:
+    group = config.group_keys.get(group_key)
     return group.integration(name) if group else None
 
 

@@ -9,6 +9,7 @@ from typing import Any
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from pydantic import ValidationError
 
+from forwarder.config import ForwarderConfig
 from forwarder.integrations.base import RecordInvalid
 from forwarder.mapping import MappingError
 from forwarder.messages import DeliveryMessage, IngestMessage, Rejection
@@ -17,9 +18,8 @@ from forwarder.ports.queues import OutgoingMessage, QueueError
 from forwarder.runtime import Services
 
 
-def plan(services: Services, message: IngestMessage) -> tuple[list[DeliveryMessage], list[Rejection]]:
+def plan(config: ForwarderConfig, message: IngestMessage) -> tuple[list[DeliveryMessage], list[Rejection]]:
     """The deliveries and rejections one accepted record leads to (no I/O: the CLI's preview uses it too)."""
-    config = services.config
     group = config.group_keys.get(message.group_key)
     if group is None:
         return [], [
@@ -81,7 +81,9 @@ def plan(services: Services, message: IngestMessage) -> tuple[list[DeliveryMessa
     return deliveries, rejections
 
 
-def outgoing(services: Services, record: SQSRecord) -> tuple[list[OutgoingMessage], list[OutgoingMessage]]:
+def outgoing(
+    config: ForwarderConfig, record: SQSRecord
+) -> tuple[list[OutgoingMessage], list[OutgoingMessage]]:
     """The delivery and rejection messages one ingest message leads to."""
     try:
         message = IngestMessage.model_validate_json(record.body)
@@ -95,7 +97,7 @@ def outgoing(services: Services, record: SQSRecord) -> tuple[list[OutgoingMessag
             record={"body": record.body[:2000]},
         )
         return [], [OutgoingMessage(rejection.model_dump_json())]
-    deliveries, rejections = plan(services, message)
+    deliveries, rejections = plan(config, message)
     logger.info(
         "record validated",
         extra={
@@ -128,10 +130,11 @@ def handle_batch(services: Services, event: dict[str, Any], context: Any = None)
     failures: list[str] = []
     deliveries: list[tuple[str, OutgoingMessage]] = []
     rejections: list[tuple[str, OutgoingMessage]] = []
+    config = services.config  # once per batch
     for raw in event.get("Records", []):
         record = SQSRecord(raw)
         try:
-            to_deliver, to_reject = outgoing(services, record)
+            to_deliver, to_reject = outgoing(config, record)
         except Exception:  # a defect for this record must not fail its neighbours
             logger.exception("validation failed unexpectedly", extra={"message_id": record.message_id})
             failures.append(record.message_id)

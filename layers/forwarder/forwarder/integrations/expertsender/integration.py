@@ -16,7 +16,6 @@ from __future__ import annotations
 import builtins
 import re
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
 from urllib.parse import quote
 
@@ -34,6 +33,7 @@ from forwarder.integrations.base import (
     classify_transport_error,
     parse_retry_after,
 )
+from forwarder.mapping import TransformValueError, convert_date
 
 MATCH_FIELD = {"Email": "email", "PhoneNumber": "phone", "CrmId": "crmId"}
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -277,18 +277,10 @@ class ExpertSender(Integration):
     @staticmethod
     def _date_time(value: Any, errors: list[str]) -> str | None:
         try:
-            moment = datetime.fromisoformat(str(value).strip())
-        except ValueError:
-            errors.append(f"field 'dateOfBirth': '{value}' is not an ISO 8601 date (add a 'date' transform)")
+            return convert_date(str(value).strip())
+        except TransformValueError as error:
+            errors.append(f"field 'dateOfBirth': {error} (add a 'date' transform)")
             return None
-        moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-        try:
-            moment = moment.astimezone(UTC)
-        except OverflowError:  # e.g. 9999-12-31T23:00:00-05:00 has no UTC date-time
-            errors.append(f"field 'dateOfBirth': '{value}' is out of the supported date range")
-            return None
-        # isoformat, unlike strftime's %Y, always writes the four-digit year the vendor requires
-        return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
     @staticmethod
     def _attribute_value(value: Any) -> str:
