@@ -37,12 +37,10 @@ Choices where the document is silent (each one strict, so a forwarder is honestl
 * ``GET /customers/id/abc`` answers 404; ``DELETE /customers/id/abc`` answers 400 (the document types
   that path parameter as int32 for DELETE only).
 
-Test hooks: :meth:`ExpertSenderSandbox.inject` (fault injection, applied before authentication and
-validation), :meth:`~ExpertSenderSandbox.set_latency`, :meth:`~ExpertSenderSandbox.reset`, the
-thread-safe request log :attr:`~ExpertSenderSandbox.requests`, and the admin routes (no api key):
-``POST /_sandbox/faults`` (same fields as ``inject``), ``POST /_sandbox/latency {"seconds": 0.5}``,
-``POST /_sandbox/reset``, ``GET /_sandbox/customers`` (``{"customers": [...], "deleted": [...]}``) and
-``GET /_sandbox/requests`` (``{"requests": [...]}``). Admin calls are neither logged, delayed nor faulted.
+Test hooks and admin routes come from the shared framework (``framework.py``: faults, latency, reset, the
+request log, a paged read of the state under ``/_sandbox/state/customers``); this sandbox adds
+``GET /_sandbox/customers`` (``{"customers": [...], "deleted": [...]}``). With a ``state_path`` the customers
+survive a restart.
 
 Standalone: ``python -m forwarder_local.sandboxes.expertsender --port 8701 --api-key KEY``.
 """
@@ -53,25 +51,25 @@ import argparse
 import contextlib
 import copy
 import hmac
-import json
-import math
 import os
 import re
 import signal
 import threading
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import FrameType, TracebackType
-from typing import Any, Final, Self
-from urllib.parse import parse_qs, unquote, urlsplit
+from pathlib import Path
+from types import FrameType
+from typing import Any, Final
+from urllib.parse import unquote
+
+from forwarder_local.sandboxes.framework import AdminRoute, JsonObject, Request, Response, Sandbox, phrase
+from forwarder_local.sandboxes.framework import quote_value as _quote
 
 API_KEY_HEADER: Final = "x-api-key"
-REDACTED: Final = "***"
-MAX_BODY_BYTES: Final = 10 * 1024 * 1024
+CUSTOMERS: Final = "customers"
+DELETED: Final = "deleted"
+CUSTOMER_ID: Final = "customer_id"
+DELETION: Final = "deletion"
 
 MODES: Final = ("Add", "Update", "AddOrUpdate")
 MATCH_BY_FIELD: Final[dict[str, str]] = {
@@ -90,7 +88,6 @@ CUSTOMER_FIELDS: Final = frozenset(
 )
 REQUEST_FIELDS: Final = frozenset({"mode", "matchBy", "data"})
 LOOKUP_FIELD: Final[dict[str, str]] = {"id": "id", "email": "email", "phone": "phone", "crmid": "crmId"}
-FAULT_FIELDS: Final = frozenset({"status", "times", "retry_after", "method", "path_prefix", "body"})
 INT32_MIN: Final = -(2**31)
 INT32_MAX: Final = 2**31 - 1
 
@@ -117,24 +114,6 @@ PROBLEM_TYPES: Final[dict[int, str]] = {
 }
 VALIDATION_TITLE: Final = "One or more validation errors occurred."
 
-JsonObject = dict[str, Any]
-
-
-def _phrase(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Error"
-
-
-def _quote(value: object, limit: int = 80) -> str:
-    """Render a client value for an error message: quoted, one line, bounded."""
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-    text = text.replace("\r", "\\r").replace("\n", "\\n")
-    if len(text) > limit:
-        text = text[: limit - 3] + "..."
-    return f"'{text}'"
-
 
 def problem(
     status: int,
@@ -148,7 +127,7 @@ def problem(
     """Build an RFC 7807 problem document shaped like the vendor's examples."""
     body: JsonObject = {
         "type": PROBLEM_TYPES.get(status, "about:blank"),
-        "title": title if title is not None else _phrase(status),
+        "title": title if title is not None else phrase(status),
         "status": status,
     }
     if substatus is not None:
@@ -158,60 +137,6 @@ def problem(
     if errors is not None:
         body["errors"] = errors
     return body
-
-
-@dataclass(frozen=True)
-class RecordedRequest:
-    """One vendor request as the sandbox saw it (the api key value is redacted)."""
-
-    method: str
-    path: str
-    query: dict[str, list[str]]
-    headers: dict[str, str]
-    body: Any
-    status: int
-    received_at: float
-
-    def to_dict(self) -> JsonObject:
-        return {
-            "method": self.method,
-            "path": self.path,
-            "query": copy.deepcopy(self.query),
-            "headers": dict(self.headers),
-            "body": copy.deepcopy(self.body),
-            "status": self.status,
-            "received_at": self.received_at,
-        }
-
-
-@dataclass
-class _Fault:
-    status: int
-    remaining: int
-    retry_after: int | None
-    method: str | None
-    path_prefix: str | None
-    body: JsonObject | None
-
-    def matches(self, method: str, path: str) -> bool:
-        if self.remaining <= 0:
-            return False
-        if self.method is not None and self.method.upper() != method.upper():
-            return False
-        return self.path_prefix is None or path.startswith(self.path_prefix)
-
-
-@dataclass
-class _Response:
-    status: int
-    body: Any = None
-    headers: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def content_type(self) -> str:
-        if isinstance(self.body, dict) and "title" in self.body and "type" in self.body:
-            return "application/problem+json; charset=utf-8"
-        return "application/json; charset=utf-8"
 
 
 def _index_key(field_name: str, value: object) -> str:
@@ -413,205 +338,51 @@ def _is_datetime(value: str) -> bool:
     return True
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
+class ExpertSenderSandbox(Sandbox):
+    """ExpertSender CDP ``/customers`` API served over real HTTP on a daemon thread."""
 
-    def __init__(self, address: tuple[str, int], sandbox: ExpertSenderSandbox) -> None:
-        self.sandbox = sandbox
-        super().__init__(address, _Handler)
+    title = "ExpertSender CDP sandbox"
 
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True  # headers and body go out as separate writes: no 40 ms Nagle/ACK stall
-
-    def version_string(self) -> str:
-        return "ExpertSenderSandbox/1.0"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return
-
-    def do_GET(self) -> None:
-        self._dispatch()
-
-    def do_POST(self) -> None:
-        self._dispatch()
-
-    def do_PUT(self) -> None:
-        self._dispatch()
-
-    def do_PATCH(self) -> None:
-        self._dispatch()
-
-    def do_DELETE(self) -> None:
-        self._dispatch()
-
-    def do_HEAD(self) -> None:
-        self._dispatch()
-
-    def do_OPTIONS(self) -> None:
-        self._dispatch()
-
-    def _dispatch(self) -> None:
-        server = self.server
-        assert isinstance(server, _Server)
-        path = urlsplit(self.path).path
-        try:
-            raw = self._read_body()
-        except _BodyError as exc:
-            self.close_connection = True
-            self._send(_Response(exc.status, problem(exc.status, exc.detail, path)))
-            return
-        headers = {name.lower(): value for name, value in self.headers.items()}
-        try:
-            response = server.sandbox.handle(self.command, self.path, headers, raw)
-        except Exception as exc:
-            response = _Response(
-                500, problem(500, f"sandbox internal error: {type(exc).__name__}: {exc}", path)
-            )
-        self._send(response)
-
-    def _read_body(self) -> bytes:
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            return self._read_chunked()
-        length_header = self.headers.get("Content-Length")
-        if length_header is None:
-            return b""
-        try:
-            length = int(length_header)
-        except ValueError:
-            raise _BodyError(400, "The Content-Length header is not a number.") from None
-        if length < 0:
-            raise _BodyError(400, "The Content-Length header is negative.")
-        if length > MAX_BODY_BYTES:
-            raise _BodyError(413, f"The request body exceeds {MAX_BODY_BYTES} bytes.")
-        return self.rfile.read(length)
-
-    def _read_chunked(self) -> bytes:
-        chunks: list[bytes] = []
-        total = 0
-        while True:
-            line = self.rfile.readline(65537)
-            try:
-                size = int(line.split(b";", 1)[0].strip(), 16)
-            except ValueError:
-                raise _BodyError(400, "Malformed chunked request body.") from None
-            if size == 0:
-                while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
-                    pass
-                return b"".join(chunks)
-            total += size
-            if total > MAX_BODY_BYTES:
-                raise _BodyError(413, f"The request body exceeds {MAX_BODY_BYTES} bytes.")
-            chunks.append(self.rfile.read(size))
-            self.rfile.readline(65537)
-
-    def _send(self, response: _Response) -> None:
-        data = b"" if response.body is None else json.dumps(response.body, ensure_ascii=False).encode("utf-8")
-        try:
-            self.send_response(response.status)
-            if data:
-                self.send_header("Content-Type", response.content_type)
-            for name, value in response.headers.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(data)))
-            if self.close_connection:
-                self.send_header("Connection", "close")
-            self.end_headers()
-            if data and self.command != "HEAD":
-                self.wfile.write(data)
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True
-
-
-class _BodyError(Exception):
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
-
-
-class ExpertSenderSandbox:
-    """In-memory ExpertSender CDP ``/customers`` API served over real HTTP on a daemon thread."""
-
-    def __init__(self, api_key: str, host: str = "127.0.0.1", port: int = 0, max_batch: int = 1000) -> None:
+    def __init__(
+        self,
+        api_key: str,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        max_batch: int = 1000,
+        state_path: str | Path | None = None,
+    ) -> None:
         if not api_key:
             raise ValueError("api_key must not be empty")
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self._api_key = api_key.encode("utf-8")
-        self._host = host
-        self._port = port
         self.max_batch = max_batch
-        self._lock = threading.Lock()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-        self._customers: dict[int, JsonObject] = {}
-        self._index: dict[str, dict[str, int]] = {name: {} for name in (*IDENTIFIER_FIELDS, "id")}
-        self._deleted: list[JsonObject] = []
-        self._next_id = 1
-        self._faults: list[_Fault] = []
-        self._latency = 0.0
-        self._requests: list[RecordedRequest] = []
+        self._index: dict[str, dict[str, int]] = {}
+        super().__init__(host, port, state_path)
 
-    # -- lifecycle -------------------------------------------------------------------------------------
+    def load(self) -> None:
+        self._index = {name: {} for name in (*IDENTIFIER_FIELDS, "id")}
+        for customer in self.state.items(CUSTOMERS).values():
+            for name in (*IDENTIFIER_FIELDS, "id"):
+                if customer.get(name) is not None:
+                    self._index[name][_index_key(name, customer[name])] = customer["id"]
 
-    def start(self) -> ExpertSenderSandbox:
-        if self._server is not None:
-            raise RuntimeError("sandbox already started")
-        server = _Server((self._host, self._port), self)
-        thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="expertsender-sandbox",
-            daemon=True,
-        )
-        thread.start()
-        self._server, self._thread = server, thread
-        return self
-
-    def stop(self) -> None:
-        server, thread = self._server, self._thread
-        self._server = self._thread = None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-        if thread is not None:
-            thread.join(timeout=5)
-
-    def __enter__(self) -> Self:
-        if self._server is None:
-            self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        if self._server is None:
-            raise RuntimeError("sandbox not started")
-        host, port = self._server.server_address[:2]
-        host_text = host.decode() if isinstance(host, bytes) else str(host)
-        if ":" in host_text:
-            host_text = f"[{host_text}]"
-        return f"http://{host_text}:{port}"
+    def error(self, status: int, detail: str, path: str) -> Response:
+        return _problem_response(status, problem(status, detail, path))
 
     # -- state for tests -------------------------------------------------------------------------------
 
     def customers(self) -> list[JsonObject]:
         """Current customers (deep copies), in id order."""
-        with self._lock:
-            return [copy.deepcopy(self._customers[key]) for key in sorted(self._customers)]
+        with self.lock:
+            stored = self.state.items(CUSTOMERS)
+            return [copy.deepcopy(stored[key]) for key in sorted(stored, key=int)]
 
     @property
     def deleted(self) -> list[JsonObject]:
         """Deletions so far: ``{"id": n, "anonymized": bool}``, in order."""
-        with self._lock:
-            return copy.deepcopy(self._deleted)
+        with self.lock:
+            return copy.deepcopy(list(self.state.items(DELETED).values()))
 
     def find(
         self,
@@ -626,7 +397,7 @@ class ExpertSenderSandbox:
         given = {name: value for name, value in criteria.items() if value is not None}
         if not given:
             raise TypeError("find() needs at least one of email, phone, crm_id, id")
-        with self._lock:
+        with self.lock:
             found: set[int] | None = None
             for name, value in given.items():
                 key = self._index[name].get(_index_key(name, value))
@@ -634,168 +405,55 @@ class ExpertSenderSandbox:
                 found = hits if found is None else found & hits
             if not found:
                 return None
-            return copy.deepcopy(self._customers[found.pop()])
-
-    @property
-    def requests(self) -> list[RecordedRequest]:
-        """Vendor requests received so far (admin routes excluded), oldest first."""
-        with self._lock:
-            return list(self._requests)
-
-    def inject(
-        self,
-        *,
-        status: int,
-        times: int = 1,
-        retry_after: int | None = None,
-        method: str | None = None,
-        path_prefix: str | None = None,
-        body: JsonObject | None = None,
-    ) -> None:
-        """Answer the next ``times`` matching vendor requests with ``status`` (before auth/validation)."""
-        if not isinstance(status, int) or isinstance(status, bool) or not 200 <= status <= 599:
-            raise ValueError("status must be an integer HTTP status between 200 and 599")
-        if not isinstance(times, int) or isinstance(times, bool) or times < 1:
-            raise ValueError("times must be a positive integer")
-        if retry_after is not None and (
-            not isinstance(retry_after, int) or isinstance(retry_after, bool) or retry_after < 0
-        ):
-            raise ValueError("retry_after must be a non-negative integer (seconds)")
-        if method is not None and (not isinstance(method, str) or not method):
-            raise ValueError("method must be a non-empty string")
-        if path_prefix is not None and (not isinstance(path_prefix, str) or not path_prefix.startswith("/")):
-            raise ValueError("path_prefix must be a string starting with '/'")
-        if body is not None and not isinstance(body, dict):
-            raise ValueError("body must be a JSON object")
-        fault = _Fault(status, times, retry_after, method, path_prefix, copy.deepcopy(body))
-        with self._lock:
-            self._faults.append(fault)
-
-    def set_latency(self, seconds: float) -> None:
-        """Sleep ``seconds`` before answering every vendor request."""
-        if (
-            not isinstance(seconds, int | float)
-            or isinstance(seconds, bool)
-            or not math.isfinite(seconds)
-            or seconds < 0
-        ):
-            raise ValueError("seconds must be a finite, non-negative number")
-        with self._lock:
-            self._latency = float(seconds)
-
-    def reset(self) -> None:
-        """Forget customers, deletions, faults, latency and the request log."""
-        with self._lock:
-            self._customers = {}
-            self._index = {name: {} for name in (*IDENTIFIER_FIELDS, "id")}
-            self._deleted = []
-            self._next_id = 1
-            self._faults = []
-            self._latency = 0.0
-            self._requests = []
+            return copy.deepcopy(self.state.get(CUSTOMERS, str(found.pop())))
 
     # -- request handling ------------------------------------------------------------------------------
 
-    def handle(self, method: str, target: str, headers: dict[str, str], raw_body: bytes) -> _Response:
-        """Answer one HTTP request (``headers`` with lower-case names); used by the HTTP handler."""
-        split = urlsplit(target)
-        path = split.path
-        query = parse_qs(split.query, keep_blank_values=True)
-        body: Any = None
-        body_error: str | None = None
-        if raw_body:
-            try:
-                body = json.loads(raw_body.decode("utf-8"))
-            except (UnicodeDecodeError, ValueError) as exc:
-                body_error = str(exc)
-        if path == "/_sandbox" or path.startswith("/_sandbox/"):
-            return self._admin(method, path, body, body_error)
-        with self._lock:
-            latency = self._latency
-        if latency > 0:
-            time.sleep(latency)
-        response = self._vendor(method, path, query, headers, body, body_error)
-        recorded_headers = {
-            name: (REDACTED if name == API_KEY_HEADER else value) for name, value in headers.items()
-        }
-        record = RecordedRequest(method, path, query, recorded_headers, body, response.status, time.time())
-        with self._lock:
-            self._requests.append(record)
-        return response
-
-    def _take_fault(self, method: str, path: str) -> _Fault | None:
-        with self._lock:
-            for fault in self._faults:
-                if fault.matches(method, path):
-                    fault.remaining -= 1
-                    if fault.remaining <= 0:
-                        self._faults.remove(fault)
-                    return fault
-        return None
-
-    def _vendor(
-        self,
-        method: str,
-        path: str,
-        query: dict[str, list[str]],
-        headers: dict[str, str],
-        body: Any,
-        body_error: str | None,
-    ) -> _Response:
-        fault = self._take_fault(method, path)
-        if fault is not None:
-            extra = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
-            fault_body = (
-                fault.body
-                if fault.body is not None
-                else problem(
-                    fault.status, f"Injected fault: the sandbox was told to answer {fault.status}.", path
-                )
-            )
-            return _Response(fault.status, copy.deepcopy(fault_body), extra)
+    def vendor(self, request: Request) -> Response:
+        method, path = request.method, request.path
         is_delete = method == "DELETE"
-        supplied = headers.get(API_KEY_HEADER, "")
+        supplied = request.headers.get(API_KEY_HEADER, "")
         if not supplied or not hmac.compare_digest(supplied.encode("utf-8"), self._api_key):
             detail = (
                 "The x-api-key header is missing."
                 if not supplied
                 else "The API key supplied in the x-api-key header is not valid."
             )
-            return _Response(401, problem(401, detail, path, substatus="Unauthorized" if is_delete else None))
+            return _problem_response(
+                401, problem(401, detail, path, substatus="Unauthorized" if is_delete else None)
+            )
         if COLLECTION_RE.fullmatch(path):
             if method != "POST":
                 return self._not_allowed(method, path, ("POST",))
-            return self._post_customers(path, body, body_error)
+            return self._post_customers(path, request.body, request.body_error)
         item = ITEM_RE.fullmatch(path)
         if item is None:
-            return _Response(404, problem(404, f"No route matches {method} {path}.", path))
+            return self.error(404, f"No route matches {method} {path}.", path)
         field_name = LOOKUP_FIELD.get(item.group(1).lower())
         if field_name is None:
-            return _Response(
-                404,
-                problem(404, f"Unknown lookup {_quote(item.group(1))}; use id, email, phone or crmId.", path),
+            return self.error(
+                404, f"Unknown lookup {_quote(item.group(1))}; use id, email, phone or crmId.", path
             )
         value = unquote(item.group(2))
         if method == "GET":
             return self._get_customer(path, field_name, value)
         if method == "DELETE":
-            return self._delete_customer(path, field_name, value, query)
+            return self._delete_customer(path, field_name, value, request.query)
         return self._not_allowed(method, path, ("GET", "DELETE"))
 
-    @staticmethod
-    def _not_allowed(method: str, path: str, allowed: tuple[str, ...]) -> _Response:
-        return _Response(
-            405,
-            problem(405, f"Method {method} is not allowed on {path}; use {', '.join(allowed)}.", path),
-            {"Allow": ", ".join(allowed)},
+    def _not_allowed(self, method: str, path: str, allowed: tuple[str, ...]) -> Response:
+        response = self.error(
+            405, f"Method {method} is not allowed on {path}; use {', '.join(allowed)}.", path
         )
+        response.headers["Allow"] = ", ".join(allowed)
+        return response
 
-    def _validation_failed(self, path: str, errors: list[str]) -> _Response:
+    def _validation_failed(self, path: str, errors: list[str]) -> Response:
         count = len(errors)
         detail = f"{count} validation error{'s' if count != 1 else ''}; first: {errors[0]}"
-        return _Response(400, problem(400, detail, path, title=VALIDATION_TITLE, errors=errors))
+        return _problem_response(400, problem(400, detail, path, title=VALIDATION_TITLE, errors=errors))
 
-    def _post_customers(self, path: str, body: Any, body_error: str | None) -> _Response:
+    def _post_customers(self, path: str, body: Any, body_error: str | None) -> Response:
         if body_error is not None:
             return self._validation_failed(path, [f"body: not valid JSON ({body_error})"])
         if body is None:
@@ -807,21 +465,21 @@ class ExpertSenderSandbox:
         if parsed is None:
             return self._validation_failed(path, validator.errors)
         mode, match_by, records = parsed
-        with self._lock:
+        with self.lock:
             errors, results = self._apply(mode, match_by, records)
         if errors:
             return self._validation_failed(path, errors)
-        return _Response(201, {"status": 201, "data": results})
+        return Response(201, {"status": 201, "data": results})
 
     def _apply(
         self, mode: str, match_by: str, records: list[JsonObject]
     ) -> tuple[list[str], list[JsonObject]]:
         """Apply records to a working copy; commit only when every record succeeds (lock held)."""
         key_field = MATCH_BY_FIELD[match_by]
-        customers = dict(self._customers)
+        stored = self.state.items(CUSTOMERS)
+        customers: dict[int, JsonObject] = {}  # the records' customers, copied before any change
         index = {name: dict(keys) for name, keys in self._index.items()}
-        copied: set[int] = set()
-        next_id = self._next_id
+        next_id = self.state.counter(CUSTOMER_ID) + 1
         errors: list[str] = []
         results: list[JsonObject] = []
         for position, record in enumerate(records):
@@ -846,19 +504,17 @@ class ExpertSenderSandbox:
                 errors.extend(conflicts)
                 continue
             if existing_id is None:
+                new_id, next_id = next_id, next_id + 1
                 customer: JsonObject = {
-                    "id": next_id,
+                    "id": new_id,
                     "customAttributes": [],
                     "consentsData": {"consents": []},
                 }
-                next_id += 1
-                customers[customer["id"]] = customer
-                copied.add(customer["id"])
-                index["id"][str(customer["id"])] = customer["id"]
+                customers[new_id] = customer
+                index["id"][str(new_id)] = new_id
             else:
-                if existing_id not in copied:
-                    customers[existing_id] = copy.deepcopy(customers[existing_id])
-                    copied.add(existing_id)
+                if existing_id not in customers:
+                    customers[existing_id] = copy.deepcopy(stored[str(existing_id)])
                 customer = customers[existing_id]
             _merge(customer, record, index)
             results.append(
@@ -869,7 +525,11 @@ class ExpertSenderSandbox:
             )
         if errors:
             return errors, []
-        self._customers, self._index, self._next_id = customers, index, next_id
+        with self.state.batch():
+            self.state.set_counter(CUSTOMER_ID, next_id - 1)
+            for customer_id, customer in customers.items():
+                self.state.put(CUSTOMERS, str(customer_id), customer)
+        self._index = index
         return [], copy.deepcopy(results)
 
     def _lookup(self, field_name: str, value: str) -> int | None:
@@ -878,20 +538,20 @@ class ExpertSenderSandbox:
         key = str(int(value)) if field_name == "id" else _index_key(field_name, value)
         return self._index[field_name].get(key)
 
-    def _get_customer(self, path: str, field_name: str, value: str) -> _Response:
-        with self._lock:
+    def _get_customer(self, path: str, field_name: str, value: str) -> Response:
+        with self.lock:
             customer_id = self._lookup(field_name, value)
             if customer_id is None:
                 return self._not_found(path, field_name, value)
-            return _Response(200, {"status": 200, "data": _view(self._customers[customer_id])})
+            return Response(200, {"status": 200, "data": _view(self.state.get(CUSTOMERS, str(customer_id)))})
 
-    def _not_found(self, path: str, field_name: str, value: str) -> _Response:
+    def _not_found(self, path: str, field_name: str, value: str) -> Response:
         detail = f"Customer with {field_name} {_quote(value)} was not found."
-        return _Response(404, problem(404, detail, path, substatus="CustomerNotFound"))
+        return _problem_response(404, problem(404, detail, path, substatus="CustomerNotFound"))
 
     def _delete_customer(
         self, path: str, field_name: str, value: str, query: dict[str, list[str]]
-    ) -> _Response:
+    ) -> Response:
         invalid: list[str] = []
         if field_name == "id" and not (DIGITS_RE.fullmatch(value) and int(value) <= INT32_MAX):
             invalid.append(f"id: {_quote(value)} is not a valid int32 customer id")
@@ -909,57 +569,30 @@ class ExpertSenderSandbox:
                 substatus="CustomerInvalidModelState",
                 errors=invalid,
             )
-            return _Response(400, body)
-        with self._lock:
+            return _problem_response(400, body)
+        with self.lock:
             customer_id = self._lookup(field_name, value)
             if customer_id is None:
                 return self._not_found(path, field_name, value)
-            customer = self._customers.pop(customer_id)
+            customer = self.state.get(CUSTOMERS, str(customer_id))
+            with self.state.batch():
+                self.state.delete(CUSTOMERS, str(customer_id))
+                sequence = self.state.next_id(DELETION)
+                self.state.put(DELETED, str(sequence), {"id": customer_id, "anonymized": anonymize})
             for name in (*IDENTIFIER_FIELDS, "id"):
                 if name in customer:
                     self._index[name].pop(_index_key(name, customer[name]), None)
-            self._deleted.append({"id": customer_id, "anonymized": anonymize})
-        return _Response(200)
+        return Response(200)
 
-    def _admin(self, method: str, path: str, body: Any, body_error: str | None) -> _Response:
-        routes: dict[str, tuple[str, ...]] = {
-            "/_sandbox/faults": ("POST",),
-            "/_sandbox/latency": ("POST",),
-            "/_sandbox/reset": ("POST",),
-            "/_sandbox/customers": ("GET",),
-            "/_sandbox/requests": ("GET",),
-        }
-        route = path.rstrip("/")
-        if route not in routes:
-            return _Response(
-                404, problem(404, f"No sandbox admin route {path}; try {', '.join(routes)}.", path)
-            )
-        if method not in routes[route]:
-            return self._not_allowed(method, path, routes[route])
-        if route == "/_sandbox/customers":
-            return _Response(200, {"customers": self.customers(), "deleted": self.deleted})
-        if route == "/_sandbox/requests":
-            return _Response(200, {"requests": [record.to_dict() for record in self.requests]})
-        if route == "/_sandbox/reset":
-            self.reset()
-            return _Response(200, {"ok": True})
-        if body_error is not None or not isinstance(body, dict):
-            return _Response(400, problem(400, "The body must be a JSON object.", path))
-        try:
-            if route == "/_sandbox/latency":
-                if set(body) != {"seconds"}:
-                    raise ValueError('expected exactly {"seconds": <number>}')
-                self.set_latency(body["seconds"])
-            else:
-                unknown = sorted(set(body) - FAULT_FIELDS)
-                if unknown:
-                    raise ValueError(f"unknown fields {unknown}; expected {sorted(FAULT_FIELDS)}")
-                if "status" not in body:
-                    raise ValueError("status is required")
-                self.inject(**body)
-        except (TypeError, ValueError) as exc:
-            return _Response(400, problem(400, str(exc), path))
-        return _Response(200, {"ok": True})
+    def admin(self) -> dict[str, tuple[tuple[str, ...], AdminRoute]]:
+        return {"/_sandbox/customers": (("GET",), self._admin_customers)}
+
+    def _admin_customers(self, request: Request) -> Response:
+        return Response(200, {"customers": self.customers(), "deleted": self.deleted})
+
+
+def _problem_response(status: int, body: JsonObject, headers: dict[str, str] | None = None) -> Response:
+    return Response(status, body, headers or {}, "application/problem+json; charset=utf-8")
 
 
 def _merge(customer: JsonObject, record: JsonObject, index: dict[str, dict[str, int]]) -> None:
