@@ -27,7 +27,13 @@ from forwarder_local.gateway import LocalGateway
 from forwarder_local.poller import LambdaContext, SqsPoller
 from forwarder_local.queue import DurableQueueStore, QueueSpec
 from forwarder_local.sandboxes.expertsender import ExpertSenderSandbox
-from forwarder_local.stores import EmbeddedQueues, LocalCredentials, LocalDeletionLedger, LocalSecretStore
+from forwarder_local.stores import (
+    EmbeddedQueues,
+    LocalCredentials,
+    LocalDeletionLedger,
+    LocalLocks,
+    LocalSecretStore,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FUNCTIONS = REPO_ROOT / "functions"
@@ -104,6 +110,7 @@ class EmbeddedStack:
         self.secrets = LocalSecretStore(state / "secrets.json")
         self.credentials = LocalCredentials(state / "credentials.json")
         self.ledger = LocalDeletionLedger(state / "ledger.db")
+        self.locks = LocalLocks(state / "locks.db")
         self.sandbox: ExpertSenderSandbox | None = None
         self.gateway: LocalGateway | None = None
         self.pollers: list[SqsPoller] = []
@@ -129,6 +136,7 @@ class EmbeddedStack:
                 secrets=self.secrets,
                 ledger=self.ledger,
                 http=requests.Session(),
+                locks=self.locks,
             )
         )
         if self.options.with_sandboxes:
@@ -182,6 +190,7 @@ class EmbeddedStack:
         runtime.install(None)
         self.store.close()
         self.ledger.close()
+        self.locks.close()
         self._lock_file.close()
 
     def __enter__(self) -> EmbeddedStack:

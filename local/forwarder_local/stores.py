@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from forwarder.ports.ledger import DeletionLedger, LedgerError
+from forwarder.ports.locks import LockError, LockPort
 from forwarder.ports.queues import OutgoingMessage, QueueError, QueuePort
 from forwarder.ports.secrets import SecretNotFoundError, SecretsPort, SecretStoreError
 from forwarder_local.queue import DurableQueueStore, QueueNotFound, ReceiptHandleInvalid
@@ -181,6 +182,49 @@ class LocalDeletionLedger(DeletionLedger):
         except sqlite3.Error as error:
             raise LedgerError(f"local deletion ledger: {type(error).__name__}") from None
         return None
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class LocalLocks(LockPort):
+    """Lease locks in SQLite (``locks.db`` in the state folder): every thread and process of the embedded
+    stack, and any tool run beside it, sees the same leases (BEGIN IMMEDIATE makes acquire a compare-and-set)."""
+
+    def __init__(self, path: str | Path, clock: Any = time.time) -> None:
+        self._lock = threading.Lock()
+        self._clock = clock
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS locks (name TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_at REAL)"
+        )
+
+    def acquire(self, name: str, owner: str, lease_seconds: float) -> bool:
+        now = self._clock()
+        try:
+            with self._lock:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    row = self._db.execute("SELECT expires_at FROM locks WHERE name = ?", (name,)).fetchone()
+                    if row is not None and row[0] >= now:
+                        return False
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO locks (name, owner, expires_at) VALUES (?, ?, ?)",
+                        (name, owner, now + lease_seconds),
+                    )
+                    return True
+                finally:
+                    self._db.execute("COMMIT")
+        except sqlite3.Error as error:
+            raise LockError(f"local locks: {type(error).__name__}") from None
+
+    def release(self, name: str, owner: str) -> None:
+        try:
+            with self._lock:
+                self._db.execute("DELETE FROM locks WHERE name = ? AND owner = ?", (name, owner))
+        except sqlite3.Error as error:
+            raise LockError(f"local locks: {type(error).__name__}") from None
 
     def close(self) -> None:
         self._db.close()

@@ -84,9 +84,8 @@ def _create_table(dynamodb: Any, name: str, properties: dict[str, Any]) -> None:
 @pytest.fixture
 def ledger(aws: None) -> Ledger:
     template = _template()
-    (name,) = [
-        name for name, resource in template["Resources"].items() if resource["Type"] == "AWS::DynamoDB::Table"
-    ]
+    name = "DeletionLedgerTable"
+    assert template["Resources"][name]["Type"] == "AWS::DynamoDB::Table"
     dynamodb = boto3.client("dynamodb")
     _create_table(dynamodb, name, template["Resources"][name]["Properties"])
     variables = template["Globals"]["Function"]["Environment"]["Variables"]

@@ -17,12 +17,13 @@ import pytest
 from cfnlint.decode import cfn_yaml
 from samtranslator.translator.transform import transform
 
-from forwarder.adapters.aws import LEDGER_TABLE_ENV_VAR, LEDGER_TTL_DAYS
+from forwarder.adapters.aws import LEDGER_TABLE_ENV_VAR, LEDGER_TTL_DAYS, LOCKS_TABLE_ENV_VAR
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "template.yaml"
 
 LEDGER_ACTIONS = {"dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:UpdateItem"}
+LOCK_ACTIONS = {"dynamodb:PutItem", "dynamodb:DeleteItem"}
 
 SIGNED_ROUTES = {("/v1/contacts", "post"), ("/v1/contacts", "delete"), ("/v1/events", "post")}
 
@@ -252,7 +253,7 @@ def _watches(alarm: dict[str, Any], namespace: str, metric: str, dimension: str)
         return None
     for dim in alarm.get("Dimensions", []):
         if dim["Name"] == dimension:
-            return target(dim["Value"])
+            return dim["Value"] if isinstance(dim["Value"], str) else target(dim["Value"])
     return None
 
 
@@ -283,6 +284,23 @@ def test_every_function_alarms_on_errors_and_throttles(cfn: dict[str, Any]) -> N
             assert any(
                 _watches(alarm, "AWS/Lambda", metric, "FunctionName") == function for alarm in _alarms(cfn)
             ), f"no {metric} alarm on {function}"
+
+
+def test_credential_problems_raise_an_alarm_on_the_metric_the_functions_emit(cfn: dict[str, Any]) -> None:
+    # Powertools puts the service name in a "service" dimension next to the metrics namespace
+    variables = cfn["Resources"]["RefreshTokensFunction"]["Properties"]["Environment"]["Variables"]
+    alarms = [
+        alarm
+        for alarm in _alarms(cfn)
+        if _watches(alarm, variables["POWERTOOLS_METRICS_NAMESPACE"], "CredentialProblems", "service")
+        == variables["POWERTOOLS_SERVICE_NAME"]
+    ]
+    assert len(alarms) == 1
+    (alarm,) = alarms
+    # one problem in five minutes is enough
+    assert alarm["Statistic"] == "Sum" and float(alarm["Threshold"]) == 0
+    assert alarm["ComparisonOperator"] == "GreaterThanThreshold"
+    assert alarm["TreatMissingData"] == "notBreaching"
 
 
 def test_alarms_notify_the_alarm_topic_only_when_one_is_given(cfn: dict[str, Any]) -> None:
@@ -444,8 +462,7 @@ def test_outputs_let_tests_and_operators_find_the_stack(cfn: dict[str, Any]) -> 
 
 
 def test_the_deletion_ledger_expires_its_entries_and_has_no_physical_name(cfn: dict[str, Any]) -> None:
-    ((name, table),) = resources(cfn, "AWS::DynamoDB::Table").items()
-    assert name == "DeletionLedgerTable"
+    table = resources(cfn, "AWS::DynamoDB::Table")["DeletionLedgerTable"]
     # a generated name: dev and prod stacks in one account each have their own ledger
     assert "TableName" not in table
     assert table["KeySchema"] == [{"AttributeName": "pk", "KeyType": "HASH"}]
@@ -474,6 +491,8 @@ def test_only_deliver_can_reach_the_deletion_ledger(cfn: dict[str, Any]) -> None
     for function, role in roles.items():
         for statement in policy_statements(cfn, role):
             touches_dynamodb = any(a.startswith("dynamodb:") or a == "*" for a in actions(statement))
+            if touches_dynamodb and "TokenLockTable" in referenced_ids(statement.get("Resource")):
+                continue  # token leases: see test_token_leases_are_reachable_by_the_token_writers_only
             if touches_dynamodb or "DeletionLedgerTable" in referenced_ids(statement.get("Resource")):
                 reachers.add(function)
                 # exactly read and conditional-write, on the table itself (no Scan, Query, DeleteItem, ...)
@@ -492,3 +511,37 @@ def test_functions_find_the_deletion_ledger_by_name(cfn: dict[str, Any]) -> None
         assert function["Environment"]["Variables"][LEDGER_TABLE_ENV_VAR] == {"Ref": "DeletionLedgerTable"}, (
             name
         )
+
+
+# --------------------------------------------------------------------------------------------------
+# token leases
+# --------------------------------------------------------------------------------------------------
+
+
+def test_token_leases_are_reachable_by_the_token_writers_only(cfn: dict[str, Any]) -> None:
+    table = resources(cfn, "AWS::DynamoDB::Table")["TokenLockTable"]
+    assert "TableName" not in table
+    assert table["KeySchema"] == [{"AttributeName": "pk", "KeyType": "HASH"}]
+    # a lease's expires_at is its TTL: a killed holder's item disappears
+    assert table["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
+    reachers = set()
+    for name, function in resources(cfn, "AWS::Lambda::Function").items():
+        assert function["Environment"]["Variables"][LOCKS_TABLE_ENV_VAR] == {"Ref": "TokenLockTable"}, name
+        for statement in policy_statements(cfn, str(target(function["Role"]))):
+            if "TokenLockTable" in referenced_ids(statement.get("Resource")):
+                reachers.add(name)
+                # a conditional put takes a lease, a conditional delete ends it; nothing else
+                assert set(actions(statement)) == LOCK_ACTIONS, name
+                assert statement["Resource"] == {"Fn::GetAtt": ["TokenLockTable", "Arn"]}, name
+    assert reachers == {"DeliverFunction", "RefreshTokensFunction"}
+
+
+def test_only_the_token_writers_may_write_secrets(cfn: dict[str, Any]) -> None:
+    writers = set()
+    for name, function in resources(cfn, "AWS::Lambda::Function").items():
+        for statement in policy_statements(cfn, str(target(function["Role"]))):
+            if "secretsmanager:PutSecretValue" in actions(statement):
+                writers.add(name)
+                prefix = statement["Resource"]["Fn::Sub"]
+                assert prefix.endswith(":secret:${SecretsPrefix}*"), name
+    assert writers == {"DeliverFunction", "RefreshTokensFunction"}

@@ -45,6 +45,7 @@ class DeliveryMessage(_Message):
     operation: str = Field(description="the integration action, e.g. upsert_customer")
     payload: dict[str, Any]
     received_at: str
+    held: int = Field(0, description="times queued again to wait for credentials (not attempts)")
 
     @property
     def delivery_id(self) -> str:

@@ -28,3 +28,10 @@ def emit_counts(counts: Counter[tuple[str, str]], namespace: str = "Forwarder") 
             default_dimensions={"integration": integration},
         ):
             pass
+
+
+def count_credential_problem(integration: str) -> None:
+    """One ``CredentialProblems`` (the metric an alarm watches; the refresh schedule emits it too)."""
+    if is_metrics_disabled():
+        return
+    metrics.add_metric(name="CredentialProblems", unit=MetricUnit.Count, value=1)

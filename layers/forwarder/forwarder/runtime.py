@@ -17,7 +17,8 @@ import requests
 from pydantic import BaseModel, Field
 
 from forwarder.config import ForwarderConfig, load_config
-from forwarder.ports import DeletionLedger, QueuePort, SecretsPort
+from forwarder.ports import DeletionLedger, LockPort, QueuePort, SecretsPort
+from forwarder.tokens import TokenKeeper
 
 _ENV_PREFIX = "FORWARDER_"
 
@@ -37,6 +38,12 @@ class RuntimeSettings(BaseModel):
     secrets_max_age_seconds: int = Field(300, ge=0)
     vendor_timeout_seconds: float = Field(10.0, gt=0)
     secrets_prefix: str = Field("", description="the functions may read only secrets named with this prefix")
+    token_refresh_margin_seconds: float = Field(
+        1800.0, ge=0, description="the schedule renews a token expiring within this margin (> its period)"
+    )
+    token_wait_seconds: float = Field(
+        5.0, ge=0, description="how long a delivery waits for another's refresh"
+    )
 
     def secret_outside_prefix(self, name: str) -> str | None:
         """Why a secret cannot be read under this deployment's policy, or None when it can."""
@@ -66,10 +73,20 @@ class Services:
     ledger: DeletionLedger | None = None
     http: requests.Session = field(default_factory=requests.Session)
     clock: Callable[[], float] = time.time
+    locks: LockPort | None = None
 
     @property
     def config(self) -> ForwarderConfig:
         return load_config(self.settings.config_path)
+
+    def token_keeper(self) -> TokenKeeper:
+        return TokenKeeper(
+            self.secrets,
+            self.locks,
+            self.http,
+            clock=self.clock,
+            wait_seconds=self.settings.token_wait_seconds,
+        )
 
 
 _lock = threading.Lock()
@@ -90,7 +107,12 @@ def services() -> Services:
             settings = RuntimeSettings.from_environment()
             if settings.runtime != "aws":
                 raise RuntimeError("embedded runtime: the embedded stack must install its services first")
-            from forwarder.adapters.aws import DynamoDbDeletionLedger, SecretsManagerSecrets, SqsQueues
+            from forwarder.adapters.aws import (
+                DynamoDbDeletionLedger,
+                DynamoDbLocks,
+                SecretsManagerSecrets,
+                SqsQueues,
+            )
 
             _services = Services(
                 settings=settings,
@@ -98,5 +120,6 @@ def services() -> Services:
                 secrets=SecretsManagerSecrets(),
                 # Required: without it deletes would silently stop being final (raises naming the variable).
                 ledger=DynamoDbDeletionLedger.from_environment(os.environ),
+                locks=DynamoDbLocks.from_environment(os.environ),
             )
         return _services

@@ -1,8 +1,8 @@
 """AWS adapters: SQS behind the queue port, Secrets Manager behind the secrets port, DynamoDB behind the
-deletion ledger port.
+deletion ledger and lock ports.
 
 SDK errors never leave this module: they become ``QueueError``, ``SecretNotFoundError``,
-``SecretStoreError`` or ``LedgerError``, whose messages name the queue, secret or table and the AWS error
+``SecretStoreError``, ``LedgerError`` or ``LockError``, whose messages name the queue, secret or table and the AWS error
 code, never a message body, a secret value or a ledger key (keys hold e-mail addresses). boto3 clients
 are created lazily (first use), or injected (tests, shared clients).
 """
@@ -19,6 +19,7 @@ from typing import Any, Self
 from botocore.exceptions import BotoCoreError, ClientError
 
 from forwarder.ports.ledger import DeletionLedger, LedgerError
+from forwarder.ports.locks import LockError, LockPort
 from forwarder.ports.queues import OutgoingMessage, QueueError, QueuePort
 from forwarder.ports.secrets import SecretNotFoundError, SecretsPort, SecretStoreError
 
@@ -403,3 +404,75 @@ class DynamoDbDeletionLedger(DeletionLedger):
             if str((item.get("deleted_at") or {}).get("S", "")) > received_at:
                 deleted.add(str(item["pk"]["S"]))
         return deleted
+
+
+#: The environment variable holding the token lock table's name (set by template.yaml's Globals).
+LOCKS_TABLE_ENV_VAR = "FORWARDER_LOCKS_TABLE"
+
+
+class DynamoDbLocks(LockPort):
+    """The lock port on a DynamoDB table: partition key ``pk`` (S), the holder's ``owner`` (S) and the lease's
+    end ``expires_at`` (N, epoch seconds; also the table's TTL attribute, so stale leases disappear).
+
+    ``acquire`` is one conditional PutItem: it succeeds when no lease exists or the existing one has run out,
+    which is a compare-and-set every Lambda container sees the same way.
+    """
+
+    def __init__(
+        self, table_name: str, client: Any | None = None, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._table = table_name
+        self._client_instance = client
+        self._clock = clock
+
+    @classmethod
+    def from_environment(cls, env: Mapping[str, str], client: Any | None = None) -> Self | None:
+        """The table named by ``FORWARDER_LOCKS_TABLE``, or None when the deployment has none."""
+        table_name = env.get(LOCKS_TABLE_ENV_VAR)
+        return cls(table_name, client) if table_name else None
+
+    @property
+    def _client(self) -> Any:
+        if self._client_instance is None:
+            self._client_instance = _create_client("dynamodb")
+        return self._client_instance
+
+    def acquire(self, name: str, owner: str, lease_seconds: float) -> bool:
+        now = self._clock()
+        try:
+            self._client.put_item(
+                TableName=self._table,
+                Item={
+                    "pk": {"S": name},
+                    "owner": {"S": owner},
+                    "expires_at": {"N": str(int(now + lease_seconds) + 1)},
+                },
+                ConditionExpression="attribute_not_exists(#pk) OR #expires < :now",
+                ExpressionAttributeNames={"#pk": "pk", "#expires": "expires_at"},
+                ExpressionAttributeValues={":now": {"N": str(int(now))}},
+            )
+        except ClientError as exc:
+            if _error_code(exc) == "ConditionalCheckFailedException":
+                return False
+            raise LockError(f"DynamoDB refused a lock in table {self._table!r}: {_error_code(exc)}") from exc
+        except BotoCoreError as exc:
+            raise LockError(f"DynamoDB unreachable for table {self._table!r}: {type(exc).__name__}") from exc
+        return True
+
+    def release(self, name: str, owner: str) -> None:
+        try:
+            self._client.delete_item(
+                TableName=self._table,
+                Key={"pk": {"S": name}},
+                ConditionExpression="#owner = :owner",
+                ExpressionAttributeNames={"#owner": "owner"},
+                ExpressionAttributeValues={":owner": {"S": owner}},
+            )
+        except ClientError as exc:
+            if _error_code(exc) == "ConditionalCheckFailedException":
+                return  # the lease ran out and someone else holds it now
+            raise LockError(
+                f"DynamoDB refused to release a lock in {self._table!r}: {_error_code(exc)}"
+            ) from exc
+        except BotoCoreError as exc:
+            raise LockError(f"DynamoDB unreachable for table {self._table!r}: {type(exc).__name__}") from exc

@@ -21,13 +21,15 @@ from pydantic import Field, TypeAdapter, ValidationError
 
 from forwarder.config import ForwarderConfig, IntegrationConfig
 from forwarder.contract import Action
-from forwarder.integrations.base import NOT_ATTEMPTED, Budget, CredentialsError, Outcome, Verdict
+from forwarder.integrations.base import NOT_ATTEMPTED, Budget, CredentialsError, Outcome, TokenError, Verdict
 from forwarder.messages import DeadLetter, DeliveryMessage, Rejection
-from forwarder.observability import emit_counts, logger
+from forwarder.observability import count_credential_problem, emit_counts, logger
 from forwarder.ports.ledger import DeletionLedger, LedgerError
+from forwarder.ports.locks import LockError
 from forwarder.ports.queues import OutgoingMessage, QueueError
 from forwarder.ports.secrets import SecretStoreError
 from forwarder.runtime import Services
+from forwarder.tokens import TokenUnavailable
 
 
 @dataclass(slots=True)
@@ -184,21 +186,55 @@ def _send(
         integration.check_credentials(credentials)
     except (SecretStoreError, CredentialsError) as error:
         return [Outcome.retry(f"credentials unavailable: {error}")] * len(items)
+    keeper = services.token_keeper() if integration.uses_tokens else None
+    if keeper is not None:
+        try:
+            credentials = keeper.usable(config, credentials)
+        except _TOKEN_PROBLEMS as error:
+            return [_no_token(config, items[0].delivery.group_key, error)] * len(items)
     size = max(1, integration.batch_size(operation, config.parsed_settings))
     outcomes: list[Outcome] = []
     for start in range(0, len(items), size):
-        chunk = items[start : start + size]
-        outcomes.extend(
-            integration.deliver(
-                operation,
-                [item.delivery.payload for item in chunk],
-                config.parsed_settings,
-                credentials,
-                services.http,
-                budget,
-            )
+        payloads = [item.delivery.payload for item in items[start : start + size]]
+        sent = integration.deliver(
+            operation, payloads, config.parsed_settings, credentials, services.http, budget
         )
+        refused = [index for index, outcome in enumerate(sent) if outcome.token_refused]
+        if refused and keeper is not None:
+            # The token was refused (expired, or replaced by another process): renew it once, send again.
+            try:
+                credentials = keeper.renew(config, integration.token(credentials), reason="refused")
+            except _TOKEN_PROBLEMS as error:
+                held = _no_token(config, items[0].delivery.group_key, error)
+                sent = [held if outcome.token_refused else outcome for outcome in sent]
+            else:
+                again = integration.deliver(
+                    operation,
+                    [payloads[index] for index in refused],
+                    config.parsed_settings,
+                    credentials,
+                    services.http,
+                    budget,
+                )
+                for index, outcome in zip(refused, again, strict=True):
+                    sent[index] = outcome
+        outcomes.extend(sent)
     return outcomes
+
+
+_TOKEN_PROBLEMS = (TokenError, TokenUnavailable, SecretStoreError, CredentialsError, LockError)
+
+
+def _no_token(config: IntegrationConfig, group_key: str, error: Exception) -> Outcome:
+    """No usable token: the records wait in their queue (no attempt spent); the problem is logged without
+    any secret and counted in ``CredentialProblems``, which an alarm watches."""
+    if not isinstance(error, TokenUnavailable):
+        logger.error(
+            "could not renew the vendor token; deliveries wait",
+            extra={"group_key": group_key, "integration": config.name, "problem": str(error)},
+        )
+        count_credential_problem(config.name)
+    return Outcome.held(f"no usable {config.integration.title} token: {error}")
 
 
 def _settle(services: Services, item: _Item, outcome: Outcome) -> str:
@@ -215,6 +251,25 @@ def _settle(services: Services, item: _Item, outcome: Outcome) -> str:
         if outcome.verdict is Verdict.DELIVERED:
             logger.info("delivered", extra=log)
             return "delivered"
+        if outcome.hold:
+            # Waiting for credentials is not an attempt: queue a fresh copy later, so it is never dead-lettered
+            # for it; the wait grows with each hold (capped by SQS's 15-minute delay).
+            held = delivery.model_copy(update={"held": delivery.held + 1})
+            delay = backoff_seconds(
+                held.held, services.settings.retry_base_seconds, services.settings.retry_max_seconds
+            )
+            services.queues.send(
+                "delivery",
+                [
+                    OutgoingMessage(
+                        held.model_dump_json(),
+                        {"integration": delivery.integration},
+                        delay_seconds=min(900, max(1, round(delay))),
+                    )
+                ],
+            )
+            logger.info("waiting for credentials", extra={**log, "reason": outcome.reason})
+            return "held"
         if outcome.reason == NOT_ATTEMPTED:
             # Never tried: re-enqueue a fresh copy (its receive count starts again) and let this one go, so a
             # record the invocation had no time for is never dead-lettered untried.

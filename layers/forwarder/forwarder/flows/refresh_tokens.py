@@ -1,9 +1,10 @@
 """refresh tokens: keep each integration's credentials usable before deliveries need them.
 
-For token vendors the integration's ``refresh_credentials`` returns fresh credentials, stored as a new
+For token vendors (DM Hub, CareCloud) a token that expires within ``token_refresh_margin_seconds`` (longer
+than the schedule's period) is renewed through ``TokenKeeper``: under the token's lock, stored as a new
 secret version, so deliveries never fetch a token per record. For every integration it also checks that its
 secret exists and holds the keys the integration needs, so a missing or broken secret is reported by the
-schedule (and alarmed on) before deliveries pile up in retries.
+schedule (the ``CredentialProblems`` metric, alarmed on) before deliveries pile up.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ from typing import Any
 
 import requests
 
-from forwarder.integrations.base import CredentialsError
+from forwarder.integrations.base import CredentialsError, TokenError
 from forwarder.observability import logger
+from forwarder.ports.locks import LockError
 from forwarder.ports.secrets import SecretStoreError
 from forwarder.runtime import Services
+from forwarder.tokens import TokenUnavailable
 
 
 @dataclass
@@ -31,6 +34,8 @@ class RefreshReport:
 
 def refresh_all(services: Services) -> RefreshReport:
     report = RefreshReport()
+    keeper = services.token_keeper()
+    margin = services.settings.token_refresh_margin_seconds
     seen: set[str] = set()
     for group_key, group in services.config.group_keys.items():
         for config in group.integrations:
@@ -40,21 +45,33 @@ def refresh_all(services: Services) -> RefreshReport:
             report.checked += 1
             where = f"{group_key}/{config.name} (secret '{config.secret}')"
             problem = services.settings.secret_outside_prefix(config.secret)
-            if problem:
+            if problem is None:
+                try:
+                    credentials = services.secrets.get(config.secret, max_age_seconds=0)
+                    config.integration.check_credentials(credentials)
+                    if config.integration.uses_tokens and not keeper.fresh(config, credentials, margin):
+                        keeper.renew(
+                            config, config.integration.token(credentials), reason="scheduled", margin=margin
+                        )
+                        report.refreshed.append(where)
+                except (
+                    SecretStoreError,
+                    CredentialsError,
+                    TokenError,
+                    TokenUnavailable,
+                    LockError,
+                    requests.RequestException,
+                ) as error:
+                    problem = (
+                        str(error)
+                        if not isinstance(error, requests.RequestException)
+                        else (f"the vendor could not be reached ({type(error).__name__})")
+                    )
+            if problem is not None:
                 report.problems.append(f"{where}: {problem}")
-                continue
-            try:
-                credentials = services.secrets.get(config.secret, max_age_seconds=0)
-                config.integration.check_credentials(credentials)
-                fresh = config.integration.refresh_credentials(
-                    config.parsed_settings, credentials, services.http
+                logger.error(
+                    "credentials problem",
+                    extra={"group_key": group_key, "integration": config.name, "problem": problem},
                 )
-                if fresh is not None:
-                    services.secrets.put(config.secret, fresh)
-                    report.refreshed.append(where)
-            except (SecretStoreError, CredentialsError, requests.RequestException) as error:
-                report.problems.append(f"{where}: {error}")
-    for problem in report.problems:
-        logger.error("credentials problem", extra={"problem": problem})
     logger.info("refresh finished", extra={"checked": report.checked, "refreshed": len(report.refreshed)})
     return report

@@ -10,7 +10,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from pydantic import ValidationError
 
 from forwarder.config import ForwarderConfig
-from forwarder.integrations.base import RecordInvalid
+from forwarder.integrations.base import RecordContext, RecordInvalid
 from forwarder.mapping import MappingError
 from forwarder.messages import DeliveryMessage, IngestMessage, Rejection
 from forwarder.observability import logger
@@ -40,7 +40,10 @@ def plan(config: ForwarderConfig, message: IngestMessage) -> tuple[list[Delivery
         try:
             mapped = integration_config.map(message.action, message.data)
             payload = integration_config.integration.prepare(
-                operation, mapped, integration_config.parsed_settings
+                operation,
+                mapped,
+                integration_config.parsed_settings,
+                RecordContext(message.request_id, message.received_at),
             )
         except (MappingError, RecordInvalid) as error:
             rejections.append(

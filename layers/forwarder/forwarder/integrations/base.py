@@ -59,6 +59,11 @@ class Outcome:
     errors: list[str] = field(default_factory=list)
     retry_after: float | None = None
     vendor_status: int | None = None
+    #: The vendor refused the session token: deliver renews it once and sends the record again.
+    token_refused: bool = False
+    #: Not the record's fault and no attempt spent (e.g. no token can be had): the record is queued again
+    #: to wait, never dead-lettered for it.
+    hold: bool = False
 
     @classmethod
     def delivered(cls, status: int | None = None) -> Outcome:
@@ -67,6 +72,14 @@ class Outcome:
     @classmethod
     def retry(cls, reason: str, *, retry_after: float | None = None, status: int | None = None) -> Outcome:
         return cls(Verdict.RETRY, reason, retry_after=retry_after, vendor_status=status)
+
+    @classmethod
+    def refused_token(cls, reason: str, *, status: int | None = None) -> Outcome:
+        return cls(Verdict.RETRY, reason, vendor_status=status, token_refused=True)
+
+    @classmethod
+    def held(cls, reason: str) -> Outcome:
+        return cls(Verdict.RETRY, reason, hold=True)
 
     @classmethod
     def rejected(cls, reason: str, errors: list[str] | None = None, *, status: int | None = None) -> Outcome:
@@ -93,6 +106,17 @@ class Budget:
         return self.deadline is None or self.clock() + seconds <= self.deadline
 
 
+@dataclass(frozen=True, slots=True)
+class RecordContext:
+    """What validate knows of a record besides its data: which request it came from, and when."""
+
+    request_id: str = ""
+    received_at: str = ""
+
+
+NO_CONTEXT = RecordContext()
+
+
 class RecordInvalid(ValueError):
     """A mapped record breaks the vendor's field rules; rejected at validate, never sent."""
 
@@ -103,6 +127,11 @@ class RecordInvalid(ValueError):
 
 class CredentialsError(Exception):
     """The integration's secret lacks what the integration needs (says which key, never a value)."""
+
+
+class TokenError(Exception):
+    """The vendor would not issue a token. The message is safe to log: it names the vendor's answer, never a
+    credential, a token or a URL carrying one."""
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
@@ -132,12 +161,14 @@ def classify_transport_error(error: requests.RequestException) -> Outcome:
 
 class Integration(abc.ABC):
     """One vendor. Subclasses declare ``type``, ``settings_model``, ``actions`` and implement ``prepare`` and
-    ``deliver``; token-based vendors also implement ``refresh_credentials``."""
+    ``deliver``; token vendors set ``uses_tokens`` and implement ``token``, ``token_expires_at`` and
+    ``fetch_token`` (``forwarder.tokens`` decides when to fetch, under a lock)."""
 
     type: ClassVar[str]
     title: ClassVar[str]
     settings_model: ClassVar[builtins.type[BaseModel]]
     secret_keys: ClassVar[tuple[str, ...]] = ()
+    uses_tokens: ClassVar[bool] = False
     actions: ClassVar[dict[str, ActionSpec]]
     default_actions: ClassVar[dict[str, str]]  # flow -> action name
 
@@ -145,8 +176,15 @@ class Integration(abc.ABC):
         return self.actions[name]
 
     @abc.abstractmethod
-    def prepare(self, operation: str, mapped: dict[str, Any], settings: BaseModel) -> dict[str, Any]:
-        """Shape and check one mapped record into the vendor's payload; raise RecordInvalid listing problems."""
+    def prepare(
+        self,
+        operation: str,
+        mapped: dict[str, Any],
+        settings: BaseModel,
+        context: RecordContext = NO_CONTEXT,
+    ) -> dict[str, Any]:
+        """Shape and check one mapped record into the vendor's payload; raise RecordInvalid listing problems.
+        ``context`` names the request (e.g. for the vendor's idempotency key)."""
 
     @abc.abstractmethod
     def deliver(
@@ -183,8 +221,16 @@ class Integration(abc.ABC):
         if missing:
             raise CredentialsError(f"the {self.title} secret lacks the key(s): {', '.join(missing)}")
 
-    def refresh_credentials(
-        self, settings: BaseModel, credentials: dict[str, Any], http: requests.Session
-    ) -> dict[str, Any] | None:
-        """Return fresh credentials to store (e.g. a new access token), or None when nothing needs refreshing."""
+    def token(self, credentials: dict[str, Any]) -> str | None:
+        """The session token stored in the credentials, if any."""
         return None
+
+    def token_expires_at(self, credentials: dict[str, Any]) -> float | None:
+        """When the stored token expires (epoch seconds), or None when it lives until it is replaced."""
+        return None
+
+    def fetch_token(
+        self, settings: BaseModel, credentials: dict[str, Any], http: requests.Session
+    ) -> dict[str, Any]:
+        """Ask the vendor for a new token; returns the fields to store in the secret. Raises TokenError."""
+        raise NotImplementedError(f"{self.title} uses no session tokens")

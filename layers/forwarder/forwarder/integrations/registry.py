@@ -9,9 +9,10 @@ from forwarder.integrations.base import Integration
 
 @cache
 def integrations() -> dict[str, Integration]:
+    from forwarder.integrations.dmhub import DmHub
     from forwarder.integrations.expertsender import ExpertSender
 
-    known: list[Integration] = [ExpertSender()]
+    known: list[Integration] = [ExpertSender(), DmHub()]
     return {integration.type: integration for integration in known}
 
 

@@ -23,12 +23,14 @@ import requests
 from pydantic import BaseModel, ConfigDict, Field
 
 from forwarder.integrations.base import (
+    NO_CONTEXT,
     NOT_ATTEMPTED,
     ActionSpec,
     Budget,
     FieldSpec,
     Integration,
     Outcome,
+    RecordContext,
     RecordInvalid,
     classify_transport_error,
     parse_retry_after,
@@ -210,7 +212,13 @@ class ExpertSender(Integration):
 
     # --- validate: mapped fields -> vendor payload ---------------------------------------------------------
 
-    def prepare(self, operation: str, mapped: dict[str, Any], settings: BaseModel) -> dict[str, Any]:
+    def prepare(
+        self,
+        operation: str,
+        mapped: dict[str, Any],
+        settings: BaseModel,
+        context: RecordContext = NO_CONTEXT,
+    ) -> dict[str, Any]:
         assert isinstance(settings, ExpertSenderSettings)
         if operation == "delete_customer":
             return self._prepare_delete(mapped, settings)
