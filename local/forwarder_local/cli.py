@@ -19,6 +19,12 @@ ROUTES = {
     "delete": ("DELETE", "/v1/contacts"),
     "event": ("POST", "/v1/events"),
 }
+# (what the banner calls it, the stack's name for it, where its state reads back)
+SANDBOX_BANNER = (
+    ("ExpertSender CDP sandbox", "expertsender", "GET /_sandbox/customers"),
+    ("Convertlab DM Hub sandbox", "dmhub", "GET /_sandbox/customers  /_sandbox/lists  /_sandbox/events"),
+    ("CRM CareCloud sandbox", "carecloud", "GET /_sandbox/customers"),
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -46,7 +52,12 @@ def main() -> None:
 )
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8080, show_default=True, help="the gateway's port")
-@click.option("--sandbox-port", default=8701, show_default=True, help="the ExpertSender sandbox's port")
+@click.option(
+    "--sandbox-port",
+    default=8701,
+    show_default=True,
+    help="the ExpertSender sandbox's port; DM Hub's and CareCloud's are the next two",
+)
 @click.option("--no-sandboxes", is_flag=True, help="do not start vendor sandboxes (use real vendors)")
 @click.option("--verbose", "-v", is_flag=True, help="print the handlers' structured logs (INFO)")
 def run(
@@ -93,8 +104,9 @@ def run(
     click.echo(
         f"  gateway (SigV4, like API Gateway)  {stack.gateway.url}   POST|DELETE /v1/contacts, POST /v1/events"
     )
-    if stack.sandbox:
-        click.echo(f"  ExpertSender CDP sandbox           {stack.sandbox.url}   GET /_sandbox/customers")
+    for title, sandbox_name, reads in SANDBOX_BANNER:
+        if sandbox_name in stack.sandboxes:
+            click.echo(f"  {title:<34} {stack.sandboxes[sandbox_name].url}   {reads}")
     click.echo(
         f"  queues (durable, SQS semantics)    {state_dir / 'queues.db'}   {pending} message(s) pending"
         + (f", {stack.released} resumed from the previous run" if stack.released else "")
@@ -110,8 +122,12 @@ def run(
             f"  .venv/bin/forwarder send contacts --group-key {group_key} --url {stack.gateway.url}{state_flag} \\"
         )
         click.echo("      --set email=jane@example.com --set first_name=Jane --set city=Oslo\n")
-        if stack.sandbox:
-            click.echo(f"then see it in the sandbox:  curl -s {stack.sandbox.url}/_sandbox/customers")
+        if stack.sandboxes:
+            click.echo("then see it in the sandboxes:")
+            for _, sandbox_name, reads in SANDBOX_BANNER:
+                if sandbox_name in stack.sandboxes:
+                    path = reads.split()[1]
+                    click.echo(f"  curl -s {stack.sandboxes[sandbox_name].url}{path}")
     click.echo("Ctrl-C stops the stack; accepted records stay queued and are delivered on the next start.")
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())

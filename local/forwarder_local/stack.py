@@ -22,11 +22,16 @@ import requests
 
 from forwarder import runtime
 from forwarder.config import ForwarderConfig, load_config
+from forwarder.ports.secrets import SecretStoreError
 from forwarder.runtime import RuntimeSettings, Services
 from forwarder_local.gateway import LocalGateway
 from forwarder_local.poller import LambdaContext, SqsPoller
 from forwarder_local.queue import DurableQueueStore, QueueSpec
+from forwarder_local.sandboxes.carecloud import BASE_PATH as CARECLOUD_BASE_PATH
+from forwarder_local.sandboxes.carecloud import CareCloudSandbox
+from forwarder_local.sandboxes.dmhub import DmHubSandbox
 from forwarder_local.sandboxes.expertsender import ExpertSenderSandbox
+from forwarder_local.sandboxes.framework import Sandbox
 from forwarder_local.stores import (
     EmbeddedQueues,
     LocalCredentials,
@@ -38,7 +43,12 @@ from forwarder_local.stores import (
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FUNCTIONS = REPO_ROOT / "functions"
 DEFAULT_CONFIG = REPO_ROOT / "config" / "forwarder.yaml"
-SANDBOX_KEY_SECRET = "forwarder-local/sandbox/expertsender"
+# Where the stack keeps the credentials its sandboxes accept (generated on the first start, kept after).
+SANDBOX_SECRETS = {
+    "expertsender": "forwarder-local/sandbox/expertsender",
+    "dmhub": "forwarder-local/sandbox/dmhub",
+    "carecloud": "forwarder-local/sandbox/carecloud",
+}
 
 # The same queue shape as template.yaml: visibility >= 6x the consumer's timeout, maxReceiveCount 5.
 QUEUES = (
@@ -71,7 +81,7 @@ class StackOptions:
     config_path: Path = DEFAULT_CONFIG
     host: str = "127.0.0.1"
     port: int = 8080
-    sandbox_port: int = 8701
+    sandbox_port: int = 8701  # ExpertSender; DM Hub and CareCloud on the next two ports (0: any free ports)
     with_sandboxes: bool = True
     retry_base_seconds: float = 2.0
     retry_max_seconds: float = 60.0
@@ -111,7 +121,7 @@ class EmbeddedStack:
         self.credentials = LocalCredentials(state / "credentials.json")
         self.ledger = LocalDeletionLedger(state / "ledger.db")
         self.locks = LocalLocks(state / "locks.db")
-        self.sandbox: ExpertSenderSandbox | None = None
+        self.sandboxes: dict[str, Sandbox] = {}
         self.gateway: LocalGateway | None = None
         self.pollers: list[SqsPoller] = []
         self._stop = threading.Event()
@@ -185,8 +195,8 @@ class EmbeddedStack:
             self.gateway.stop()
         for poller in self.pollers:
             poller.stop(timeout=5)
-        if self.sandbox:
-            self.sandbox.stop()
+        for sandbox in self.sandboxes.values():
+            sandbox.stop()
         runtime.install(None)
         self.store.close()
         self.ledger.close()
@@ -201,26 +211,88 @@ class EmbeddedStack:
 
     # --- parts ---------------------------------------------------------------------------------------------
 
-    def _start_sandboxes(self) -> None:
-        """Start the ExpertSender sandbox and point every ExpertSender integration's missing secret at it."""
+    @property
+    def sandbox(self) -> ExpertSenderSandbox | None:
+        """The ExpertSender sandbox (the first one the stack had)."""
+        found = self.sandboxes.get("expertsender")
+        return found if isinstance(found, ExpertSenderSandbox) else None
+
+    def _sandbox_port(self, offset: int) -> int:
+        return self.options.sandbox_port + offset if self.options.sandbox_port else 0
+
+    def _sandbox_credentials(self, vendor: str, make: dict[str, Any]) -> dict[str, Any]:
+        """The credentials this state folder's sandbox of ``vendor`` accepts: kept from an earlier start, or
+        generated now (``make``'s values) and kept."""
+        name = SANDBOX_SECRETS[vendor]
         try:
-            api_key = str(self.secrets.get(SANDBOX_KEY_SECRET)["api_key"])
-        except Exception:
-            api_key = random_secrets.token_urlsafe(24)
-            self.secrets.put(SANDBOX_KEY_SECRET, {"api_key": api_key})
-        self.sandbox = ExpertSenderSandbox(
-            api_key, host=self.options.host, port=self.options.sandbox_port
-        ).start()
-        for group in self.config.group_keys.values():
-            for integration in group.integrations:
-                if integration.type == "expertsender" and integration.secret:
-                    names = self.secrets.names()
-                    current = self.secrets.get(integration.secret) if integration.secret in names else None
-                    if current is None or current.get("sandbox", False):
-                        self.secrets.put(
-                            integration.secret,
-                            {"api_key": api_key, "base_url": self.sandbox.url, "sandbox": True},
-                        )
+            stored = self.secrets.get(name)
+        except SecretStoreError:
+            stored = {}
+        if all(stored.get(key) for key in make):
+            return stored
+        self.secrets.put(name, make)
+        return make
+
+    def _start_sandboxes(self) -> None:
+        """Start the three vendor sandboxes (state in ``sandboxes/`` of the state folder, so it survives a
+        restart) and point every integration whose secret is absent, or was set by the stack, at its sandbox."""
+        folder = self.options.state_dir / "sandboxes"
+        integrations = [item for group in self.config.group_keys.values() for item in group.integrations]
+
+        def setting(vendor: str, name: str, default: str) -> str:
+            found = next((item for item in integrations if item.type == vendor), None)
+            return str(getattr(found.parsed_settings, name)) if found is not None else default
+
+        host = self.options.host
+        key = self._sandbox_credentials("expertsender", {"api_key": random_secrets.token_urlsafe(24)})
+        expertsender = ExpertSenderSandbox(
+            str(key["api_key"]),
+            host=host,
+            port=self._sandbox_port(0),
+            state_path=folder / "expertsender.jsonl",
+        )
+        app = self._sandbox_credentials(
+            "dmhub", {"app_id": "cl" + random_secrets.token_hex(8), "secret": random_secrets.token_hex(20)}
+        )
+        dmhub = DmHubSandbox(
+            str(app["app_id"]),
+            str(app["secret"]),
+            api_version="v2" if setting("dmhub", "api_version", "v1") == "v2" else "v1",
+            host=host,
+            port=self._sandbox_port(1),
+            state_path=folder / "dmhub.jsonl",
+        )
+        application = self._sandbox_credentials(
+            "carecloud", {"external_application_id": random_secrets.token_hex(13)}
+        )
+        carecloud = CareCloudSandbox(
+            external_application_id=str(application["external_application_id"]),
+            auth_scheme="basic" if setting("carecloud", "auth_scheme", "bearer") == "basic" else "bearer",
+            host=host,
+            port=self._sandbox_port(2),
+            state_path=folder / "carecloud.jsonl",
+        )
+        self.sandboxes = {"expertsender": expertsender, "dmhub": dmhub, "carecloud": carecloud}
+        for sandbox in self.sandboxes.values():
+            sandbox.start()
+        connection = {
+            "expertsender": {"api_key": key["api_key"], "base_url": expertsender.url},
+            "dmhub": {"app_id": app["app_id"], "secret": app["secret"], "base_url": dmhub.url},
+            "carecloud": {
+                "external_application_id": application["external_application_id"],
+                "base_url": carecloud.url + CARECLOUD_BASE_PATH,
+            },
+        }
+        for integration in integrations:
+            if integration.type not in connection or not integration.secret:
+                continue
+            names = self.secrets.names()
+            current = self.secrets.get(integration.secret) if integration.secret in names else None
+            if current is None or current.get("sandbox", False):
+                # A token the stack stored earlier stays: the sandbox's state (its tokens) survived too.
+                self.secrets.put(
+                    integration.secret, {**(current or {}), **connection[integration.type], "sandbox": True}
+                )
 
     def _issue_caller_keys(self) -> None:
         for client in self.config.clients:

@@ -199,8 +199,13 @@ def test_group_key_rules(stack: EmbeddedStack, client: tuple[str, str, str]) -> 
         headers={"Content-Type": "application/x-www-form-urlencoded"},
     )
     assert wrong_type.status_code == 415
-    events = post(stack, auth, {"data": {"email": "a@b.co"}, "group_key": group_key}, path="/v1/events")
-    assert events.status_code == 422, "the demo group key has no integration for events"
+    events = post(
+        stack,
+        auth,
+        {"data": {"email": "a@b.co", "event": "signup"}, "group_key": group_key},
+        path="/v1/events",
+    )
+    assert events.status_code == 202, "DM Hub takes the demo group key's events"
 
 
 def test_vendor_400_is_rejected_with_the_vendors_reason(

@@ -1,5 +1,6 @@
 """The AWS run mode: the handlers build their services from the environment (as deployed by template.yaml)
-and move a record through SQS and Secrets Manager (moto) to the ExpertSender sandbox."""
+and move a record through SQS, Secrets Manager and DynamoDB (moto) to the three vendor sandboxes, fetching
+the vendors' tokens once and storing them as new secret versions."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ from moto import mock_aws
 
 from forwarder import runtime
 from forwarder_local.poller import LambdaContext
+from forwarder_local.sandboxes.carecloud import BASE_PATH as CARECLOUD_BASE_PATH
+from forwarder_local.sandboxes.carecloud import CareCloudSandbox
+from forwarder_local.sandboxes.dmhub import DmHubSandbox
 from forwarder_local.sandboxes.expertsender import ExpertSenderSandbox
 from forwarder_local.stack import load_handler
 from tests.conftest import REPO_ROOT, load_event
@@ -44,6 +48,13 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
             BillingMode="PAY_PER_REQUEST",
         )
         monkeypatch.setenv("FORWARDER_LEDGER_TABLE", "forwarder-ledger")
+        boto3.client("dynamodb").create_table(
+            TableName="forwarder-locks",
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        monkeypatch.setenv("FORWARDER_LOCKS_TABLE", "forwarder-locks")
         runtime.install(None)
         yield urls
         runtime.install(None)
@@ -74,13 +85,23 @@ def receive_event(queue_url: str) -> dict[str, Any]:
     }
 
 
-def test_a_record_travels_through_sqs_and_secrets_manager(aws: dict[str, str]) -> None:
-    with ExpertSenderSandbox("aws-mode-key") as sandbox:
-        # given the integration's secret in Secrets Manager
-        boto3.client("secretsmanager").create_secret(
-            Name="forwarder/demo/expertsender",
-            SecretString=json.dumps({"api_key": "aws-mode-key", "base_url": sandbox.url}),
-        )
+def test_a_record_travels_through_sqs_and_secrets_manager_to_three_vendors(aws: dict[str, str]) -> None:
+    with (
+        ExpertSenderSandbox("aws-mode-key") as expertsender,
+        DmHubSandbox("cl-aws", "dmhub-secret") as dmhub,
+        CareCloudSandbox(external_application_id="aws-app") as carecloud,
+    ):
+        # given each integration's secret in Secrets Manager (the vendors' credentials, no token yet)
+        secrets = boto3.client("secretsmanager")
+        for name, value in {
+            "forwarder/demo/expertsender": {"api_key": "aws-mode-key", "base_url": expertsender.url},
+            "forwarder/demo/dmhub": {"app_id": "cl-aws", "secret": "dmhub-secret", "base_url": dmhub.url},
+            "forwarder/demo/carecloud": {
+                "external_application_id": "aws-app",
+                "base_url": carecloud.url + CARECLOUD_BASE_PATH,
+            },
+        }.items():
+            secrets.create_secret(Name=name, SecretString=json.dumps(value))
         # when API Gateway invokes ingest, and the SQS event sources invoke validate and deliver
         response = load_handler("ingest")(
             load_event("api_post_contacts.json"), LambdaContext("IngestFunction")
@@ -92,13 +113,27 @@ def test_a_record_travels_through_sqs_and_secrets_manager(aws: dict[str, str]) -
             "batchItemFailures": []
         }
         delivery_event = receive_event(aws["delivery"])
-        assert json.loads(delivery_event["Records"][0]["body"])["integration"] == "expertsender"
+        assert sorted(json.loads(record["body"])["integration"] for record in delivery_event["Records"]) == [
+            "carecloud",
+            "dmhub",
+            "expertsender",
+        ]
         assert load_handler("deliver")(delivery_event, LambdaContext("DeliverFunction")) == {
             "batchItemFailures": []
         }
-        # then the customer is at the vendor
-        customer = sandbox.find(email="jane@example.com")
+        # then the customer is at every vendor
+        customer = expertsender.find(email="jane@example.com")
         assert customer is not None and customer["firstName"] == "Jane"
+        assert dmhub.find_customer("email", "jane@example.com") is not None
+        assert carecloud.find(email="jane@example.com") is not None
+        # and each token vendor's token was fetched once and kept as a new version of its secret
+        assert dmhub.token_requests() == 1 and carecloud.token_requests() == 1
+        stored = json.loads(secrets.get_secret_value(SecretId="forwarder/demo/dmhub")["SecretString"])
+        assert stored["app_id"] == "cl-aws" and stored["access_token"]
+        versions = secrets.list_secret_version_ids(SecretId="forwarder/demo/dmhub")["Versions"]
+        assert len(versions) == 2
+        # and no token lease is left behind
+        assert boto3.client("dynamodb").scan(TableName="forwarder-locks")["Items"] == []
         # and a delete goes the same way and is recorded in the DynamoDB deletion ledger
         response = load_handler("ingest")(
             load_event("api_delete_contacts.json"), LambdaContext("IngestFunction")
@@ -106,7 +141,8 @@ def test_a_record_travels_through_sqs_and_secrets_manager(aws: dict[str, str]) -
         assert response["statusCode"] == 202
         load_handler("validate")(receive_event(aws["ingest"]), LambdaContext("ValidateFunction"))
         load_handler("deliver")(receive_event(aws["delivery"]), LambdaContext("DeliverFunction"))
-        assert sandbox.find(email="jane@example.com") is None
+        assert expertsender.find(email="jane@example.com") is None
+        assert dmhub.find_customer("email", "jane@example.com") is None
         item = boto3.client("dynamodb").get_item(
             TableName="forwarder-ledger", Key={"pk": {"S": "demo/expertsender/email:jane@example.com"}}
         )

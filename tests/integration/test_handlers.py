@@ -22,6 +22,8 @@ from forwarder_local.stores import EmbeddedQueues, LocalDeletionLedger, LocalSec
 from tests.conftest import REPO_ROOT, load_event
 
 SECRET = "forwarder/demo/expertsender"
+# The handlers against the ExpertSender sandbox alone (the shipped config fans out to three vendors).
+EXPERTSENDER_ONLY = REPO_ROOT / "tests" / "fixtures" / "expertsender-only.yaml"
 
 
 class World:
@@ -33,7 +35,7 @@ class World:
         self.sandbox = sandbox
         settings = RuntimeSettings(
             runtime="embedded",
-            config_path=str(REPO_ROOT / "config" / "forwarder.yaml"),
+            config_path=str(EXPERTSENDER_ONLY),
             delivery_max_receives=max_receives,
             retry_base_seconds=1,
             retry_max_seconds=2,
@@ -80,6 +82,18 @@ def test_ingest_accepts_the_canonical_event_and_queues_it(world: World) -> None:
     assert queued["client"] == "demo"
     assert queued["idempotency_key"] == "order-1001"
     assert queued["data"]["tags"] == ["vip", "newsletter"]
+
+
+def test_ingest_answers_422_for_events_no_integration_of_the_group_key_takes(world: World) -> None:
+    # given a group key whose only integration (ExpertSender) has no events API
+    event = load_event("api_post_contacts.json")
+    event["path"] = event["resource"] = "/v1/events"
+    event["requestContext"]["path"] = event["requestContext"]["resourcePath"] = "/v1/events"
+    # when an event is sent, then it is refused at once, saying why, and nothing is queued
+    response = invoke("ingest", event)
+    assert response["statusCode"] == 422
+    assert "events" in json.loads(response["body"])["message"]
+    assert world.bodies("ingest") == []
 
 
 def test_ingest_refuses_nested_data_and_queues_nothing(world: World) -> None:
@@ -311,7 +325,7 @@ def test_duplicate_deletes_in_one_batch_record_the_latest(world: World) -> None:
 
 def test_ingest_refuses_a_client_using_a_group_key_it_is_not_allowed(world: World, tmp_path: Path) -> None:
     # given a second group key that the demo client is not allowed to use
-    config = (REPO_ROOT / "config" / "forwarder.yaml").read_text()
+    config = EXPERTSENDER_ONLY.read_text()
     other = config[config.index("  demo:\n") :].replace("  demo:\n", "  other-brand:\n", 1)
     path = tmp_path / "two-brands.yaml"
     path.write_text(config + other)

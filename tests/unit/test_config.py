@@ -15,16 +15,18 @@ from forwarder_local.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "config" / "forwarder.yaml"
+EXPERTSENDER_ONLY = REPO / "tests" / "fixtures" / "expertsender-only.yaml"
 ITEM = "group_keys.demo.integrations[0]"
 
 
 @pytest.fixture(scope="module")
-def shipped_text() -> str:
-    return SHIPPED.read_text(encoding="utf-8")
+def example_text() -> str:
+    """An ExpertSender-only config the tests edit (the shipped one fans out to three vendors)."""
+    return EXPERTSENDER_ONLY.read_text(encoding="utf-8")
 
 
 def edit(text: str, old: str, new: str) -> str:
-    assert text.count(old) == 1, f"the shipped config no longer holds {old!r} exactly once"
+    assert text.count(old) == 1, f"the example config no longer holds {old!r} exactly once"
     return text.replace(old, new)
 
 
@@ -85,8 +87,8 @@ def test_the_shipped_config_is_valid_and_maps_a_record_for_expertsender() -> Non
 # --- errors at the exact path and line ---------------------------------------------------------------------------
 
 
-def test_an_unknown_integration_type_points_at_type(shipped_text: str) -> None:
-    text = edit(shipped_text, "type: expertsender", "type: salesforce")
+def test_an_unknown_integration_type_points_at_type(example_text: str) -> None:
+    text = edit(example_text, "type: expertsender", "type: salesforce")
 
     assert problems_of(text) == [
         f"{ITEM}.type (line {line_of(text, 'type: salesforce')}): "
@@ -96,9 +98,9 @@ def test_an_unknown_integration_type_points_at_type(shipped_text: str) -> None:
 
 
 def test_mapping_to_a_field_the_action_lacks_points_at_the_rule_and_lists_the_fields(
-    shipped_text: str,
+    example_text: str,
 ) -> None:
-    text = edit(shipped_text, "to: lastName", "to: surname")
+    text = edit(example_text, "to: lastName", "to: surname")
 
     (problem,) = problems_of(text)
 
@@ -108,8 +110,8 @@ def test_mapping_to_a_field_the_action_lacks_points_at_the_rule_and_lists_the_fi
     assert {"email", "phone", "firstName", "lastName", "customAttributes", "consents"} <= set(fields)
 
 
-def test_the_wrong_kind_for_a_field_points_at_the_rule(shipped_text: str) -> None:
-    text = edit(shipped_text, "{kind: string, from: crm_id,", "{kind: list, from: crm_id,")
+def test_the_wrong_kind_for_a_field_points_at_the_rule(example_text: str) -> None:
+    text = edit(example_text, "{kind: string, from: crm_id,", "{kind: list, from: crm_id,")
 
     assert problems_of(text) == [
         f"{ITEM}.contacts.mapping[4].kind (line {line_of(text, 'from: crm_id')}): "
@@ -117,9 +119,9 @@ def test_the_wrong_kind_for_a_field_points_at_the_rule(shipped_text: str) -> Non
     ]
 
 
-def test_a_credential_in_settings_is_refused_and_sent_to_the_secret_store(shipped_text: str) -> None:
+def test_a_credential_in_settings_is_refused_and_sent_to_the_secret_store(example_text: str) -> None:
     text = edit(
-        shipped_text,
+        example_text,
         "          mode: AddOrUpdate\n",
         "          mode: AddOrUpdate\n          api_key: s3cr3t\n",
     )
@@ -131,11 +133,11 @@ def test_a_credential_in_settings_is_refused_and_sent_to_the_secret_store(shippe
     assert "s3cr3t" not in problem
 
 
-def test_a_missing_secret_is_refused_at_the_integration(shipped_text: str) -> None:
+def test_a_missing_secret_is_refused_at_the_integration(example_text: str) -> None:
     secret_line = next(
-        line for line in shipped_text.splitlines(keepends=True) if "secret: forwarder/" in line
+        line for line in example_text.splitlines(keepends=True) if "secret: forwarder/" in line
     )
-    text = edit(shipped_text, secret_line, "")
+    text = edit(example_text, secret_line, "")
 
     (problem,) = problems_of(text)
 
@@ -143,17 +145,17 @@ def test_a_missing_secret_is_refused_at_the_integration(shipped_text: str) -> No
     assert "needs a secret holding api_key" in problem
 
 
-def test_a_client_naming_an_unknown_group_key_points_at_that_key(shipped_text: str) -> None:
-    text = edit(shipped_text, "group_keys: [demo]", "group_keys: [demo, nordics]")
+def test_a_client_naming_an_unknown_group_key_points_at_that_key(example_text: str) -> None:
+    text = edit(example_text, "group_keys: [demo]", "group_keys: [demo, nordics]")
 
     assert problems_of(text) == [
         f"clients[0].group_keys[1] (line {line_of(text, 'nordics')}): unknown group key 'nordics'; known: demo"
     ]
 
 
-def test_duplicate_integration_names_point_at_the_second_one(shipped_text: str) -> None:
+def test_duplicate_integration_names_point_at_the_second_one(example_text: str) -> None:
     # given the group key's integration listed twice
-    head, item = shipped_text.split("    integrations:\n")
+    head, item = example_text.split("    integrations:\n")
     text = head + "    integrations:\n" + item + item
     first = line_of(text, "- name: expertsender")
 
@@ -164,8 +166,8 @@ def test_duplicate_integration_names_point_at_the_second_one(shipped_text: str) 
     ]
 
 
-def test_an_invalid_settings_value_names_settings_mode(shipped_text: str) -> None:
-    text = edit(shipped_text, "mode: AddOrUpdate", "mode: Upsert")
+def test_an_invalid_settings_value_names_settings_mode(example_text: str) -> None:
+    text = edit(example_text, "mode: AddOrUpdate", "mode: Upsert")
 
     (problem,) = problems_of(text)
 
@@ -173,9 +175,9 @@ def test_an_invalid_settings_value_names_settings_mode(shipped_text: str) -> Non
     assert "'Add', 'Update' or 'AddOrUpdate'" in problem
 
 
-def test_an_unknown_settings_key_is_named(shipped_text: str) -> None:
+def test_an_unknown_settings_key_is_named(example_text: str) -> None:
     text = edit(
-        shipped_text, "          batch_size: 100\n", "          batch_size: 100\n          batchsize: 5\n"
+        example_text, "          batch_size: 100\n", "          batch_size: 100\n          batchsize: 5\n"
     )
 
     (problem,) = problems_of(text)
@@ -183,10 +185,10 @@ def test_an_unknown_settings_key_is_named(shipped_text: str) -> None:
     assert problem.startswith(f"{ITEM}.settings.batchsize (line {line_of(text, 'batchsize: 5')}): ")
 
 
-def test_events_for_expertsender_are_refused_at_events(shipped_text: str) -> None:
+def test_events_for_expertsender_are_refused_at_events(example_text: str) -> None:
     # given an events flow, which ExpertSender has no action for
     text = edit(
-        shipped_text,
+        example_text,
         "        delete:\n",
         "        events:\n          mapping:\n            - {kind: string, from: email, to: email}\n        delete:\n",
     )
@@ -197,8 +199,8 @@ def test_events_for_expertsender_are_refused_at_events(shipped_text: str) -> Non
     ]
 
 
-def test_an_unknown_transform_points_at_the_rule_transforms_and_names_it(shipped_text: str) -> None:
-    text = edit(shipped_text, "to: firstName, transforms: [trim]", "to: firstName, transforms: [strip]")
+def test_an_unknown_transform_points_at_the_rule_transforms_and_names_it(example_text: str) -> None:
+    text = edit(example_text, "to: firstName, transforms: [trim]", "to: firstName, transforms: [strip]")
 
     (problem,) = problems_of(text)
 
@@ -206,8 +208,8 @@ def test_an_unknown_transform_points_at_the_rule_transforms_and_names_it(shipped
     assert "unknown transform 'strip'" in problem
 
 
-def test_every_problem_in_the_document_is_reported(shipped_text: str) -> None:
-    text = edit(shipped_text, "version: 1", "version: 2")
+def test_every_problem_in_the_document_is_reported(example_text: str) -> None:
+    text = edit(example_text, "version: 1", "version: 2")
     text = edit(text, "    description: Demo", "    descripton: Demo")
 
     problems = problems_of(text)
@@ -235,13 +237,13 @@ def test_config_check_passes_the_shipped_file() -> None:
     result = CliRunner().invoke(main, ["config", "check", str(SHIPPED)])
 
     assert result.exit_code == 0, result.output
-    assert "valid (version 1, 1 client(s), 1 group key(s), 1 integration(s))" in result.output
+    assert "valid (version 1, 1 client(s), 1 group key(s), 3 integration(s))" in result.output
 
 
-def test_config_check_fails_a_broken_file_and_prints_the_line(shipped_text: str, tmp_path: Path) -> None:
+def test_config_check_fails_a_broken_file_and_prints_the_line(example_text: str, tmp_path: Path) -> None:
     # given a config with a mapping to a field ExpertSender does not have
     broken = tmp_path / "broken.yaml"
-    text = edit(shipped_text, "to: lastName", "to: surname")
+    text = edit(example_text, "to: lastName", "to: surname")
     broken.write_text(text, encoding="utf-8")
 
     # when it is checked
@@ -319,31 +321,31 @@ def test_a_principal_shared_by_two_clients_is_refused() -> None:
     assert "belongs to both 'backend' and 'ops'" in problem
 
 
-def test_matching_by_a_field_no_mapping_fills_is_refused(shipped_text: str) -> None:
-    text = edit(shipped_text, "match_by: Email", "match_by: CrmId")
+def test_matching_by_a_field_no_mapping_fills_is_refused(example_text: str) -> None:
+    text = edit(example_text, "match_by: Email", "match_by: CrmId")
     text = edit(text, "            - {kind: string, from: crm_id, to: crmId, transforms: [string]}\n", "")
     (problem,) = problems_of(text)
     assert problem.startswith(f"{ITEM}.contacts.mapping (line ")
     assert "match_by is CrmId but no mapping fills 'crmId'" in problem
 
 
-def test_a_consent_renamed_to_a_non_numeric_id_points_at_the_attribute(shipped_text: str) -> None:
-    text = edit(shipped_text, 'newsletter_consent: "1"', "newsletter_consent: marketing")
+def test_a_consent_renamed_to_a_non_numeric_id_points_at_the_attribute(example_text: str) -> None:
+    text = edit(example_text, 'newsletter_consent: "1"', "newsletter_consent: marketing")
     (problem,) = problems_of(text)
     line = line_of(text, "newsletter_consent: marketing")
     assert problem.startswith(f"{ITEM}.contacts.mapping[8].fields.newsletter_consent (line {line})")
     assert "numeric consent ids" in problem
 
 
-def test_deleting_by_a_field_the_delete_mapping_lacks_is_refused(shipped_text: str) -> None:
-    text = edit(shipped_text, "delete_by: email", "delete_by: phone")
+def test_deleting_by_a_field_the_delete_mapping_lacks_is_refused(example_text: str) -> None:
+    text = edit(example_text, "delete_by: email", "delete_by: phone")
     (problem,) = problems_of(text)
     assert problem.startswith(f"{ITEM}.delete.mapping (line ")
     assert "delete_by is phone but no mapping fills 'phone'" in problem
 
 
-def test_a_delete_identifier_normalised_unlike_the_stored_one_is_refused(shipped_text: str) -> None:
-    text = edit(shipped_text, "delete_by: email", "delete_by: phone")
+def test_a_delete_identifier_normalised_unlike_the_stored_one_is_refused(example_text: str) -> None:
+    text = edit(example_text, "delete_by: email", "delete_by: phone")
     text = text.rstrip("\n") + "\n            - {kind: string, from: phone, to: phone}\n"
     (problem,) = problems_of(text)
     assert problem.startswith(f"{ITEM}.delete.mapping[1] (line ")

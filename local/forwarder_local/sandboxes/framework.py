@@ -547,7 +547,7 @@ class Sandbox(abc.ABC):
                 for name, values in request.query.items()
             },
             {name: (REDACTED if name in SECRET_HEADERS else value) for name, value in headers.items()},
-            body,
+            _redacted(body),
             response.status,
             time.time(),
         )
@@ -671,3 +671,18 @@ def _non_negative(value: str | None, name: str, default: int) -> int:
     if not value.isdigit():
         raise ValueError(f"{name} must be a non-negative integer")
     return int(value)
+
+
+def _redacted(value: Any) -> Any:
+    """A JSON body with the values of secret-named fields (``password``, ``*_token``, ...) replaced."""
+    if isinstance(value, dict):
+        return {
+            key: REDACTED
+            if isinstance(key, str)
+            and (key.lower() in SECRET_PARAMS or key.lower().endswith(("_token", "password", "_secret")))
+            else _redacted(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [_redacted(item) for item in value]
+    return value

@@ -9,10 +9,11 @@ from forwarder.integrations.base import Integration
 
 @cache
 def integrations() -> dict[str, Integration]:
+    from forwarder.integrations.carecloud import CareCloud
     from forwarder.integrations.dmhub import DmHub
     from forwarder.integrations.expertsender import ExpertSender
 
-    known: list[Integration] = [ExpertSender(), DmHub()]
+    known: list[Integration] = [ExpertSender(), DmHub(), CareCloud()]
     return {integration.type: integration for integration in known}
 
 
