@@ -10,6 +10,7 @@ os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
 os.environ.setdefault("AWS_DEFAULT_REGION", "eu-west-1")
 
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,3 +38,22 @@ def _no_installed_services() -> Iterator[None]:
     runtime.install(None)
     yield
     runtime.install(None)
+
+
+@pytest.fixture
+def logged() -> Iterator[list[dict[str, Any]]]:
+    """Every line the forwarder logs during the test (at the configured level), as the JSON Powertools writes."""
+    from forwarder.observability import logger
+
+    lines: list[dict[str, Any]] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(json.loads(self.format(record)))
+
+    handler = Collect()
+    handler.setFormatter(logger.registered_formatter)
+    stdlib_logger = logging.getLogger(logger.name)
+    stdlib_logger.addHandler(handler)
+    yield lines
+    stdlib_logger.removeHandler(handler)
