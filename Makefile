@@ -23,6 +23,7 @@ test: $(STAMP)  ## lint, type-check, config check, then the whole test suite
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/forwarder config check config/forwarder.yaml
+	$(VENV)/bin/forwarder config check config/examples/expertsender-only.yaml
 	$(VENV)/bin/cfn-lint template.yaml
 	$(VENV)/bin/pytest -n 2 tests
 

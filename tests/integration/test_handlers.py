@@ -23,7 +23,7 @@ from tests.conftest import REPO_ROOT, load_event
 
 SECRET = "forwarder/demo/expertsender"
 # The handlers against the ExpertSender sandbox alone (the shipped config fans out to three vendors).
-EXPERTSENDER_ONLY = REPO_ROOT / "tests" / "fixtures" / "expertsender-only.yaml"
+EXPERTSENDER_ONLY = REPO_ROOT / "config" / "examples" / "expertsender-only.yaml"
 
 
 class World:

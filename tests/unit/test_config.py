@@ -15,7 +15,7 @@ from forwarder_local.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "config" / "forwarder.yaml"
-EXPERTSENDER_ONLY = REPO / "tests" / "fixtures" / "expertsender-only.yaml"
+EXPERTSENDER_ONLY = REPO / "config" / "examples" / "expertsender-only.yaml"
 ITEM = "group_keys.demo.integrations[0]"
 
 
