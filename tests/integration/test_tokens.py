@@ -239,3 +239,51 @@ def test_a_refused_renewal_is_reported_with_the_group_key_and_never_the_secret(
     assert "wrong-secret-value" not in json.dumps(logged)
     (error,) = [line for line in logged if line["message"] == "credentials problem"]
     assert error["group_key"] == "brand" and error["integration"] == "dmhub" and error["level"] == "ERROR"
+
+
+def test_deliveries_without_a_token_wait_on_the_queue_and_count_a_credential_problem(
+    world: World, monkeypatch: pytest.MonkeyPatch, logged: list[dict[str, Any]]
+) -> None:
+    from forwarder.flows.deliver import handle_batch
+    from forwarder.messages import DeliveryMessage
+    from forwarder.observability import metrics
+    from forwarder_local.poller import sqs_event
+
+    # given DM Hub refusing the application's credentials, and two contacts waiting to be delivered
+    stored = world.stored(DMHUB_SECRET)
+    LocalSecretStore(world.secrets_path).put(DMHUB_SECRET, {**stored, "secret": "revoked-secret"})
+    store = world.queues.store
+    for index in range(2):
+        delivery = DeliveryMessage(
+            request_id=f"request-{index}",
+            group_key="brand",
+            action="upsert_contact",
+            integration="dmhub",
+            integration_type="dmhub",
+            operation="upsert_customer",
+            payload={
+                "identity": {"identityType": "email", "identityValue": f"c{index}@example.com"},
+                "customer": {},
+            },
+            received_at="2026-11-28T10:00:00.000Z",
+        )
+        store.send("delivery", delivery.model_dump_json())
+    event = sqs_event(store.queue_arn("delivery"), store.receive("delivery", max_messages=10))
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "false")
+    metrics.clear_metrics()
+    # when deliver runs
+    response = handle_batch(world.container(), event)
+    # then no record failed: both are queued again, to wait, with no attempt spent and nothing dead-lettered
+    assert response == {"batchItemFailures": []}
+    # (the received originals are deleted by the event source once the handler reports no failure)
+    waiting = [json.loads(message["body"]) for message in store.peek("delivery")]
+    held = sorted(item["request_id"] for item in waiting if item["held"] == 1)
+    assert held == ["request-0", "request-1"]
+    assert store.peek("delivery-dlq") == [] and store.peek("rejects") == []
+    assert store.counts("delivery")["delayed"] == 2
+    # and the problem is counted for the alarm and logged with the group key, never the secret
+    assert metrics.metric_set["CredentialProblems"]["Value"] == [1.0]
+    metrics.clear_metrics()
+    (line,) = [item for item in logged if item["message"].startswith("could not renew the vendor token")]
+    assert line["group_key"] == "brand" and line["integration"] == "dmhub"
+    assert "revoked-secret" not in json.dumps(logged)
