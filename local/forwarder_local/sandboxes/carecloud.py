@@ -110,10 +110,8 @@ Standalone: ``python -m forwarder_local.sandboxes.carecloud --port 8703 --extern
 
 from __future__ import annotations
 
-import argparse
 import base64
 import binascii
-import contextlib
 import copy
 import hashlib
 import hmac
@@ -121,14 +119,11 @@ import json
 import os
 import re
 import secrets
-import signal
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from types import FrameType
 from typing import Any, Final, Literal, get_args
 from urllib.parse import unquote
 
@@ -140,6 +135,8 @@ from forwarder_local.sandboxes.framework import (
     Response,
     Sandbox,
     phrase,
+    serve_until_stopped,
+    standalone_parser,
 )
 from forwarder_local.sandboxes.framework import quote_value as _quote
 
@@ -1827,14 +1824,7 @@ def _customer_view(customer: JsonObject, short: bool) -> JsonObject:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the sandbox in the foreground until interrupted (Ctrl-C or SIGTERM)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m forwarder_local.sandboxes.carecloud",
-        description="Local CRM CareCloud customer-interface sandbox.",
-    )
-    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
-    parser.add_argument(
-        "--port", type=int, default=8703, help="port to bind; 0 picks a free one (default 8703)"
-    )
+    parser = standalone_parser("carecloud", "Local CRM CareCloud customer-interface sandbox.", 8703)
     parser.add_argument(
         "--external-application-id",
         default=os.environ.get("CARECLOUD_SANDBOX_EXTERNAL_APPLICATION_ID"),
@@ -1844,37 +1834,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--user", default=DEFAULT_USER, help=f"API user of the basic scheme (default {DEFAULT_USER})"
     )
-    parser.add_argument(
-        "--state-path", default=None, help="journal file that keeps the state across restarts"
-    )
     args = parser.parse_args(argv)
     if not args.external_application_id:
         parser.error("--external-application-id (or CARECLOUD_SANDBOX_EXTERNAL_APPLICATION_ID) is required")
-    stop = threading.Event()
-
-    def _on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    with contextlib.suppress(ValueError):  # signal handlers can only be set from the main thread
-        signal.signal(signal.SIGTERM, _on_signal)
-    with CareCloudSandbox(
+    sandbox = CareCloudSandbox(
         user=args.user,
         external_application_id=args.external_application_id,
         auth_scheme=args.auth_scheme,
         host=args.host,
         port=args.port,
         state_path=args.state_path,
-    ) as sandbox:
-        print(
-            f"CareCloud sandbox listening on {sandbox.url} (API at {sandbox.url}{BASE_PATH}, "
-            f"{args.auth_scheme} tokens; admin routes under /_sandbox/)",
-            flush=True,
-        )
-        try:
-            while not stop.wait(0.5):
-                pass
-        except KeyboardInterrupt:
-            pass
+    )
+    serve_until_stopped(
+        sandbox,
+        f"CareCloud sandbox listening on {{url}} (API at {{url}}{BASE_PATH}, {args.auth_scheme} tokens; "
+        "admin routes under /_sandbox/)",
+    )
 
 
 if __name__ == "__main__":

@@ -106,8 +106,6 @@ Standalone: ``python -m forwarder_local.sandboxes.dmhub --port 8702 --app-id X -
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import copy
 import hashlib
 import hmac
@@ -115,17 +113,22 @@ import math
 import os
 import re
 import secrets
-import signal
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 from typing import Final, Literal
 
-from forwarder_local.sandboxes.framework import AdminRoute, JsonObject, Request, Response, Sandbox
+from forwarder_local.sandboxes.framework import (
+    AdminRoute,
+    JsonObject,
+    Request,
+    Response,
+    Sandbox,
+    serve_until_stopped,
+    standalone_parser,
+)
 from forwarder_local.sandboxes.framework import quote_value as _quote
 
 ApiVersion = Literal["v1", "v2"]
@@ -1248,13 +1251,7 @@ def _customer_view(customer: JsonObject) -> JsonObject:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the sandbox in the foreground until interrupted (Ctrl-C or SIGTERM)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m forwarder_local.sandboxes.dmhub", description="Local Convertlab DM Hub API sandbox."
-    )
-    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
-    parser.add_argument(
-        "--port", type=int, default=8702, help="port to bind; 0 picks a free one (default 8702)"
-    )
+    parser = standalone_parser("dmhub", "Local Convertlab DM Hub API sandbox.", 8702)
     parser.add_argument(
         "--app-id", default=os.environ.get("DMHUB_SANDBOX_APP_ID"), help="default: $DMHUB_SANDBOX_APP_ID"
     )
@@ -1265,9 +1262,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--api-version", choices=("v1", "v2"), default="v1", help="application generation (default v1)"
     )
     parser.add_argument(
-        "--state-path", default=None, help="journal file that keeps the state across restarts"
-    )
-    parser.add_argument(
         "--token-ttl", type=int, default=7200, help="token lifetime in seconds (default 7200)"
     )
     parser.add_argument("--max-batch", type=int, default=1000, help="items per batch call (default 1000)")
@@ -1276,14 +1270,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(
             "--app-id and --secret (or $DMHUB_SANDBOX_APP_ID and $DMHUB_SANDBOX_SECRET) are required"
         )
-    stop = threading.Event()
-
-    def _on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    with contextlib.suppress(ValueError):  # signal handlers can only be set from the main thread
-        signal.signal(signal.SIGTERM, _on_signal)
-    with DmHubSandbox(
+    sandbox = DmHubSandbox(
         args.app_id,
         args.secret,
         api_version=args.api_version,
@@ -1292,17 +1279,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         state_path=args.state_path,
         token_ttl_seconds=args.token_ttl,
         max_batch=args.max_batch,
-    ) as sandbox:
-        print(
-            f"DM Hub sandbox listening on {sandbox.url} ({args.api_version} application; "
-            "admin routes under /_sandbox/)",
-            flush=True,
-        )
-        try:
-            while not stop.wait(0.5):
-                pass
-        except KeyboardInterrupt:
-            pass
+    )
+    serve_until_stopped(
+        sandbox,
+        f"DM Hub sandbox listening on {{url}} ({args.api_version} application; admin routes under /_sandbox/)",
+    )
 
 
 if __name__ == "__main__":

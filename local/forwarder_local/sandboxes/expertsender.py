@@ -47,22 +47,26 @@ Standalone: ``python -m forwarder_local.sandboxes.expertsender --port 8701 --api
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import copy
 import hmac
 import os
 import re
-import signal
-import threading
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from types import FrameType
 from typing import Any, Final
 from urllib.parse import unquote
 
-from forwarder_local.sandboxes.framework import AdminRoute, JsonObject, Request, Response, Sandbox, phrase
+from forwarder_local.sandboxes.framework import (
+    AdminRoute,
+    JsonObject,
+    Request,
+    Response,
+    Sandbox,
+    phrase,
+    serve_until_stopped,
+    standalone_parser,
+)
 from forwarder_local.sandboxes.framework import quote_value as _quote
 
 API_KEY_HEADER: Final = "x-api-key"
@@ -405,7 +409,8 @@ class ExpertSenderSandbox(Sandbox):
                 found = hits if found is None else found & hits
             if not found:
                 return None
-            return copy.deepcopy(self.state.get(CUSTOMERS, str(found.pop())))
+            customer: JsonObject = copy.deepcopy(self.state.get(CUSTOMERS, str(found.pop())))
+            return customer
 
     # -- request handling ------------------------------------------------------------------------------
 
@@ -652,14 +657,7 @@ def _view(customer: JsonObject) -> JsonObject:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the sandbox in the foreground until interrupted (Ctrl-C or SIGTERM)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m forwarder_local.sandboxes.expertsender",
-        description="Local ExpertSender CDP /customers sandbox.",
-    )
-    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
-    parser.add_argument(
-        "--port", type=int, default=8701, help="port to bind; 0 picks a free one (default 8701)"
-    )
+    parser = standalone_parser("expertsender", "Local ExpertSender CDP /customers sandbox.", 8701)
     parser.add_argument(
         "--api-key",
         default=os.environ.get("EXPERTSENDER_SANDBOX_API_KEY"),
@@ -669,22 +667,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not args.api_key:
         parser.error("--api-key (or EXPERTSENDER_SANDBOX_API_KEY) is required")
-    stop = threading.Event()
-
-    def _on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    with contextlib.suppress(ValueError):  # signal handlers can only be set from the main thread
-        signal.signal(signal.SIGTERM, _on_signal)
-    with ExpertSenderSandbox(
-        args.api_key, host=args.host, port=args.port, max_batch=args.max_batch
-    ) as sandbox:
-        print(f"ExpertSender sandbox listening on {sandbox.url} (admin routes under /_sandbox/)", flush=True)
-        try:
-            while not stop.wait(0.5):
-                pass
-        except KeyboardInterrupt:
-            pass
+    sandbox = ExpertSenderSandbox(
+        args.api_key, host=args.host, port=args.port, max_batch=args.max_batch, state_path=args.state_path
+    )
+    serve_until_stopped(sandbox, "ExpertSender sandbox listening on {url} (admin routes under /_sandbox/)")
 
 
 if __name__ == "__main__":

@@ -19,11 +19,13 @@ Admin routes (no credentials; never logged, delayed nor faulted), common to ever
 from __future__ import annotations
 
 import abc
+import argparse
 import contextlib
 import copy
 import json
 import math
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,7 +33,7 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import Any, ClassVar, Final, Self
 from urllib.parse import parse_qs, urlsplit
 
@@ -686,3 +688,39 @@ def _redacted(value: Any) -> Any:
     if isinstance(value, list):
         return [_redacted(item) for item in value]
     return value
+
+
+# -- running a sandbox on its own ------------------------------------------------------------------------------
+
+
+def standalone_parser(module: str, description: str, port: int) -> argparse.ArgumentParser:
+    """The command line every sandbox shares (``--host``, ``--port``, ``--state-path``); vendors add theirs."""
+    parser = argparse.ArgumentParser(
+        prog=f"python -m forwarder_local.sandboxes.{module}", description=description
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    parser.add_argument(
+        "--port", type=int, default=port, help=f"port to bind; 0 picks a free one (default {port})"
+    )
+    parser.add_argument(
+        "--state-path", default=None, help="journal file that keeps the state across restarts"
+    )
+    return parser
+
+
+def serve_until_stopped(sandbox: Sandbox, banner: str) -> None:
+    """Run ``sandbox`` in the foreground until Ctrl-C or SIGTERM; ``banner`` may use ``{url}``."""
+    stop = threading.Event()
+
+    def _on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    with contextlib.suppress(ValueError):  # signal handlers can only be set from the main thread
+        signal.signal(signal.SIGTERM, _on_signal)
+    with sandbox:
+        print(banner.format(url=sandbox.url), flush=True)
+        try:
+            while not stop.wait(0.5):
+                pass
+        except KeyboardInterrupt:
+            pass
