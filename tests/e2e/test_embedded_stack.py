@@ -264,9 +264,14 @@ def test_vendor_503_then_success_is_delivered_once(
     response = post(stack, auth, {"data": {"email": "retry@example.com"}, "group_key": group_key})
     assert response.status_code == 202
     wait_for(lambda: stack.sandbox.find(email="retry@example.com"), what="the customer after a retry")
-    posts = [r.status for r in stack.sandbox.requests if r.method == "POST"]
-    assert posts == [503, 201]
+
+    def posts() -> list[int]:
+        return [r.status for r in stack.sandbox.requests if r.method == "POST"]
+
+    # (the sandbox logs a request once it has answered it: a moment after its effect is visible)
+    wait_for(lambda: posts() == [503, 201], what="the 503 and the retry's 201 in the request log")
     wait_for(lambda: sum(stack.store.counts("delivery").values()) == 0, what="the delivery queue to drain")
+    assert posts() == [503, 201]
     assert len([c for c in stack.sandbox.customers() if c.get("email") == "retry@example.com"]) == 1
     assert sum(stack.store.counts("delivery-dlq").values()) == 0
 

@@ -2,11 +2,32 @@
 
 from __future__ import annotations
 
+import logging
+import re
 from collections import Counter
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
 from aws_lambda_powertools.metrics.functions import is_metrics_disabled
+
+
+class RedactCredentials(logging.Filter):
+    """Masks credentials in URLs that HTTP libraries log at DEBUG: DM Hub's v1 calls carry the token in the
+    query string (``?access_token=``), and its token call the app secret."""
+
+    _PARAMETER = re.compile(r"(?i)\b(access_token|secret|appid|app_id|token)=[^&\s\"']*")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = self._PARAMETER.sub(r"\1=***", message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
+
+
+# urllib3 logs each request line (with its query string) and each retry (with the URL) at DEBUG.
+for _name in ("urllib3.connectionpool", "urllib3.util.retry"):
+    logging.getLogger(_name).addFilter(RedactCredentials())
 
 logger = Logger(service="forwarder")
 # Only the AWS SDK is traced: vendor URLs carry customer identifiers (e.g. DELETE /customers/email/{email}),

@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
+from urllib.parse import quote, quote_plus
 
 import requests
 
@@ -121,6 +122,15 @@ def _error_of(response: requests.Response) -> tuple[int | None, str] | None:
     return None
 
 
+def _without(text: str, secret: str) -> str:
+    """``text`` without ``secret`` (as is or URL-encoded): a vendor or a proxy may echo the request URL,
+    which on v1 carries the token (and on the token call, the secret), in its error text."""
+    for form in {secret, quote(secret, safe=""), quote_plus(secret, safe="")}:
+        if form:
+            text = text.replace(form, "***")
+    return text
+
+
 def _int_or_none(value: Any) -> int | None:
     try:
         return int(value)
@@ -147,6 +157,7 @@ def fetch_token(
     problem = _error_of(response)
     if problem is not None:
         code, message = problem
+        message = _without(message, secret)
         shown = f" error_code {code}" if code is not None else ""
         raise TokenError(f"DM Hub refused a token ({route}: HTTP {response.status_code}{shown}: {message})")
     try:
@@ -215,7 +226,7 @@ class DmHubClient:
                 route,
                 response.status_code,
                 code,
-                message,
+                _without(message, self._token),
                 parse_retry_after(response.headers.get("Retry-After")),
                 self.token_codes,
             )

@@ -359,7 +359,11 @@ class DmHub(Integration):
             except DmHubError as error:
                 outcomes[index] = error.outcome()
                 if error.token_refused:
-                    break
+                    # No membership call with a refused token: the records upserted before it are sent again
+                    # (with their memberships) once the deliver flow has renewed the token.
+                    for done in customer_ids:
+                        outcomes[done] = outcomes[index]
+                    return _fill(outcomes)
             except (KeyError, TypeError, ValueError):
                 outcomes[index] = Outcome.retry("DM Hub answered the customer upsert without a customer id")
             except OutOfTime:
