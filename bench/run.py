@@ -33,6 +33,9 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fanout import bench_fanout
+
 if TYPE_CHECKING:
     from multiprocessing.synchronize import Event as MpEvent
 
@@ -755,6 +758,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=8, help="client threads sending them")
     parser.add_argument("--timeout", type=float, default=120.0, help="give up on the pipeline after seconds")
     parser.add_argument("--skip-pipeline", action="store_true", help="micro-benchmarks only")
+    parser.add_argument(
+        "--fanout-records", type=int, default=500, help="records sent through the three-vendor fan-out"
+    )
     return parser.parse_args(argv)
 
 
@@ -765,19 +771,25 @@ def main(argv: list[str] | None = None) -> int:
     began = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="forwarder-bench-") as directory:
         tmp = Path(directory)
-        progress("1/4 hot path")
+        progress("1/5 hot path")
         bench_hot_path(table, tmp)
-        progress("2/4 SigV4 verification")
+        progress("2/5 SigV4 verification")
         bench_sigv4(table, tmp)
-        progress("3/4 durable queue")
+        progress("3/5 durable queue")
         bench_queue(table, tmp, batches=300, singles=300, budget_s=10)
         if not args.skip_pipeline:
-            progress(f"4/4 embedded pipeline: {args.records:,} records from {args.threads} threads")
+            progress(f"4/5 embedded pipeline: {args.records:,} records from {args.threads} threads")
             try:
                 extra = bench_pipeline(table, tmp, args.records, args.threads, args.timeout)
             except Exception:
                 traceback.print_exc()
                 table.add("4 embedded pipeline", "FAILED", "", "", "see the traceback above")
+            progress(f"5/5 fan-out to three vendors: {args.fanout_records:,} records")
+            try:
+                bench_fanout(table, tmp, args.fanout_records, args.threads, args.timeout)
+            except Exception:
+                traceback.print_exc()
+                table.add("5 fan-out to 3 vendors", "FAILED", "", "", "see the traceback above")
         filesystem = filesystem_of(tmp)
 
     print(
