@@ -225,6 +225,41 @@ def test_broken_yaml_is_reported_as_such() -> None:
     assert len(problems) == 1 and problems[0].startswith("not valid YAML")
 
 
+def test_the_shipped_demo_group_key_fans_one_record_out_to_three_vendors_with_every_mapping_kind() -> None:
+    from forwarder.flows.validate import plan
+    from forwarder.messages import IngestMessage
+
+    # given the shipped config and a contact with tags, a loyalty tier and a flavour
+    config = load_config(SHIPPED)
+    message = IngestMessage(
+        request_id="r-1",
+        action=Action.UPSERT_CONTACT,
+        group_key="demo",
+        data={"email": "Jane@Example.com", "tags": ["vip"], "loyalty_tier": "gold", "flavours": ["Sorbet"]},
+        received_at="2026-11-28T10:00:00.000Z",
+        client="demo",
+    )
+    # when it is planned, then it is one delivery per vendor
+    deliveries, rejections = plan(config, message)
+    assert rejections == []
+    payloads = {delivery.integration_type: delivery.payload for delivery in deliveries}
+    assert sorted(payloads) == ["carecloud", "dmhub", "expertsender"]
+    # with a list mapping (tags -> DM Hub lists), dynamic mappings and a map transform (flavour -> interest id)
+    assert payloads["dmhub"]["lists"] == ["VIP"]
+    assert payloads["carecloud"]["property_records"] == [
+        {"property_id": "loyalty_tier", "property_value": "gold"}
+    ]
+    assert payloads["carecloud"]["interests"] == ["87d706e4864d02b01"]
+    kinds = {
+        rule.kind
+        for integration in config.group_keys["demo"].integrations
+        for flow in (integration.contacts, integration.delete, integration.events)
+        if flow is not None
+        for rule in flow.mapping
+    }
+    assert kinds == {"string", "list", "dynamic"}
+
+
 def test_a_missing_config_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read the config"):
         load_config(tmp_path / "absent.yaml")
