@@ -547,6 +547,26 @@ def test_list_ids_are_cached_so_a_second_delivery_does_not_page_the_lists_again(
     assert calls(sandbox, "POST", "/v1/lists") == 1
 
 
+def test_a_list_deleted_in_dm_hub_after_its_id_was_cached_is_retried_not_rejected(
+    sandbox: DmHubSandbox, http: requests.Session
+) -> None:
+    # given VIP's id cached by a first delivery, then the list deleted in DM Hub
+    hub = Hub(sandbox, http, create_missing_lists=True)
+    hub.deliver(UPSERT, [{"email": "jane@example.com", "lists": ["VIP"]}])
+    [vip] = sandbox.lists()
+    hub.client().delete_list(int(vip["id"]))
+    # when a record names VIP again
+    [outcome] = hub.deliver(UPSERT, [{"email": "john@example.com", "lists": ["VIP"]}])
+    # then it is retried, saying the list was deleted, instead of being rejected for good
+    assert outcome.verdict is Verdict.RETRY, outcome
+    assert "deleted since their names were looked up" in outcome.reason
+    # and the retry resolves the name again: VIP is created anew and john is in it
+    [delivered] = hub.deliver(UPSERT, [{"email": "john@example.com", "lists": ["VIP"]}])
+    assert delivered.verdict is Verdict.DELIVERED
+    [new_vip] = sandbox.lists()
+    assert new_vip["id"] != vip["id"] and new_vip["members"] == 1
+
+
 # --- a thousand contacts ----------------------------------------------------------------------------------------
 
 

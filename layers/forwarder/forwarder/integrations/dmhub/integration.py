@@ -37,6 +37,7 @@ from forwarder.integrations.base import (
     Outcome,
     RecordContext,
     RecordInvalid,
+    Verdict,
 )
 from forwarder.integrations.dmhub.client import (
     TOKEN_ERROR_CODES,
@@ -124,6 +125,10 @@ class _ListIds:
     def put(self, app: str, ids: dict[str, int]) -> None:
         with self._lock:
             self._by_app[app] = (time.monotonic(), ids)
+
+    def forget(self, app: str) -> None:
+        with self._lock:
+            self._by_app.pop(app, None)
 
     def clear(self) -> None:
         with self._lock:
@@ -414,7 +419,12 @@ class DmHub(Integration):
         for start in range(0, len(adds), size):
             batch = adds[start : start + size]
             items = [item for _, item in batch]
-            _mark_failures(partial(client.add_members, items), [index for index, _ in batch], outcomes)
+            _mark_failures(
+                partial(client.add_members, items),
+                [index for index, _ in batch],
+                outcomes,
+                partial(_deleted_lists, client, app_id, {item["listId"] for item in items}),
+            )
         removals: dict[int, list[tuple[int, int]]] = {}
         for index, group in leaving.items():
             if outcomes[index] is None:
@@ -428,6 +438,7 @@ class DmHub(Integration):
                     partial(client.remove_members, list_id, customers),
                     [index for index, _ in leavers],
                     outcomes,
+                    partial(_deleted_lists, client, app_id, {list_id}),
                 )
 
     @staticmethod
@@ -436,7 +447,7 @@ class DmHub(Integration):
     ) -> dict[str, int]:
         """Ids of the named lists: from the cache, else from paging through the lists (then cached); absent
         lists are created when the settings allow it."""
-        cache_key = f"{client.base_url}|{app_id}"
+        cache_key = _cache_key(client, app_id)
         known = LIST_IDS.get(cache_key)
         if known is None or not names <= set(known):
             known = {}
@@ -452,12 +463,39 @@ class DmHub(Integration):
         return known
 
 
-def _mark_failures(call: Callable[[], Any], indexes: list[int], outcomes: list[Outcome | None]) -> None:
-    """Make one membership call for the records at ``indexes``; a failure becomes their outcome."""
+def _cache_key(client: DmHubClient, app_id: str) -> str:
+    return f"{client.base_url}|{app_id}"
+
+
+def _deleted_lists(client: DmHubClient, app_id: str, list_ids: set[int]) -> list[int]:
+    """Which of ``list_ids`` DM Hub no longer has (forgetting the cached names, which may be stale)."""
+    LIST_IDS.forget(_cache_key(client, app_id))
+    return sorted(list_ids - {int(found["id"]) for found in client.iter_lists()})
+
+
+def _mark_failures(
+    call: Callable[[], Any],
+    indexes: list[int],
+    outcomes: list[Outcome | None],
+    deleted_lists: Callable[[], list[int]],
+) -> None:
+    """Make one membership call for the records at ``indexes``; a failure becomes their outcome. A refusal
+    caused by a list deleted in DM Hub since its id was cached is retried (the name resolves again), not
+    rejected."""
     try:
         call()
     except DmHubError as error:
         failed = error.outcome()
+        if failed.verdict is Verdict.REJECTED:
+            try:
+                gone = deleted_lists()
+            except (DmHubError, OutOfTime):
+                gone = []
+            if gone:
+                failed = Outcome.retry(
+                    f"{error}; DM Hub list(s) {gone} were deleted since their names were looked up: the names "
+                    "are resolved again on the retry"
+                )
     except OutOfTime:
         failed = Outcome.retry(NOT_ATTEMPTED)
     else:
