@@ -13,6 +13,6 @@ from forwarder.runtime import services
 @metrics.log_metrics
 @tracer.capture_lambda_handler
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    report = refresh_all(services())
+    report = refresh_all(services(), context)
     metrics.add_metric(name="CredentialProblems", unit="Count", value=len(report.problems))
     return report.as_dict()

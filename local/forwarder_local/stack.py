@@ -305,7 +305,7 @@ class EmbeddedStack:
         while not self._stop.is_set():
             try:
                 self.last_refresh = self.refresh_handler(
-                    event, LambdaContext(function_name="RefreshTokensFunction")
+                    event, LambdaContext(function_name="RefreshTokensFunction", timeout_seconds=120)
                 )
             except Exception as error:  # keep the schedule alive, as EventBridge would
                 self.errors.append(error)

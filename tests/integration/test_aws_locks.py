@@ -49,7 +49,6 @@ def test_one_holder_at_a_time_across_containers(table: str) -> None:
     clock = Clock()
     first = DynamoDbLocks.from_environment({LOCKS_TABLE_ENV_VAR: table})
     second = DynamoDbLocks.from_environment({LOCKS_TABLE_ENV_VAR: table})
-    assert first is not None and second is not None
     first._clock = second._clock = clock
     # when both want to renew the same token
     assert first.acquire("token/forwarder/demo/dmhub", "container-a", 30) is True
@@ -81,8 +80,9 @@ def test_a_late_release_leaves_the_new_holders_lease_alone(table: str) -> None:
     assert not locks.acquire("token/x", "third", 30)
 
 
-def test_no_table_configured_means_no_locks() -> None:
-    assert DynamoDbLocks.from_environment({}) is None
+def test_no_table_configured_is_an_error_naming_the_variable() -> None:
+    with pytest.raises(LockError, match=LOCKS_TABLE_ENV_VAR):
+        DynamoDbLocks.from_environment({})
 
 
 def test_an_unreachable_table_is_a_lock_error_naming_the_table(aws: None) -> None:

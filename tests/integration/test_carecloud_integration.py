@@ -26,6 +26,7 @@ from forwarder.integrations.base import Outcome, RecordInvalid, TokenError, Verd
 from forwarder.integrations.carecloud.integration import STORES, CareCloud, CareCloudSettings
 from forwarder_local.sandboxes.carecloud import (
     BASE_PATH,
+    BRNO_STORE_ID,
     FAVOURITE_FLAVOUR_PROPERTY,
     FORWARDER_SOURCE_ID,
     HQ_STORE_CODE,
@@ -373,14 +374,14 @@ def test_a_new_customer_is_created_with_the_specs_shape(carecloud: Vendor) -> No
     # then it is delivered: looked up by its e-mail, then created, then its properties and interests
     assert outcome.verdict == Verdict.DELIVERED
     assert carecloud.routes(1) == [
-        ("GET", "/stores", 200),
         ("GET", "/customers", 200),
+        ("GET", "/stores", 200),
         ("POST", "/customers", 201),
         ("POST", "/customers/{id}/property-records/batch", 204),
         ("POST", "/customers/{id}/interest-records", 201),
         ("POST", "/customers/{id}/interest-records", 201),
     ]
-    lookup = carecloud.sandbox.requests[2]
+    lookup = carecloud.sandbox.requests[1]
     assert lookup.query["email"] == ["jane.doe@example.com"]
 
     # and the POST carried the record in the spec's shape: e-mail lower-cased, phone digits only, enums as
@@ -448,7 +449,7 @@ def test_an_unknown_store_is_retried_with_a_reason_naming_it(carecloud: Vendor) 
     # then the record waits for the configuration to be fixed; nothing was written
     assert outcome.verdict == Verdict.RETRY
     assert "'Ice Cream Oslo'" in outcome.reason and "settings.store" in outcome.reason
-    assert carecloud.routes(1) == [("GET", "/stores", 200)]
+    assert carecloud.routes(1) == [("GET", "/customers", 200), ("GET", "/stores", 200)]
     assert carecloud.sandbox.customers() == []
 
 
@@ -467,7 +468,8 @@ def test_an_existing_customer_is_updated_and_keeps_every_field_the_record_is_sil
             "email": "jane@example.com",
             "phone": "420777123456",
             "gender": 2,
-            "store_id": HQ_STORE_ID,
+            "language_id": "cs",
+            "store_id": BRNO_STORE_ID,
             "address": {
                 "address1": "Old Town Square",
                 "city": "Prague",
@@ -479,8 +481,9 @@ def test_an_existing_customer_is_updated_and_keeps_every_field_the_record_is_sil
     )
     before = len(carecloud.sandbox.requests)
 
-    # when a record carrying only her e-mail and a new city is delivered
-    (outcome,) = carecloud.deliver([{"email": "JANE@example.com", "city": "Brno"}])
+    # when a record carrying only her e-mail and a new city is delivered, by an integration whose settings
+    # register new customers in English at the HQ store
+    (outcome,) = carecloud.deliver([{"email": "JANE@example.com", "city": "Brno"}], store=HQ_STORE_CODE)
 
     # then it is delivered by reading her and writing the whole of her back: no second customer
     assert outcome.verdict == Verdict.DELIVERED
@@ -508,7 +511,9 @@ def test_an_existing_customer_is_updated_and_keeps_every_field_the_record_is_sil
         "gender": 2,
     }
     assert personal["agreement"] == {"agreement_gtc": 1, "agreement_profiling": 0}
-    assert personal["store_id"] == HQ_STORE_ID
+    # the settings' language and store are for new customers: hers stay as they were
+    assert personal["language_id"] == "cs"
+    assert personal["store_id"] == BRNO_STORE_ID
     assert personal["email"] == "jane@example.com"
 
 

@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -571,40 +572,120 @@ def test_a_list_deleted_in_dm_hub_after_its_id_was_cached_is_retried_not_rejecte
 
 
 def test_a_thousand_contacts_with_tags_go_out_with_one_token_and_batched_memberships(
-    sandbox: DmHubSandbox, http: requests.Session
+    sandbox: DmHubSandbox, http: requests.Session, make_world: Callable[..., World]
 ) -> None:
-    # given 1,000 contacts, each tagged NEWSLETTER and one of four cohorts, and one token
-    hub = Hub(sandbox, http, create_missing_lists=True)
+    # given 1,000 contacts queued, each tagged NEWSLETTER and one of four cohorts, and no token stored yet
+    world = make_world(sandbox, http)
     people = emails(1000)
-    records = [
-        {"email": email, "name": f"Person {n}", "lists": ["NEWSLETTER", f"COHORT-{n % 4}"]}
-        for n, email in enumerate(people)
-    ]
-    size = hub.settings.batch_size
-    assert size == 100
-
-    # when they are delivered in batches of batch_size
-    outcomes: list[Outcome] = []
-    for start in range(0, len(records), size):
-        outcomes.extend(hub.deliver(UPSERT, records[start : start + size]))
-
-    # then every one is delivered, with the one token fetched at the start
-    assert verdicts(outcomes) == [Verdict.DELIVERED] * 1000
-    assert sandbox.token_requests() == 1
-    # and the memberships went in listMembersBatch calls (200 per batch of 100), never one by one
-    chunks = len(records) // size
-    assert calls(sandbox, "POST", "/v1/listMembersBatch") == chunks * math.ceil(
-        2 * size / hub.settings.list_batch_size
+    world.queue(
+        UPSERT,
+        [
+            {"email": email, "name": f"Person {n}", "lists": ["NEWSLETTER", f"COHORT-{n % 4}"]}
+            for n, email in enumerate(people)
+        ],
     )
+    # when the deliver flow takes them 100 at a time, as the template's event source does
+    world.run(batch=100)
+    # then every one is delivered, and DM Hub issued one token, fetched by the flow and shared by all
+    assert world.failures() == [] and world.bodies("rejects") == [] and world.bodies("delivery-dlq") == []
+    assert sandbox.token_requests() == 1
+    assert world.secret()["access_token"]
+    # and the memberships went in listMembersBatch calls (200 per 100 records, list_batch_size 500), never
+    # one by one
+    assert calls(sandbox, "POST", "/v1/listMembersBatch") == 10
     assert calls(sandbox, "POST", "/v1/listMembers") == 0
-    # and the lists were looked up once and created once each
-    assert calls(sandbox, "GET", "/v1/lists") == 1 and calls(sandbox, "POST", "/v1/lists") == 5
+    # and the lists were looked up once (and once more under each new list's lease) and created once each
+    assert calls(sandbox, "GET", "/v1/lists") == 1 + 5 and calls(sandbox, "POST", "/v1/lists") == 5
     # and every customer is at DM Hub, in its lists
     ids = {found["name"]: found["id"] for found in sandbox.lists()}
     held = {customer["email"]: customer["lists"] for customer in sandbox.customers()}
     assert held == {
         email: sorted([ids["NEWSLETTER"], ids[f"COHORT-{n % 4}"]]) for n, email in enumerate(people)
     }
+
+
+def test_two_deliveries_creating_the_same_list_at_once_create_it_once(
+    sandbox: DmHubSandbox, http: requests.Session, tmp_path: Path
+) -> None:
+    # given two containers (shared leases) delivering a contact each to a list that does not exist yet
+    hub = Hub(sandbox, http, create_missing_lists=True)
+    sandbox.set_latency(0.1)  # every call slow: both containers miss the list before either creates it
+    start = threading.Barrier(2, timeout=10)
+    results: list[list[Outcome]] = []
+    leases = {email: LocalLocks(tmp_path / "locks.db") for email in ("a@example.com", "b@example.com")}
+
+    def container(email: str) -> None:
+        locks = leases[email]
+        payload = hub.integration.prepare(UPSERT, {"email": email, "lists": ["VIP"]}, hub.settings)
+        start.wait()
+        results.append(
+            hub.integration.deliver(
+                UPSERT, [payload], hub.settings, hub.credentials, requests.Session(), locks=locks
+            )
+        )
+
+    threads = [
+        threading.Thread(target=container, args=(email,)) for email in ("a@example.com", "b@example.com")
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    # then both are delivered into one list named VIP (DM Hub itself would accept two lists of that name)
+    assert [outcome.verdict for result in results for outcome in result] == [Verdict.DELIVERED] * 2
+    [vip] = sandbox.lists()
+    assert vip["name"] == "VIP" and vip["members"] == 2
+    assert calls(sandbox, "POST", "/v1/lists") == 1
+
+
+@pytest.mark.parametrize("create_missing_lists", [False, True])
+def test_leaving_a_list_that_does_not_exist_is_done_and_creates_nothing(
+    sandbox: DmHubSandbox, http: requests.Session, create_missing_lists: bool
+) -> None:
+    hub = Hub(sandbox, http, create_missing_lists=create_missing_lists)
+    [outcome] = hub.deliver(UPSERT, [{"email": "jane@example.com", "remove_lists": ["NEVER"]}])
+    assert outcome.verdict is Verdict.DELIVERED
+    assert sandbox.lists() == [] and calls(sandbox, "POST", "/v1/listservice/removeFromList") == 0
+
+
+def test_a_membership_batch_refused_as_a_whole_is_halved_so_good_records_are_delivered(
+    sandbox: DmHubSandbox, http: requests.Session
+) -> None:
+    # given four contacts joining VIP, and DM Hub refusing the first (whole) membership batch once
+    hub = Hub(sandbox, http, create_missing_lists=True)
+    hub.client().create_list("VIP")
+    sandbox.inject(
+        status=400,
+        times=1,
+        path_prefix="/v1/listMembersBatch",
+        body={"error_code": 40000, "error_description": "items[2].customerId: customer 3 does not exist"},
+    )
+    # when they are delivered
+    outcomes = hub.deliver(UPSERT, [{"email": email, "lists": ["VIP"]} for email in emails(4)])
+    # then the batch is split and sent again in halves, and every record is delivered
+    assert verdicts(outcomes) == [Verdict.DELIVERED] * 4
+    sizes = [len(seen.body["items"]) for seen in sandbox.requests if seen.path == "/v1/listMembersBatch"]
+    assert sizes == [4, 2, 2]
+    assert sandbox.lists()[0]["members"] == 4
+
+
+def test_a_token_refused_on_a_membership_call_stops_the_calls_and_sends_the_records_again(
+    sandbox: DmHubSandbox, http: requests.Session
+) -> None:
+    # given three contacts joining three lists, one membership call each, the first refused for its token
+    hub = Hub(sandbox, http, create_missing_lists=True, list_batch_size=1)
+    sandbox.inject(
+        status=200,
+        times=1,
+        path_prefix="/v1/listMembersBatch",
+        body={"error_code": 42001, "error_description": "access_token expired"},
+    )
+    outcomes = hub.deliver(
+        UPSERT, [{"email": email, "lists": [f"L{n}"]} for n, email in enumerate(emails(3))]
+    )
+    # then no other membership call is made with that token, and all three are to be sent again after renewal
+    assert calls(sandbox, "POST", "/v1/listMembersBatch") == 1
+    assert all(outcome.token_refused for outcome in outcomes)
 
 
 # --- events ---------------------------------------------------------------------------------------------------
@@ -1046,10 +1127,10 @@ class World:
             ids.append(request_id)
         return ids
 
-    def run(self) -> None:
-        """Feed the delivery queue to the deliver flow 10 messages at a time, as the SQS event source does
-        (messages not reported failed are deleted), until no message is visible."""
-        while messages := self.store.receive("delivery", max_messages=10):
+    def run(self, batch: int = 10) -> None:
+        """Feed the delivery queue to the deliver flow ``batch`` messages at a time, as the SQS event source
+        does (messages not reported failed are deleted), until no message is visible."""
+        while messages := self.store.receive("delivery", max_messages=batch):
             response = handle_batch(self.services, sqs_event(self.store.queue_arn("delivery"), messages))
             self.responses.append(response)
             failed = {failure["itemIdentifier"] for failure in response["batchItemFailures"]}

@@ -228,7 +228,7 @@ def test_refresh_tokens_reports_a_missing_secret(tmp_path: Path, sandbox: Expert
 
 def test_refresh_tokens_is_clean_when_secrets_are_present(world: World) -> None:
     report = invoke("refresh_tokens", load_event("schedule.json"))
-    assert report == {"checked": 1, "refreshed": [], "problems": []}
+    assert report == {"checked": 1, "refreshed": [], "problems": [], "skipped": []}
 
 
 class _DeliveryQueueDown(EmbeddedQueues):

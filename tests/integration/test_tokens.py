@@ -18,6 +18,7 @@ import requests
 
 from forwarder.config import IntegrationConfig, load_config_text
 from forwarder.flows.refresh_tokens import refresh_all
+from forwarder.ports.locks import LockError
 from forwarder.runtime import RuntimeSettings, Services
 from forwarder.tokens import TokenKeeper, TokenUnavailable
 from forwarder_local.queue import DurableQueueStore
@@ -287,3 +288,68 @@ def test_deliveries_without_a_token_wait_on_the_queue_and_count_a_credential_pro
     (line,) = [item for item in logged if item["message"].startswith("could not renew the vendor token")]
     assert line["group_key"] == "brand" and line["integration"] == "dmhub"
     assert "revoked-secret" not in json.dumps(logged)
+
+
+class _BrokenLocks(LocalLocks):
+    """A lock store that refuses every lease (e.g. AccessDenied on the lock table)."""
+
+    def acquire(self, name: str, owner: str, lease_seconds: float) -> bool:
+        raise LockError("DynamoDB refused a lock in table 'TokenLockTable': AccessDeniedException")
+
+
+def test_a_failing_lock_store_holds_the_records_and_is_counted_not_silent(
+    world: World, monkeypatch: pytest.MonkeyPatch, logged: list[dict[str, Any]]
+) -> None:
+    from forwarder.flows.deliver import handle_batch
+    from forwarder.messages import DeliveryMessage
+    from forwarder.observability import metrics
+    from forwarder_local.poller import sqs_event
+
+    # given no stored token yet, and a lock store that refuses every lease
+    store = world.queues.store
+    delivery = DeliveryMessage(
+        request_id="request-0",
+        group_key="brand",
+        action="upsert_contact",
+        integration="dmhub",
+        integration_type="dmhub",
+        operation="upsert_customer",
+        payload={"identity": {"identityType": "email", "identityValue": "c@example.com"}, "customer": {}},
+        received_at="2026-11-28T10:00:00.000Z",
+    )
+    store.send("delivery", delivery.model_dump_json())
+    container = world.container()
+    container.locks = _BrokenLocks(world.locks_path)
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "false")
+    metrics.clear_metrics()
+    # when deliver runs
+    event = sqs_event(store.queue_arn("delivery"), store.receive("delivery", max_messages=10))
+    assert handle_batch(container, event) == {"batchItemFailures": []}
+    # then no token was fetched without the lease, the record waits, and the problem is counted and logged
+    assert world.dmhub.token_requests() == 0
+    held = [json.loads(message["body"]) for message in store.peek("delivery")]
+    assert [item["request_id"] for item in held if item["held"] == 1] == ["request-0"]
+    assert metrics.metric_set["CredentialProblems"]["Value"] == [1.0]
+    metrics.clear_metrics()
+    (line,) = [item for item in logged if item["message"].startswith("could not renew the vendor token")]
+    assert "AccessDeniedException" in line["problem"] and line["integration"] == "dmhub"
+
+
+def test_the_schedule_starts_no_renewal_it_could_not_finish(
+    world: World, logged: list[dict[str, Any]]
+) -> None:
+    # given an invocation with ten seconds left, too little for a token call and a wait for a lease
+    class Context:
+        def get_remaining_time_in_millis(self) -> int:
+            return 10_000
+
+    # when the schedule runs
+    report = refresh_all(world.container(), Context())
+    # then no token call was started, and the secrets left are named for the next run
+    assert world.dmhub.token_requests() == 0 and world.carecloud.token_requests() == 0
+    assert report.refreshed == [] and report.problems == []
+    assert report.skipped == [
+        f"brand/dmhub (secret '{DMHUB_SECRET}')",
+        f"brand/carecloud (secret '{CARECLOUD_SECRET}')",
+    ]
+    assert any(line["message"].startswith("refresh ran out of time") for line in logged)

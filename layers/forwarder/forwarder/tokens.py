@@ -96,11 +96,10 @@ class TokenKeeper:
                     logger.warning("could not release a token lock", extra={"error": str(error)})
 
     def _acquire(self, lock: str) -> bool:
+        """Take the token's lease; a lock store that fails raises LockError: a credential problem of its own
+        (counted and alarmed on), never a silent wait."""
         assert self.locks is not None
-        try:
-            return self.locks.acquire(lock, self.owner, self.lease_seconds)
-        except LockError as error:
-            raise TokenUnavailable(f"the token lock cannot be taken: {error}") from None
+        return self.locks.acquire(lock, self.owner, self.lease_seconds)
 
     def _wait_for_other(self, config: IntegrationConfig, stale: str | None, margin: float) -> dict[str, Any]:
         assert config.secret is not None

@@ -426,10 +426,13 @@ class DynamoDbLocks(LockPort):
         self._clock = clock
 
     @classmethod
-    def from_environment(cls, env: Mapping[str, str], client: Any | None = None) -> Self | None:
-        """The table named by ``FORWARDER_LOCKS_TABLE``, or None when the deployment has none."""
+    def from_environment(cls, env: Mapping[str, str], client: Any | None = None) -> Self:
+        """The table named by ``FORWARDER_LOCKS_TABLE``. Required: without it every container would fetch its
+        own token, and DM Hub's new token invalidates the others' (raises naming the variable)."""
         table_name = env.get(LOCKS_TABLE_ENV_VAR)
-        return cls(table_name, client) if table_name else None
+        if not table_name:
+            raise LockError(f"no token lock table configured (set {LOCKS_TABLE_ENV_VAR})")
+        return cls(table_name, client)
 
     @property
     def _client(self) -> Any:

@@ -197,7 +197,7 @@ def _send(
     for start in range(0, len(items), size):
         payloads = [item.delivery.payload for item in items[start : start + size]]
         sent = integration.deliver(
-            operation, payloads, config.parsed_settings, credentials, services.http, budget
+            operation, payloads, config.parsed_settings, credentials, services.http, budget, services.locks
         )
         refused = [index for index, outcome in enumerate(sent) if outcome.token_refused]
         if refused and keeper is not None:
@@ -215,6 +215,7 @@ def _send(
                     credentials,
                     services.http,
                     budget,
+                    services.locks,
                 )
                 for index, outcome in zip(refused, again, strict=True):
                     sent[index] = outcome

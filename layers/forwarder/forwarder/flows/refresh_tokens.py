@@ -14,7 +14,8 @@ from typing import Any
 
 import requests
 
-from forwarder.integrations.base import CredentialsError, TokenError
+from forwarder.config import IntegrationConfig
+from forwarder.integrations.base import Budget, CredentialsError, TokenError
 from forwarder.observability import logger
 from forwarder.ports.locks import LockError
 from forwarder.ports.secrets import SecretStoreError
@@ -27,12 +28,32 @@ class RefreshReport:
     checked: int = 0
     refreshed: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # no time left in this run: the next run checks them
 
     def as_dict(self) -> dict[str, Any]:
-        return {"checked": self.checked, "refreshed": self.refreshed, "problems": self.problems}
+        return {
+            "checked": self.checked,
+            "refreshed": self.refreshed,
+            "problems": self.problems,
+            "skipped": self.skipped,
+        }
 
 
-def refresh_all(services: Services) -> RefreshReport:
+def _worst_case_seconds(config: IntegrationConfig, wait_seconds: float) -> float:
+    """The longest checking one secret can take: for a token vendor, a token call (connect + its read timeout)
+    and the wait for another process's renewal. No renewal starts that the invocation could not finish: one
+    cut short after the vendor issued a token but before it was stored would leave DM Hub's old token
+    invalid for everyone."""
+    if not config.integration.uses_tokens:
+        return 1.0
+    return 3.05 + float(getattr(config.parsed_settings, "timeout_seconds", 20.0)) + wait_seconds
+
+
+def refresh_all(services: Services, context: Any = None) -> RefreshReport:
+    """Check every integration's secret and renew the tokens that expire within the margin; ``context`` (the
+    Lambda context) bounds the run by the invocation's remaining time."""
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    budget = Budget.from_remaining_ms(remaining() if callable(remaining) else None)
     report = RefreshReport()
     keeper = services.token_keeper()
     margin = services.settings.token_refresh_margin_seconds
@@ -40,6 +61,9 @@ def refresh_all(services: Services) -> RefreshReport:
     for group_key, group in services.config.group_keys.items():
         for config in group.integrations:
             if not config.enabled or not config.secret or config.secret in seen:
+                continue
+            if not budget.allows(_worst_case_seconds(config, services.settings.token_wait_seconds)):
+                report.skipped.append(f"{group_key}/{config.name} (secret '{config.secret}')")
                 continue
             seen.add(config.secret)
             report.checked += 1
@@ -73,5 +97,9 @@ def refresh_all(services: Services) -> RefreshReport:
                     "credentials problem",
                     extra={"group_key": group_key, "integration": config.name, "problem": problem},
                 )
+    if report.skipped:
+        logger.warning(
+            "refresh ran out of time; the next run checks the rest", extra={"skipped": report.skipped}
+        )
     logger.info("refresh finished", extra={"checked": report.checked, "refreshed": len(report.refreshed)})
     return report

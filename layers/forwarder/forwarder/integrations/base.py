@@ -19,6 +19,8 @@ from typing import Any, ClassVar, Literal
 import requests
 from pydantic import BaseModel
 
+from forwarder.ports.locks import LockPort
+
 FieldKind = Literal["string", "list", "dynamic"]
 
 
@@ -195,9 +197,11 @@ class Integration(abc.ABC):
         credentials: dict[str, Any],
         http: requests.Session,
         budget: Budget | None = None,
+        locks: LockPort | None = None,
     ) -> list[Outcome]:
         """Send payloads (batched where the vendor allows); one Outcome per payload, in order. A request that
-        ``budget`` does not allow is not made: its payloads get ``Outcome.retry(NOT_ATTEMPTED)``."""
+        ``budget`` does not allow is not made: its payloads get ``Outcome.retry(NOT_ATTEMPTED)``. ``locks``
+        (shared by every process that delivers) serialises what must happen once, e.g. creating a list."""
 
     def batch_size(self, operation: str, settings: BaseModel) -> int:
         """How many payloads one ``deliver`` call may take for this operation."""

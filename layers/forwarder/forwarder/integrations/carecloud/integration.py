@@ -48,6 +48,7 @@ from forwarder.integrations.base import (
     parse_retry_after,
 )
 from forwarder.mapping import TransformValueError, convert_date
+from forwarder.ports.locks import LockPort
 
 # The spec's e-mail pattern (PersonalInformation.email), so a record CareCloud would refuse is rejected early.
 _EMAIL = re.compile(
@@ -329,6 +330,7 @@ class CareCloud(Integration):
         credentials: dict[str, Any],
         http: requests.Session,
         budget: Budget | None = None,
+        locks: LockPort | None = None,
     ) -> list[Outcome]:
         assert isinstance(settings, CareCloudSettings)
         self.check_credentials(credentials)
@@ -352,13 +354,15 @@ class CareCloud(Integration):
 
     def _upsert(self, api: _Api, settings: CareCloudSettings, payload: dict[str, Any]) -> Outcome:
         personal = dict(payload["personal_information"])
-        personal.setdefault("language_id", settings.language_id)
-        if settings.store:
-            personal["store_id"] = self._store_id(api, settings)
         customer_id = self._find(api, settings, personal)
         if customer_id is None:
+            # The settings' language and registration store apply to new customers only: an update keeps
+            # what CareCloud holds for a field the record does not carry.
+            created = {"language_id": settings.language_id, **personal}
+            if settings.store:
+                created["store_id"] = self._store_id(api, settings)
             body: dict[str, Any] = {
-                "customer": {"personal_information": personal},
+                "customer": {"personal_information": created},
                 "customer_source": {"customer_source_id": settings.customer_source_id},
                 "autologin": False,
             }

@@ -16,12 +16,13 @@
 from __future__ import annotations
 
 import builtins
+import hashlib
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from functools import partial
 from typing import Any, ClassVar, Literal
 
 import requests
@@ -47,6 +48,7 @@ from forwarder.integrations.dmhub.client import (
     fetch_token,
 )
 from forwarder.mapping import TransformValueError, convert_date
+from forwarder.ports.locks import LockPort
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _MOBILE = re.compile(r"^\+?[0-9]{1,4} ?[0-9]{4,16}$")
@@ -284,6 +286,7 @@ class DmHub(Integration):
         credentials: dict[str, Any],
         http: requests.Session,
         budget: Budget | None = None,
+        locks: LockPort | None = None,
     ) -> list[Outcome]:
         assert isinstance(settings, DmHubSettings)
         self.check_credentials(credentials)
@@ -300,7 +303,7 @@ class DmHub(Integration):
             token_codes=tuple(settings.token_error_codes),
         )
         if operation == "upsert_customer":
-            return self._upsert(list(payloads), client, settings, str(credentials["app_id"]))
+            return self._upsert(list(payloads), client, settings, str(credentials["app_id"]), locks)
         outcomes: list[Outcome | None] = [None] * len(payloads)
         for index, payload in enumerate(payloads):
             try:
@@ -351,7 +354,12 @@ class DmHub(Integration):
         return Outcome.delivered(201)
 
     def _upsert(
-        self, payloads: list[dict[str, Any]], client: DmHubClient, settings: DmHubSettings, app_id: str
+        self,
+        payloads: list[dict[str, Any]],
+        client: DmHubClient,
+        settings: DmHubSettings,
+        app_id: str,
+        locks: LockPort | None,
     ) -> list[Outcome]:
         outcomes: list[Outcome | None] = [None] * len(payloads)
         customer_ids: dict[int, int] = {}
@@ -375,92 +383,178 @@ class DmHub(Integration):
                 break
         wanted = {index: payloads[index].get("lists", []) for index in customer_ids}
         leaving = {index: payloads[index].get("remove_lists", []) for index in customer_ids}
-        names = {name for group in (*wanted.values(), *leaving.values()) for name in group}
-        if names:
-            self._memberships(client, settings, app_id, names, customer_ids, wanted, leaving, outcomes)
+        if any(wanted.values()) or any(leaving.values()):
+            _Memberships(client, settings, app_id, locks, outcomes).apply(customer_ids, wanted, leaving)
         for index in customer_ids:
             if outcomes[index] is None:
                 outcomes[index] = Outcome.delivered(200)
         return _fill(outcomes)
 
-    def _memberships(
+
+class _TokenRefused(Exception):
+    """A membership call was refused for its token: no further call is made with it."""
+
+    def __init__(self, outcome: Outcome) -> None:
+        super().__init__(outcome.reason)
+        self.outcome = outcome
+
+
+class _Memberships:
+    """List memberships of one delivery batch: list names resolved to ids (cached; created under a lease when
+    the settings allow), members added with ``listMembersBatch`` and removed with ``removeFromList``. A
+    failure becomes the outcome of the records it concerns; the others are unaffected."""
+
+    def __init__(
         self,
         client: DmHubClient,
         settings: DmHubSettings,
         app_id: str,
-        names: set[str],
-        customer_ids: dict[int, int],
-        wanted: dict[int, list[str]],
-        leaving: dict[int, list[str]],
+        locks: LockPort | None,
         outcomes: list[Outcome | None],
     ) -> None:
-        """Apply list memberships for the records whose customer is known; a failure marks its records."""
+        self.client, self.settings, self.app_id, self.locks = client, settings, app_id, locks
+        self.outcomes = outcomes
+
+    def _mark(self, indexes: Sequence[int], outcome: Outcome) -> None:
+        for index in indexes:
+            if self.outcomes[index] is None:
+                self.outcomes[index] = outcome
+
+    def apply(
+        self, customer_ids: dict[int, int], wanted: dict[int, list[str]], leaving: dict[int, list[str]]
+    ) -> None:
+        joining = {name for group in wanted.values() for name in group}
+        parting = {name for group in leaving.values() for name in group}
         try:
-            ids = self._list_ids(client, settings, app_id, names)
+            ids = self._list_ids(joining, parting)
         except (DmHubError, OutOfTime) as error:
-            failed = error.outcome() if isinstance(error, DmHubError) else Outcome.retry(NOT_ATTEMPTED)
-            for index in customer_ids:
-                outcomes[index] = failed
+            self._mark(list(customer_ids), _failure(error))
             return
-        for index, group in (*wanted.items(), *leaving.items()):
+        for index, group in wanted.items():
             missing = sorted(name for name in group if name not in ids)
-            if missing and outcomes[index] is None:
-                outcomes[index] = Outcome.retry(
-                    f"DM Hub has no list named {', '.join(repr(name) for name in missing)}; create it in DM Hub "
-                    "or set create_missing_lists"
+            if missing:
+                self._mark(
+                    [index],
+                    Outcome.retry(
+                        f"DM Hub has no list named {', '.join(repr(name) for name in missing)}; create it in "
+                        "DM Hub or set create_missing_lists"
+                    ),
                 )
         adds = [
             (index, {"customerId": customer_ids[index], "listId": ids[name]})
             for index, group in wanted.items()
-            if outcomes[index] is None
+            if self.outcomes[index] is None
             for name in group
         ]
-        size = settings.list_batch_size
-        for start in range(0, len(adds), size):
-            batch = adds[start : start + size]
-            items = [item for _, item in batch]
-            _mark_failures(
-                partial(client.add_members, items),
-                [index for index, _ in batch],
-                outcomes,
-                partial(_deleted_lists, client, app_id, {item["listId"] for item in items}),
-            )
+        # A list that does not exist has no members to remove: nothing to do for it.
         removals: dict[int, list[tuple[int, int]]] = {}
         for index, group in leaving.items():
-            if outcomes[index] is None:
-                for name in group:
+            for name in group:
+                if name in ids and self.outcomes[index] is None:
                     removals.setdefault(ids[name], []).append((index, customer_ids[index]))
-        for list_id, members in removals.items():
-            for start in range(0, len(members), size):
-                leavers = members[start : start + size]
-                customers = [customer for _, customer in leavers]
-                _mark_failures(
-                    partial(client.remove_members, list_id, customers),
-                    [index for index, _ in leavers],
-                    outcomes,
-                    partial(_deleted_lists, client, app_id, {list_id}),
-                )
+        size = self.settings.list_batch_size
+        try:
+            for start in range(0, len(adds), size):
+                self._add(adds[start : start + size])
+            for list_id, members in removals.items():
+                for start in range(0, len(members), size):
+                    self._remove(list_id, members[start : start + size])
+        except _TokenRefused as refused:
+            self._mark(list(customer_ids), refused.outcome)  # sent again, memberships included, after renewal
 
-    @staticmethod
-    def _list_ids(
-        client: DmHubClient, settings: DmHubSettings, app_id: str, names: set[str]
-    ) -> dict[str, int]:
-        """Ids of the named lists: from the cache, else from paging through the lists (then cached); absent
-        lists are created when the settings allow it."""
-        cache_key = _cache_key(client, app_id)
+    def _add(self, batch: list[tuple[int, dict[str, int]]]) -> None:
+        """``listMembersBatch``; a batch DM Hub refuses as a whole is halved until the refused items are
+        found, so one bad item never fails its neighbours."""
+        try:
+            self.client.add_members([item for _, item in batch])
+        except OutOfTime:
+            self._mark([index for index, _ in batch], Outcome.retry(NOT_ATTEMPTED))
+        except DmHubError as error:
+            failed = self._explained(error, {item["listId"] for _, item in batch})
+            if failed.verdict is Verdict.REJECTED and len(batch) > 1:
+                half = len(batch) // 2
+                self._add(batch[:half])
+                self._add(batch[half:])
+                return
+            self._mark([index for index, _ in batch], failed)
+
+    def _remove(self, list_id: int, members: list[tuple[int, int]]) -> None:
+        try:
+            self.client.remove_members(list_id, [customer for _, customer in members])
+        except OutOfTime:
+            self._mark([index for index, _ in members], Outcome.retry(NOT_ATTEMPTED))
+        except DmHubError as error:
+            self._mark([index for index, _ in members], self._explained(error, {list_id}))
+
+    def _explained(self, error: DmHubError, list_ids: set[int]) -> Outcome:
+        """The outcome of a failed membership call: a refused token stops the calls; a refusal caused by a
+        list deleted in DM Hub since its id was cached is retried (the name resolves again), not rejected."""
+        failed = error.outcome()
+        if failed.token_refused:
+            raise _TokenRefused(failed)
+        if failed.verdict is Verdict.REJECTED:
+            try:
+                gone = _deleted_lists(self.client, self.app_id, list_ids)
+            except (DmHubError, OutOfTime):
+                gone = []
+            if gone:
+                return Outcome.retry(
+                    f"{error}; DM Hub list(s) {gone} were deleted since their names were looked up: the names "
+                    "are resolved again on the retry"
+                )
+        return failed
+
+    def _list_ids(self, joining: set[str], parting: set[str]) -> dict[str, int]:
+        """Ids of the named lists: from the cache, else from paging through the lists (then cached); lists to
+        join that do not exist are created when the settings allow it."""
+        cache_key = _cache_key(self.client, self.app_id)
         known = LIST_IDS.get(cache_key)
-        if known is None or not names <= set(known):
-            known = {}
-            for found in client.iter_lists():
-                known.setdefault(str(found.get("name")), int(found["id"]))
+        if known is None or not (joining | parting) <= set(known):
+            known = _page_lists(self.client)
             LIST_IDS.put(cache_key, known)
-        missing = sorted(names - set(known))
-        if missing and settings.create_missing_lists:
+        missing = sorted(joining - set(known))
+        if missing and self.settings.create_missing_lists:
             known = dict(known)
             for name in missing:
-                known[name] = int(client.create_list(name)["id"])
+                known[name] = self._create(name)
             LIST_IDS.put(cache_key, known)
         return known
+
+    def _create(self, name: str) -> int:
+        """Create a list once: DM Hub does not check that list names are unique (seed 003), so two processes
+        creating the same name would split its members. Under the name's lease, the lists are read again
+        first; whoever comes second finds the list the first created."""
+        if self.locks is None:
+            return int(self.client.create_list(name)["id"])
+        lease = f"dmhub-list/{self.app_id}/{hashlib.sha256(name.encode()).hexdigest()[:32]}"
+        owner = uuid.uuid4().hex
+        deadline = time.monotonic() + _LIST_LEASE_WAIT_SECONDS
+        while not self.locks.acquire(lease, owner, 30):
+            if time.monotonic() > deadline:
+                raise DmHubError(
+                    "POST /v1/lists", 503, None, f"another delivery is creating the list {name!r}; retried"
+                )
+            time.sleep(0.1)
+        try:
+            existing = _page_lists(self.client).get(name)
+            return existing if existing is not None else int(self.client.create_list(name)["id"])
+        finally:
+            self.locks.release(lease, owner)
+
+
+_LIST_LEASE_WAIT_SECONDS = 5.0
+
+
+def _failure(error: DmHubError | OutOfTime) -> Outcome:
+    return error.outcome() if isinstance(error, DmHubError) else Outcome.retry(NOT_ATTEMPTED)
+
+
+def _page_lists(client: DmHubClient) -> dict[str, int]:
+    """Every list name -> its id; of lists sharing a name, the oldest (DM Hub pages by ascending id)."""
+    known: dict[str, int] = {}
+    for found in client.iter_lists():
+        known.setdefault(str(found.get("name")), int(found["id"]))
+    return known
 
 
 def _cache_key(client: DmHubClient, app_id: str) -> str:
@@ -471,38 +565,6 @@ def _deleted_lists(client: DmHubClient, app_id: str, list_ids: set[int]) -> list
     """Which of ``list_ids`` DM Hub no longer has (forgetting the cached names, which may be stale)."""
     LIST_IDS.forget(_cache_key(client, app_id))
     return sorted(list_ids - {int(found["id"]) for found in client.iter_lists()})
-
-
-def _mark_failures(
-    call: Callable[[], Any],
-    indexes: list[int],
-    outcomes: list[Outcome | None],
-    deleted_lists: Callable[[], list[int]],
-) -> None:
-    """Make one membership call for the records at ``indexes``; a failure becomes their outcome. A refusal
-    caused by a list deleted in DM Hub since its id was cached is retried (the name resolves again), not
-    rejected."""
-    try:
-        call()
-    except DmHubError as error:
-        failed = error.outcome()
-        if failed.verdict is Verdict.REJECTED:
-            try:
-                gone = deleted_lists()
-            except (DmHubError, OutOfTime):
-                gone = []
-            if gone:
-                failed = Outcome.retry(
-                    f"{error}; DM Hub list(s) {gone} were deleted since their names were looked up: the names "
-                    "are resolved again on the retry"
-                )
-    except OutOfTime:
-        failed = Outcome.retry(NOT_ATTEMPTED)
-    else:
-        return
-    for index in indexes:
-        if outcomes[index] is None:
-            outcomes[index] = failed
 
 
 def _fill(outcomes: list[Outcome | None]) -> list[Outcome]:

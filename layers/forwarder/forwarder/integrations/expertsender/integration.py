@@ -36,6 +36,7 @@ from forwarder.integrations.base import (
     parse_retry_after,
 )
 from forwarder.mapping import TransformValueError, convert_date
+from forwarder.ports.locks import LockPort
 
 MATCH_FIELD = {"Email": "email", "PhoneNumber": "phone", "CrmId": "crmId"}
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -347,6 +348,7 @@ class ExpertSender(Integration):
         credentials: dict[str, Any],
         http: requests.Session,
         budget: Budget | None = None,
+        locks: LockPort | None = None,
     ) -> list[Outcome]:
         assert isinstance(settings, ExpertSenderSettings)
         self.check_credentials(credentials)
