@@ -26,7 +26,16 @@ SQS semantics reproduced:
 * long polling (``wait_seconds``): a send through any store on the same file in this process wakes
   a waiting receiver at once; sends from other processes are seen within :data:`POLL_INTERVAL`.
 
-Order is by availability time, then send order (SQS standard queues promise no order at all).
+* SQS's limits: a message (body plus attributes) of at most 256 KiB, at most 10 entries and 256 KiB in one
+  batch, delays up to 15 minutes, visibility up to 12 hours; what SQS refuses, the store refuses
+  (``ValueError``), so a test on the embedded stack meets the same limits as the deployment;
+* FIFO queues (``QueueSpec(fifo=True)``, SQS FIFO semantics): each message has a message group; a group's
+  messages are received in send order, and while one of them is in flight (or hidden again by a visibility
+  change: a backoff) the later ones of its group wait; other groups are not held up. A message deduplication
+  id sent again within 5 minutes is accepted and not enqueued twice. Per-message delays are refused, as SQS
+  FIFO refuses them.
+
+Order in a standard queue is by availability time, then send order (SQS standard queues promise no order).
 Time for message state comes from the injectable ``clock`` (epoch seconds); the long-poll wait
 itself is measured in real (monotonic) time.
 """
@@ -53,6 +62,7 @@ __all__ = [
     "POLL_INTERVAL",
     "REGION",
     "DurableQueueStore",
+    "Entry",
     "QueueNotFound",
     "QueueSpec",
     "ReceiptHandleInvalid",
@@ -66,6 +76,10 @@ POLL_INTERVAL = 0.05
 BUSY_TIMEOUT_MS = 30_000
 MAX_DELAY_SECONDS = 900
 MAX_VISIBILITY_TIMEOUT = 43_200
+MAX_MESSAGE_BYTES = 262_144
+"""SQS's limit for one message, and for one batch: its body plus each attribute's name, type and value."""
+MAX_BATCH_ENTRIES = 10
+DEDUPLICATION_SECONDS = 300
 _ARN_PREFIX = f"arn:aws:sqs:{REGION}:{ACCOUNT_ID}:"
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,80}(\.fifo)?$")
 
@@ -93,22 +107,48 @@ CREATE TABLE IF NOT EXISTS messages (
 );
 CREATE INDEX IF NOT EXISTS messages_by_availability ON messages (queue, visible_at, seq);
 CREATE INDEX IF NOT EXISTS messages_by_age ON messages (queue, sent_ts_ms);
+CREATE TABLE IF NOT EXISTS deduplication (
+    queue        TEXT NOT NULL,
+    dedup_id     TEXT NOT NULL,
+    message_id   TEXT NOT NULL,
+    sent_ts_ms   INTEGER NOT NULL,
+    PRIMARY KEY (queue, dedup_id)
+);
 """
 
+# Columns added after the first release: added to an older file when it is opened.
+_MIGRATIONS = (
+    ("queues", "fifo", "INTEGER NOT NULL DEFAULT 0"),
+    ("messages", "group_id", "TEXT"),
+    # 1 while a receive holds the message (in flight); 0 once a visibility change (a backoff) set its time.
+    ("messages", "leased", "INTEGER NOT NULL DEFAULT 0"),
+)
+_FIFO_INDEX = "CREATE INDEX IF NOT EXISTS messages_by_group ON messages (queue, group_id, seq)"
+
+_COLUMNS = (
+    "seq, message_id, body, attributes, md5_of_body, sent_ts_ms, visible_at, receive_count,"
+    " first_receive_ts_ms, receipt_token, dlq_source_arn, group_id"
+)
 _SELECT_AVAILABLE = (
-    "SELECT seq, message_id, body, attributes, md5_of_body, sent_ts_ms, visible_at, receive_count,"
-    " first_receive_ts_ms, receipt_token, dlq_source_arn FROM messages"
+    f"SELECT {_COLUMNS} FROM messages"  # noqa: S608 - a constant column list, no input
     " WHERE queue = ? AND visible_at <= ? AND seq NOT IN (SELECT value FROM json_each(?))"
     " ORDER BY visible_at, seq LIMIT ?"
 )
+# FIFO: in send order, and only messages no earlier message of their group is hidden before (in flight or
+# backing off): a group waits for its head.
+_SELECT_AVAILABLE_FIFO = (
+    f"SELECT {_COLUMNS} FROM messages m"  # noqa: S608 - a constant column list, no input
+    " WHERE queue = ? AND visible_at <= ? AND seq NOT IN (SELECT value FROM json_each(?))"
+    " AND NOT EXISTS (SELECT 1 FROM messages b WHERE b.queue = m.queue AND b.group_id = m.group_id"
+    " AND b.seq < m.seq AND b.visible_at > ?)"
+    " ORDER BY seq LIMIT ?"
+)
 _SELECT_PEEK = (
-    "SELECT seq, message_id, body, attributes, md5_of_body, sent_ts_ms, visible_at, receive_count,"
-    " first_receive_ts_ms, receipt_token, dlq_source_arn FROM messages"
-    " WHERE queue = ? AND sent_ts_ms > ? ORDER BY visible_at, seq LIMIT ?"
+    f"SELECT {_COLUMNS} FROM messages WHERE queue = ? AND sent_ts_ms > ? ORDER BY visible_at, seq LIMIT ?"  # noqa: S608
 )
 _REDRIVE = (
     "UPDATE messages SET queue = ?, receive_count = 0, first_receive_ts_ms = NULL, receipt_token = NULL,"
-    " visible_at = ?, dlq_source_arn = ? WHERE seq = ?"
+    " visible_at = ?, dlq_source_arn = ?, leased = 0 WHERE seq = ?"
 )
 
 
@@ -127,6 +167,26 @@ class QueueSpec:
     max_receive_count: int | None = None
     dead_letter_queue: str | None = None
     retention_seconds: int = 345600
+    fifo: bool = False
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One message to send: for a FIFO queue ``group_id`` is required and ``dedup_id`` deduplicates."""
+
+    body: str
+    attributes: Mapping[str, str] | None = None
+    delay_seconds: float = 0
+    group_id: str | None = None
+    dedup_id: str | None = None
+
+
+def message_size(body: str, attributes: Mapping[str, str] | None) -> int:
+    """Bytes SQS counts for a message: its body plus each attribute's name, data type and value."""
+    size = len(body.encode("utf-8"))
+    for name, value in (attributes or {}).items():
+        size += len(name.encode("utf-8")) + len("String") + len(value.encode("utf-8"))
+    return size
 
 
 @dataclass(frozen=True)
@@ -142,6 +202,8 @@ class ReceivedMessage:
     md5_of_body: str
     dead_letter_source_arn: str | None = None
     """ARN of the queue this message was redriven from, when it sits in a dead-letter queue."""
+    group_id: str | None = None
+    """The message group (FIFO queues)."""
 
 
 def md5_of_body(body: str) -> str:
@@ -210,6 +272,11 @@ class DurableQueueStore:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         conn.execute(statement)
+                for table, column, declaration in _MIGRATIONS:
+                    present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+                    if column not in present:
+                        conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+                conn.execute(_FIFO_INDEX)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -263,7 +330,7 @@ class DurableQueueStore:
     @staticmethod
     def _spec(conn: sqlite3.Connection, queue: str) -> QueueSpec:
         row = conn.execute(
-            "SELECT name, visibility_timeout, max_receive_count, dead_letter_queue, retention_seconds"
+            "SELECT name, visibility_timeout, max_receive_count, dead_letter_queue, retention_seconds, fifo"
             " FROM queues WHERE name = ?",
             (queue,),
         ).fetchone()
@@ -275,6 +342,7 @@ class DurableQueueStore:
             max_receive_count=row[2],
             dead_letter_queue=row[3],
             retention_seconds=row[4],
+            fifo=bool(row[5]),
         )
 
     @staticmethod
@@ -300,21 +368,29 @@ class DurableQueueStore:
         if dlq == spec.name:
             raise ValueError("a queue cannot be its own dead-letter queue")
         with self._write() as conn:
-            if dlq is not None:
-                self._spec(conn, dlq)
+            if dlq is not None and self._spec(conn, dlq).fifo != spec.fifo:
+                raise ValueError(
+                    "a FIFO queue's dead-letter queue is FIFO too, and a standard one's standard"
+                )
+            # A queue turned FIFO (an older state folder) keeps its messages: each becomes a group of its own.
+            conn.execute(
+                "UPDATE messages SET group_id = message_id WHERE queue = ? AND group_id IS NULL AND ?",
+                (spec.name, int(spec.fifo)),
+            )
             conn.execute(
                 "INSERT INTO queues (name, visibility_timeout, max_receive_count, dead_letter_queue,"
-                " retention_seconds) VALUES (?, ?, ?, ?, ?)"
+                " retention_seconds, fifo) VALUES (?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (name) DO UPDATE SET visibility_timeout = excluded.visibility_timeout,"
                 " max_receive_count = excluded.max_receive_count,"
                 " dead_letter_queue = excluded.dead_letter_queue,"
-                " retention_seconds = excluded.retention_seconds",
+                " retention_seconds = excluded.retention_seconds, fifo = excluded.fifo",
                 (
                     spec.name,
                     float(spec.visibility_timeout),
                     spec.max_receive_count,
                     dlq,
                     spec.retention_seconds,
+                    int(spec.fifo),
                 ),
             )
 
@@ -332,39 +408,90 @@ class DurableQueueStore:
     # -- messages ---------------------------------------------------------------------------------
 
     def send(
-        self, queue: str, body: str, attributes: Mapping[str, str] | None = None, delay_seconds: float = 0
+        self,
+        queue: str,
+        body: str,
+        attributes: Mapping[str, str] | None = None,
+        delay_seconds: float = 0,
+        *,
+        group_id: str | None = None,
+        dedup_id: str | None = None,
     ) -> str:
         """Enqueue one message; returns its message id once it is durably on disk."""
-        return self.send_batch(queue, [(body, attributes, delay_seconds)])[0]
+        return self.send_batch(queue, [Entry(body, attributes, delay_seconds, group_id, dedup_id)])[0]
 
     def send_batch(
-        self, queue: str, entries: Sequence[tuple[str, Mapping[str, str] | None, float]]
+        self, queue: str, entries: Sequence[Entry | tuple[str, Mapping[str, str] | None, float]]
     ) -> list[str]:
-        """Enqueue (body, attributes, delay_seconds) entries in one transaction; returns their ids."""
+        """Enqueue entries (``Entry`` or (body, attributes, delay_seconds)) in one transaction, as SQS's
+        SendMessageBatch: at most 10 entries and 256 KiB in all. Returns their ids; a FIFO entry whose
+        deduplication id was sent in the last 5 minutes is not enqueued again and gets the first one's id."""
         name = _queue_name(queue)
-        rows: list[tuple[Any, ...]] = []
-        ids: list[str] = []
-        now = self._now()
-        for body, attributes, delay in entries:
-            if not isinstance(body, str) or not body:
+        batch = [entry if isinstance(entry, Entry) else Entry(*entry) for entry in entries]
+        if len(batch) > MAX_BATCH_ENTRIES:
+            raise ValueError(f"a batch holds at most {MAX_BATCH_ENTRIES} messages, not {len(batch)}")
+        total = 0
+        for entry in batch:
+            if not isinstance(entry.body, str) or not entry.body:
                 raise ValueError("message body must be a non-empty string")
-            if not 0 <= delay <= MAX_DELAY_SECONDS:
+            if not 0 <= entry.delay_seconds <= MAX_DELAY_SECONDS:
                 raise ValueError(f"delay_seconds must be within 0..{MAX_DELAY_SECONDS}")
-            attrs = dict(attributes or {})
+            attrs = dict(entry.attributes or {})
             if not all(isinstance(k, str) and isinstance(v, str) for k, v in attrs.items()):
                 raise ValueError("message attributes must map str to str")
-            message_id = str(uuid.uuid4())
-            ids.append(message_id)
-            rows.append(
-                (name, message_id, body, json.dumps(attrs), md5_of_body(body), int(now * 1000), now + delay)
-            )
-        if not rows:
+            size = message_size(entry.body, attrs)
+            if size > MAX_MESSAGE_BYTES:
+                raise ValueError(f"a message of {size} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit")
+            total += size
+        if total > MAX_MESSAGE_BYTES:
+            raise ValueError(f"a batch of {total} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit")
+        if not batch:
             return []
+        ids: list[str] = []
         with self._write() as conn:
-            self._spec(conn, name)
+            spec = self._spec(conn, name)
+            now = self._now()
+            rows: list[tuple[Any, ...]] = []
+            for entry in batch:
+                if spec.fifo:
+                    if not entry.group_id:
+                        raise ValueError(f"FIFO queue {name!r} needs a message group id for every message")
+                    if entry.delay_seconds:
+                        raise ValueError("a FIFO queue takes no per-message delay")
+                    if entry.dedup_id:
+                        conn.execute(
+                            "DELETE FROM deduplication WHERE queue = ? AND sent_ts_ms <= ?",
+                            (name, int((now - DEDUPLICATION_SECONDS) * 1000)),
+                        )
+                        seen = conn.execute(
+                            "SELECT message_id FROM deduplication WHERE queue = ? AND dedup_id = ?",
+                            (name, entry.dedup_id),
+                        ).fetchone()
+                        if seen is not None:
+                            ids.append(str(seen[0]))
+                            continue
+                message_id = str(uuid.uuid4())
+                ids.append(message_id)
+                if spec.fifo and entry.dedup_id:
+                    conn.execute(
+                        "INSERT INTO deduplication (queue, dedup_id, message_id, sent_ts_ms) VALUES (?, ?, ?, ?)",
+                        (name, entry.dedup_id, message_id, int(now * 1000)),
+                    )
+                rows.append(
+                    (
+                        name,
+                        message_id,
+                        entry.body,
+                        json.dumps(dict(entry.attributes or {})),
+                        md5_of_body(entry.body),
+                        int(now * 1000),
+                        now + entry.delay_seconds,
+                        entry.group_id if spec.fifo else None,
+                    )
+                )
             conn.executemany(
                 "INSERT INTO messages (queue, message_id, body, attributes, md5_of_body, sent_ts_ms,"
-                " visible_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                " visible_at, group_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
         self._signal.notify()
@@ -420,8 +547,11 @@ class DurableQueueStore:
                 )
             seen: list[int] = []
             while len(received) < max_messages:
-                rows = conn.execute(
-                    _SELECT_AVAILABLE, (queue, now, json.dumps(seen), max_messages - len(received))
+                wanted = max_messages - len(received)
+                rows = (
+                    conn.execute(_SELECT_AVAILABLE_FIFO, (queue, now, json.dumps(seen), now, wanted))
+                    if spec.fifo
+                    else conn.execute(_SELECT_AVAILABLE, (queue, now, json.dumps(seen), wanted))
                 ).fetchall()
                 if not rows:
                     break
@@ -436,7 +566,7 @@ class DurableQueueStore:
                     first_ms = now_ms if first_ms is None else first_ms
                     conn.execute(
                         "UPDATE messages SET receive_count = receive_count + 1, visible_at = ?,"
-                        " receipt_token = ?, first_receive_ts_ms = ? WHERE seq = ?",
+                        " receipt_token = ?, first_receive_ts_ms = ?, leased = 1 WHERE seq = ?",
                         (now + hide_for, token, first_ms, seq),
                     )
                     received.append(
@@ -450,6 +580,7 @@ class DurableQueueStore:
                             first_receive_timestamp_ms=first_ms,
                             md5_of_body=md5,
                             dead_letter_source_arn=row[10],
+                            group_id=row[11],
                         )
                     )
         if moved:
@@ -500,20 +631,26 @@ class DurableQueueStore:
             seq, exists = self._check_handle(conn, name, receipt_handle)
             if not exists:
                 raise ReceiptHandleInvalid(f"message of receipt handle {receipt_handle!r} no longer exists")
-            conn.execute("UPDATE messages SET visible_at = ? WHERE seq = ?", (self._now() + seconds, seq))
+            # A visibility the receiver chose (a backoff, a Retry-After) outlives the receiver's process.
+            conn.execute(
+                "UPDATE messages SET visible_at = ?, leased = 0 WHERE seq = ?", (self._now() + seconds, seq)
+            )
         if seconds == 0:
             self._signal.notify()
 
     def release_in_flight(self, queue: str) -> int:
-        """Make every received-but-not-deleted message of ``queue`` visible now; returns how many.
+        """Make every message of ``queue`` that a receive still holds visible now; returns how many.
 
         Not an SQS operation: the embedded stack calls it at start-up, when whoever received those messages
-        died with the previous process, so they need not wait out their visibility timeouts."""
+        died with the previous process, so they need not wait out their visibility timeouts. A message whose
+        visibility its receiver set (a backoff, a Retry-After) keeps it: that wait is the vendor's, not the
+        dead process's."""
         name = _queue_name(queue)
         with self._write() as conn:
             self._spec(conn, name)
             cursor = conn.execute(
-                "UPDATE messages SET visible_at = ? WHERE queue = ? AND receive_count > 0 AND visible_at > ?",
+                "UPDATE messages SET visible_at = ?, leased = 0"
+                " WHERE queue = ? AND leased = 1 AND receive_count > 0 AND visible_at > ?",
                 (self._now(), name, self._now()),
             )
             released = cursor.rowcount
@@ -559,6 +696,7 @@ class DurableQueueStore:
                     "receive_count": receive_count,
                     "first_receive_timestamp_ms": row[8],
                     "dead_letter_source_arn": row[10],
+                    "group_id": row[11],
                     "state": state,
                 }
             )

@@ -14,9 +14,9 @@ from typing import Any
 
 from forwarder.ports.ledger import DeletionLedger, LedgerError
 from forwarder.ports.locks import LockError, LockPort
-from forwarder.ports.queues import OutgoingMessage, QueueError, QueuePort
+from forwarder.ports.queues import OutgoingMessage, QueueError, QueuePort, batches
 from forwarder.ports.secrets import SecretNotFoundError, SecretsPort, SecretStoreError
-from forwarder_local.queue import DurableQueueStore, QueueNotFound, ReceiptHandleInvalid
+from forwarder_local.queue import DurableQueueStore, Entry, QueueNotFound, ReceiptHandleInvalid
 
 
 class EmbeddedQueues(QueuePort):
@@ -26,13 +26,29 @@ class EmbeddedQueues(QueuePort):
         self.store = store
 
     def send(self, queue: str, messages: list[OutgoingMessage]) -> list[str]:
+        """Send in SendMessageBatch-sized calls, as the SQS adapter does; what SQS would refuse (a message over
+        256 KiB, a delay on a FIFO queue) is refused here too."""
+        ids: list[str] = []
         try:
-            return self.store.send_batch(
-                queue,
-                [(message.body, message.attributes or None, message.delay_seconds) for message in messages],
-            )
+            for batch in batches(messages):
+                ids.extend(
+                    self.store.send_batch(
+                        queue,
+                        [
+                            Entry(
+                                message.body,
+                                message.attributes or None,
+                                message.delay_seconds,
+                                message.group_id,
+                                message.dedup_id,
+                            )
+                            for message in batch
+                        ],
+                    )
+                )
         except (QueueNotFound, OSError, ValueError) as error:
-            raise QueueError(f"queue '{queue}': {type(error).__name__}") from error
+            raise QueueError(f"queue '{queue}': {type(error).__name__}: {error}") from error
+        return ids
 
     def change_visibility(self, queue: str, receipt_handle: str, seconds: int) -> None:
         try:

@@ -18,7 +18,8 @@ import pytest
 from botocore.stub import Stubber
 from cfnlint.decode import cfn_yaml
 
-from forwarder.adapters.aws import SQS_BATCH_MAX_BYTES, SecretsManagerSecrets, SqsQueues
+from forwarder.adapters.aws import SecretsManagerSecrets, SqsQueues
+from forwarder.ports.queues import MAX_MESSAGE_BYTES as SQS_BATCH_MAX_BYTES
 from forwarder.ports.queues import OutgoingMessage, QueueError
 from forwarder.ports.secrets import SecretNotFoundError, SecretStoreError
 

@@ -401,7 +401,8 @@ def test_concurrent_receivers_never_share_an_in_flight_message(db: Path, shared_
     n, threads = 200, 8
     with DurableQueueStore(db) as setup:
         setup.create_queue(QueueSpec("q", visibility_timeout=300))
-        setup.send_batch("q", [(f"m{i}", None, 0) for i in range(n)])
+        for start in range(0, n, 10):  # SendMessageBatch takes 10 at most
+            setup.send_batch("q", [(f"m{i}", None, 0) for i in range(start, start + 10)])
 
     shared = DurableQueueStore(db) if shared_store else None
     got: list[list[str]] = [[] for _ in range(threads)]
@@ -794,3 +795,151 @@ def test_release_in_flight_makes_received_messages_visible_but_not_delayed_ones(
     [again] = store.receive("work")
     assert again.body == "received" and again.receive_count == 2
     assert message.message_id == again.message_id
+
+
+def test_a_restart_keeps_a_backoff_but_releases_what_was_in_flight(tmp_path: Path) -> None:
+    # given two messages received by a consumer that then died: one it had already put into a backoff
+    store = DurableQueueStore(tmp_path / "q.db")
+    store.create_queue(QueueSpec("work", visibility_timeout=300))
+    store.send("work", "in flight")
+    store.send("work", "backing off")
+    received = {message.body: message for message in store.receive("work")}
+    store.change_visibility("work", received["backing off"].receipt_handle, 600)
+    # when the stack starts again
+    released = store.release_in_flight("work")
+    # then only the message that was truly in flight is retried at once; the backoff is kept
+    assert released == 1
+    assert [message.body for message in store.receive("work")] == ["in flight"]
+
+
+# --- SQS's limits ------------------------------------------------------------------------------------------------
+
+
+def test_what_sqs_refuses_the_local_queue_refuses(store: DurableQueueStore) -> None:
+    # a message over 256 KiB (body plus attributes)
+    with pytest.raises(ValueError, match="exceeds the 262144-byte limit"):
+        store.send("plain", "x" * 262_000, {"request_id": "r" * 200})
+    # eleven entries in one batch, or ten whose total is over 256 KiB
+    with pytest.raises(ValueError, match="at most 10"):
+        store.send_batch("plain", [("m", None, 0)] * 11)
+    with pytest.raises(ValueError, match=r"batch of .* exceeds"):
+        store.send_batch("plain", [("y" * 30_000, None, 0)] * 10)
+    # a delay over 15 minutes, a visibility over 12 hours
+    with pytest.raises(ValueError, match="delay_seconds"):
+        store.send("plain", "m", delay_seconds=901)
+    with pytest.raises(ValueError, match="visibility_timeout"):
+        store.receive("plain", visibility_timeout=43_201)
+    # and nothing of it was stored
+    assert store.counts("plain") == {"visible": 0, "in_flight": 0, "delayed": 0}
+    # while a message of exactly 256 KiB is taken
+    store.send("plain", "z" * 262_144)
+
+
+# --- FIFO queues -------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fifo(db: Path, clock: FakeClock):
+    s = DurableQueueStore(db, clock=clock)
+    s.create_queue(QueueSpec("fifo-dlq", fifo=True))
+    s.create_queue(
+        QueueSpec("fifo", visibility_timeout=30, max_receive_count=5, dead_letter_queue="fifo-dlq", fifo=True)
+    )
+    yield s
+    s.close()
+
+
+def test_a_fifo_group_is_received_in_order_and_waits_while_its_head_is_in_flight(
+    fifo: DurableQueueStore,
+) -> None:
+    # given jane's delete then upsert, and john's upsert, in one FIFO queue
+    fifo.send("fifo", "jane: delete", group_id="jane")
+    fifo.send("fifo", "jane: upsert", group_id="jane")
+    fifo.send("fifo", "john: upsert", group_id="john")
+    # when a consumer receives one message
+    [first] = fifo.receive("fifo", max_messages=1)
+    assert first.body == "jane: delete" and first.group_id == "jane"
+    # then while it is in flight, jane's upsert waits, and john's is not held up
+    assert [message.body for message in fifo.receive("fifo", max_messages=10)] == ["john: upsert"]
+    # and once the delete is done, jane's upsert comes
+    fifo.delete("fifo", first.receipt_handle)
+    assert [message.body for message in fifo.receive("fifo")] == ["jane: upsert"]
+
+
+def test_a_fifo_group_waits_out_its_heads_backoff_while_other_groups_flow(
+    fifo: DurableQueueStore, clock: FakeClock
+) -> None:
+    fifo.send("fifo", "jane: delete", group_id="jane")
+    fifo.send("fifo", "jane: upsert", group_id="jane")
+    [delete] = fifo.receive("fifo", max_messages=1)
+    # the delete failed: its receiver hides it for a 60 s backoff
+    fifo.change_visibility("fifo", delete.receipt_handle, 60)
+    fifo.send("fifo", "john: upsert", group_id="john")
+    # jane's upsert must not overtake her delete; john is free
+    [john] = fifo.receive("fifo", max_messages=10)
+    assert john.body == "john: upsert"
+    fifo.delete("fifo", john.receipt_handle)
+    clock.advance(61)
+    # after the backoff the delete comes first, then (in the same receive) the upsert behind it
+    assert [message.body for message in fifo.receive("fifo", max_messages=10)] == [
+        "jane: delete",
+        "jane: upsert",
+    ]
+
+
+def test_one_receive_takes_a_groups_messages_in_order(fifo: DurableQueueStore) -> None:
+    for body in ("a1", "b1", "a2", "a3", "b2"):
+        fifo.send("fifo", body, group_id=body[0])
+    bodies = [message.body for message in fifo.receive("fifo", max_messages=10)]
+    assert bodies == ["a1", "b1", "a2", "a3", "b2"]
+
+
+def test_a_fifo_deduplication_id_sent_again_within_five_minutes_is_not_enqueued_twice(
+    fifo: DurableQueueStore, clock: FakeClock
+) -> None:
+    first = fifo.send("fifo", "jane: upsert", group_id="jane", dedup_id="request-1:es")
+    again = fifo.send("fifo", "jane: upsert", group_id="jane", dedup_id="request-1:es")
+    assert again == first
+    [received] = fifo.receive("fifo", max_messages=10)
+    fifo.delete("fifo", received.receipt_handle)
+    clock.advance(301)
+    fifo.send("fifo", "jane: upsert", group_id="jane", dedup_id="request-1:es")
+    assert fifo.counts("fifo")["visible"] == 1
+
+
+def test_a_fifo_queue_refuses_messages_without_a_group_and_per_message_delays(
+    fifo: DurableQueueStore,
+) -> None:
+    with pytest.raises(ValueError, match="message group id"):
+        fifo.send("fifo", "no group")
+    with pytest.raises(ValueError, match="no per-message delay"):
+        fifo.send("fifo", "delayed", delay_seconds=5, group_id="g")
+
+
+def test_a_redriven_head_frees_its_group(fifo: DurableQueueStore) -> None:
+    fifo.send("fifo", "poison", group_id="g")
+    fifo.send("fifo", "next", group_id="g")
+    for _ in range(5):
+        [message] = fifo.receive("fifo", max_messages=1)
+        assert message.body == "poison"
+        fifo.change_visibility("fifo", message.receipt_handle, 0)
+    # the sixth receive moves the poison message to the DLQ and the group goes on
+    assert [message.body for message in fifo.receive("fifo", max_messages=10)] == ["next"]
+    assert [message["body"] for message in fifo.peek("fifo-dlq")] == ["poison"]
+
+
+def test_a_standard_queue_turned_fifo_keeps_its_messages(db: Path) -> None:
+    # given an older state folder whose delivery queue was a standard queue, holding a message
+    with DurableQueueStore(db) as old:
+        old.create_queue(QueueSpec("delivery-dlq"))
+        old.create_queue(QueueSpec("delivery", max_receive_count=5, dead_letter_queue="delivery-dlq"))
+        old.send("delivery", "waiting since the last run")
+    # when the new version makes it FIFO
+    with DurableQueueStore(db) as new:
+        new.create_queue(QueueSpec("delivery-dlq", fifo=True))
+        new.create_queue(
+            QueueSpec("delivery", max_receive_count=5, dead_letter_queue="delivery-dlq", fifo=True)
+        )
+        # then the message is still there, in a group of its own
+        [message] = new.receive("delivery")
+        assert message.body == "waiting since the last run" and message.group_id

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -52,6 +53,16 @@ class DeliveryMessage(_Message):
         return f"{self.request_id}:{self.integration}:{self.operation}"
 
 
+#: Room a message leaves for its attributes and the queue's own bookkeeping: documents are cut to fit under
+#: the queue's 256 KiB with this to spare.
+_HEADROOM_BYTES = 2048
+_REASON_CHARS = 2000
+
+
+def _json_bytes(model: BaseModel) -> int:
+    return len(model.model_dump_json().encode("utf-8"))
+
+
 class Rejection(_Message):
     """A record rejected for good, with the reason: the rejects trail."""
 
@@ -66,6 +77,29 @@ class Rejection(_Message):
     errors: list[str] = Field(default_factory=list)
     record: dict[str, Any] = Field(description="the data (validate) or the vendor payload (deliver)")
     rejected_at: str = Field(default_factory=utcnow_iso)
+    record_truncated: bool = Field(False, description="the record was cut to fit a queue message")
+
+    def fitted(self, limit: int) -> Rejection:
+        """This rejection as it fits a queue message of ``limit`` bytes: the reason and errors always stay (the
+        errors cut to fit); a record too big to travel with them is replaced by its size and attribute names."""
+        budget = limit - _HEADROOM_BYTES
+        if _json_bytes(self) <= budget:
+            return self
+        errors = [error[:_REASON_CHARS] for error in self.errors[:100]]
+        fitted = self.model_copy(
+            update={
+                "reason": self.reason[:_REASON_CHARS],
+                "errors": errors,
+                "record": {
+                    "bytes": len(json.dumps(self.record).encode("utf-8")),
+                    "attributes": sorted(self.record)[:200],
+                },
+                "record_truncated": True,
+            }
+        )
+        while _json_bytes(fitted) > budget and fitted.errors:
+            fitted = fitted.model_copy(update={"errors": fitted.errors[: len(fitted.errors) // 2]})
+        return fitted
 
 
 class DeadLetter(_Message):
@@ -77,3 +111,11 @@ class DeadLetter(_Message):
     reason: str
     attempts: int
     dead_lettered_at: str = Field(default_factory=utcnow_iso)
+
+    def fitted(self, limit: int) -> DeadLetter:
+        """This dead letter as it fits a queue message of ``limit`` bytes. The delivery travelled in a queue
+        message already, so cutting the reason to a few thousand characters is all it can need; the delivery
+        stays whole, so the dead letter can be replayed."""
+        if _json_bytes(self) <= limit - _HEADROOM_BYTES:
+            return self
+        return self.model_copy(update={"reason": self.reason[:_REASON_CHARS]})

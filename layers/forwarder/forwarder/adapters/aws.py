@@ -13,14 +13,14 @@ import copy
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any, Self
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from forwarder.ports.ledger import DeletionLedger, LedgerError
 from forwarder.ports.locks import LockError, LockPort
-from forwarder.ports.queues import OutgoingMessage, QueueError, QueuePort
+from forwarder.ports.queues import OutgoingMessage, QueueError, QueuePort, batches
 from forwarder.ports.secrets import SecretNotFoundError, SecretsPort, SecretStoreError
 
 #: Logical queue name -> the environment variable holding its URL (set by template.yaml's Globals).
@@ -30,10 +30,6 @@ QUEUE_URL_ENV_VARS: Mapping[str, str] = {
     "delivery-dlq": "FORWARDER_QUEUE_URL_DELIVERY_DLQ",
     "rejects": "FORWARDER_QUEUE_URL_REJECTS",
 }
-
-#: SendMessageBatch limits: at most 10 entries, and (conservatively, the classic SQS limit) 256 KiB in all.
-SQS_BATCH_MAX_ENTRIES = 10
-SQS_BATCH_MAX_BYTES = 256 * 1024
 
 _STRING = "String"
 
@@ -57,32 +53,6 @@ def _error_code(exc: ClientError) -> str:
 # ----------------------------------------------------------------------------------------------------
 
 
-def _message_size(message: OutgoingMessage) -> int:
-    """Bytes SQS counts for a message: its body plus each attribute's name, data type and value."""
-    size = len(message.body.encode())
-    for name, value in message.attributes.items():
-        size += len(name.encode()) + len(_STRING) + len(value.encode())
-    return size
-
-
-def _batches(messages: Sequence[OutgoingMessage]) -> Iterator[list[OutgoingMessage]]:
-    """Split messages, in order, into SendMessageBatch-sized chunks (<= 10 entries, <= 256 KiB).
-
-    A single message above the byte budget travels alone: SQS, not this adapter, decides whether it fits.
-    """
-    batch: list[OutgoingMessage] = []
-    batch_bytes = 0
-    for message in messages:
-        size = _message_size(message)
-        if batch and (len(batch) == SQS_BATCH_MAX_ENTRIES or batch_bytes + size > SQS_BATCH_MAX_BYTES):
-            yield batch
-            batch, batch_bytes = [], 0
-        batch.append(message)
-        batch_bytes += size
-    if batch:
-        yield batch
-
-
 def _entry(entry_id: str, message: OutgoingMessage) -> dict[str, Any]:
     entry: dict[str, Any] = {"Id": entry_id, "MessageBody": message.body}
     if message.attributes:
@@ -91,6 +61,10 @@ def _entry(entry_id: str, message: OutgoingMessage) -> dict[str, Any]:
         }
     if message.delay_seconds:
         entry["DelaySeconds"] = message.delay_seconds
+    if message.group_id:
+        entry["MessageGroupId"] = message.group_id
+    if message.dedup_id:
+        entry["MessageDeduplicationId"] = message.dedup_id
     return entry
 
 
@@ -130,7 +104,7 @@ class SqsQueues(QueuePort):
     def send(self, queue: str, messages: list[OutgoingMessage]) -> list[str]:
         url = self._url(queue)
         message_ids: list[str] = []
-        for batch in _batches(messages):
+        for batch in batches(messages):
             entries = [_entry(str(index), message) for index, message in enumerate(batch)]
             try:
                 response: dict[str, Any] = self._client.send_message_batch(QueueUrl=url, Entries=entries)

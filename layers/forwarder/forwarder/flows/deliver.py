@@ -26,7 +26,7 @@ from forwarder.messages import DeadLetter, DeliveryMessage, Rejection
 from forwarder.observability import count_credential_problem, emit_counts, logger
 from forwarder.ports.ledger import DeletionLedger, LedgerError
 from forwarder.ports.locks import LockError
-from forwarder.ports.queues import OutgoingMessage, QueueError
+from forwarder.ports.queues import MAX_MESSAGE_BYTES, OutgoingMessage, QueueError
 from forwarder.ports.secrets import SecretStoreError
 from forwarder.runtime import Services
 from forwarder.tokens import TokenUnavailable
@@ -293,14 +293,21 @@ def _settle(services: Services, item: _Item, outcome: Outcome) -> str:
                 errors=outcome.errors,
                 record=delivery.payload,
             )
-            services.queues.send("rejects", [OutgoingMessage(rejection.model_dump_json())])
+            services.queues.send(
+                "rejects", [OutgoingMessage(rejection.fitted(MAX_MESSAGE_BYTES).model_dump_json())]
+            )
             logger.info("rejected by the vendor", extra=log)
             return "rejected"
         if item.receive_count >= services.settings.delivery_max_receives:
             dead = DeadLetter(delivery=delivery, reason=outcome.reason, attempts=item.receive_count)
             services.queues.send(
                 "delivery-dlq",
-                [OutgoingMessage(dead.model_dump_json(), {"integration": delivery.integration})],
+                [
+                    OutgoingMessage(
+                        dead.fitted(MAX_MESSAGE_BYTES).model_dump_json(),
+                        {"integration": delivery.integration},
+                    )
+                ],
             )
             logger.warning("dead-lettered after its last attempt", extra=log)
             return "dead_lettered"
@@ -326,7 +333,9 @@ def _reject_malformed(services: Services, record: dict[str, Any]) -> bool:
         record={"body": str(record.get("body", ""))[:2000]},
     )
     try:
-        services.queues.send("rejects", [OutgoingMessage(rejection.model_dump_json())])
+        services.queues.send(
+            "rejects", [OutgoingMessage(rejection.fitted(MAX_MESSAGE_BYTES).model_dump_json())]
+        )
     except QueueError:
         return False
     return True

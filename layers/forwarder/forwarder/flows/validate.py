@@ -14,7 +14,7 @@ from forwarder.integrations.base import RecordContext, RecordInvalid
 from forwarder.mapping import MappingError
 from forwarder.messages import DeliveryMessage, IngestMessage, Rejection
 from forwarder.observability import logger
-from forwarder.ports.queues import OutgoingMessage, QueueError
+from forwarder.ports.queues import MAX_MESSAGE_BYTES, OutgoingMessage, QueueError
 from forwarder.runtime import Services
 
 
@@ -99,7 +99,7 @@ def outgoing(
             errors=[f"{'.'.join(map(str, item['loc']))}: {item['msg']}" for item in error.errors()][:10],
             record={"body": record.body[:2000]},
         )
-        return [], [OutgoingMessage(rejection.model_dump_json())]
+        return [], [OutgoingMessage(rejection.fitted(MAX_MESSAGE_BYTES).model_dump_json())]
     deliveries, rejections = plan(config, message)
     logger.info(
         "record validated",
@@ -122,7 +122,7 @@ def outgoing(
             )
             for delivery in deliveries
         ],
-        [OutgoingMessage(rejection.model_dump_json()) for rejection in rejections],
+        [OutgoingMessage(rejection.fitted(MAX_MESSAGE_BYTES).model_dump_json()) for rejection in rejections],
     )
 
 
