@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -60,6 +61,18 @@ def main() -> None:
 )
 @click.option("--no-sandboxes", is_flag=True, help="do not start vendor sandboxes (use real vendors)")
 @click.option("--verbose", "-v", is_flag=True, help="print the handlers' structured logs (INFO)")
+@click.option(
+    "--retry-base-seconds",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="first retry backoff of a failed delivery (default 2; time-compressed runs such as make chaos)",
+)
+@click.option(
+    "--retry-max-seconds",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="cap of the retry backoff and of a vendor's Retry-After (default 60)",
+)
 def run(
     config_path: Path | None,
     state_dir: Path,
@@ -68,6 +81,8 @@ def run(
     sandbox_port: int,
     no_sandboxes: bool,
     verbose: bool,
+    retry_base_seconds: float | None,
+    retry_max_seconds: float | None,
 ) -> None:
     """Start the embedded stack: gateway, durable queues, pollers, secret store, scheduler, sandboxes."""
     os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "INFO" if verbose else "WARNING")
@@ -84,6 +99,10 @@ def run(
         sandbox_port=sandbox_port,
         with_sandboxes=not no_sandboxes,
     )
+    if retry_base_seconds is not None:
+        options.retry_base_seconds = retry_base_seconds
+    if retry_max_seconds is not None:
+        options.retry_max_seconds = retry_max_seconds
     try:
         stack = EmbeddedStack(options).start()
     except ConfigError as error:
@@ -249,7 +268,15 @@ def replay(which: str, state_dir: Path, integration: str | None, limit: int) -> 
                         store.change_visibility(source, message.receipt_handle, 0)
                         skipped += 1
                         continue
-                    store.send(target, message.body, message.attributes or None)
+                    store.send(
+                        target,
+                        message.body,
+                        message.attributes or None,
+                        group_id=message.group_id,  # FIFO: back into its customer's group
+                        dedup_id=f"replay-{message.message_id}-{time.time_ns()}"
+                        if message.group_id
+                        else None,
+                    )
                     store.delete(source, message.receipt_handle)
                     moved += 1
                 progress.update(len(batch))

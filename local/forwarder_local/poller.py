@@ -57,6 +57,8 @@ def sqs_event(queue_arn: str, messages: list[ReceivedMessage], region: str = REG
         }
         if message.dead_letter_source_arn:
             attributes["DeadLetterQueueSourceArn"] = message.dead_letter_source_arn
+        if message.group_id:  # FIFO queues: as Lambda's SQS events carry them
+            attributes["MessageGroupId"] = message.group_id
         records.append(
             {
                 "messageId": message.message_id,

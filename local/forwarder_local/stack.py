@@ -8,6 +8,7 @@ The handlers are the very files in ``functions/``, invoked with the same event s
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import importlib.util
 import os
@@ -25,6 +26,7 @@ from forwarder.config import ForwarderConfig, load_config
 from forwarder.ports.secrets import SecretStoreError
 from forwarder.runtime import RuntimeSettings, Services
 from forwarder_local.gateway import LocalGateway
+from forwarder_local.idempotency import SqliteIdempotencyLayer
 from forwarder_local.poller import LambdaContext, SqsPoller
 from forwarder_local.queue import DurableQueueStore, QueueSpec
 from forwarder_local.sandboxes.carecloud import BASE_PATH as CARECLOUD_BASE_PATH
@@ -36,6 +38,7 @@ from forwarder_local.stores import (
     EmbeddedQueues,
     LocalCredentials,
     LocalDeletionLedger,
+    LocalDeliveryLog,
     LocalLocks,
     LocalSecretStore,
 )
@@ -52,10 +55,20 @@ SANDBOX_SECRETS = {
 
 # The same queue shape as template.yaml: visibility >= 6x the consumer's timeout, maxReceiveCount 5.
 QUEUES = (
-    QueueSpec("ingest-dlq", retention_seconds=1_209_600),
-    QueueSpec("ingest", visibility_timeout=60, max_receive_count=5, dead_letter_queue="ingest-dlq"),
-    QueueSpec("delivery-dlq", retention_seconds=1_209_600),
-    QueueSpec("delivery", visibility_timeout=180, max_receive_count=5, dead_letter_queue="delivery-dlq"),
+    # FIFO, one message group per customer: validate handles a customer's requests in the order accepted.
+    QueueSpec("ingest-dlq", retention_seconds=1_209_600, fifo=True),
+    QueueSpec(
+        "ingest", visibility_timeout=60, max_receive_count=5, dead_letter_queue="ingest-dlq", fifo=True
+    ),
+    # FIFO, one message group per customer and integration: a customer's deliveries in the order received.
+    QueueSpec("delivery-dlq", retention_seconds=1_209_600, fifo=True),
+    QueueSpec(
+        "delivery",
+        visibility_timeout=180,
+        max_receive_count=1000,
+        dead_letter_queue="delivery-dlq",
+        fifo=True,
+    ),
     QueueSpec("rejects", retention_seconds=1_209_600),
 )
 
@@ -85,6 +98,7 @@ class StackOptions:
     with_sandboxes: bool = True
     retry_base_seconds: float = 2.0
     retry_max_seconds: float = 60.0
+    retry_horizon_seconds: float = 4 * 3600
     delivery_visibility_seconds: float = 180
     refresh_interval_seconds: float = 900
     poll_window_seconds: float = 0.2
@@ -107,12 +121,7 @@ class EmbeddedStack:
         self.store = DurableQueueStore(state / "queues.db")
         for spec in QUEUES:
             if spec.name == "delivery":
-                spec = QueueSpec(
-                    spec.name,
-                    visibility_timeout=self.options.delivery_visibility_seconds,
-                    max_receive_count=spec.max_receive_count,
-                    dead_letter_queue=spec.dead_letter_queue,
-                )
+                spec = dataclasses.replace(spec, visibility_timeout=self.options.delivery_visibility_seconds)
             self.store.create_queue(spec)
         # Messages in flight when a previous run died (even kill -9) are retried at once, not after their
         # visibility timeout: their consumer died with that process. Only one stack runs on a state folder.
@@ -121,6 +130,8 @@ class EmbeddedStack:
         self.credentials = LocalCredentials(state / "credentials.json")
         self.ledger = LocalDeletionLedger(state / "ledger.db")
         self.locks = LocalLocks(state / "locks.db")
+        self.deliveries = LocalDeliveryLog(state / "deliveries.db")
+        self.idempotency = SqliteIdempotencyLayer(state / "idempotency.db")
         self.sandboxes: dict[str, Sandbox] = {}
         self.gateway: LocalGateway | None = None
         self.pollers: list[SqsPoller] = []
@@ -132,6 +143,7 @@ class EmbeddedStack:
             config_path=str(self.options.config_path),
             retry_base_seconds=self.options.retry_base_seconds,
             retry_max_seconds=self.options.retry_max_seconds,
+            retry_horizon_seconds=self.options.retry_horizon_seconds,
             secrets_max_age_seconds=0,
         )
         self.errors: list[BaseException] = []
@@ -147,6 +159,8 @@ class EmbeddedStack:
                 ledger=self.ledger,
                 http=requests.Session(),
                 locks=self.locks,
+                deliveries=self.deliveries,
+                idempotency=self.idempotency,
             )
         )
         if self.options.with_sandboxes:
@@ -170,7 +184,7 @@ class EmbeddedStack:
                 "delivery",
                 deliver,
                 function_name="DeliverFunction",
-                batch_size=100,
+                batch_size=10,  # a FIFO event source takes at most 10 messages (as on AWS)
                 max_batching_window=self.options.poll_window_seconds,
                 timeout_seconds=30,
                 on_error=self.errors.append,
@@ -201,6 +215,8 @@ class EmbeddedStack:
         self.store.close()
         self.ledger.close()
         self.locks.close()
+        self.deliveries.close()
+        self.idempotency.close()
         self._lock_file.close()
 
     def __enter__(self) -> EmbeddedStack:

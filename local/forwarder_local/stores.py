@@ -12,6 +12,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from forwarder.ports.deliveries import (
+    DeliveryKey,
+    DeliveryLog,
+    DeliveryLogError,
+    DeliveryRecord,
+    DeliveryState,
+)
 from forwarder.ports.ledger import DeletionLedger, LedgerError
 from forwarder.ports.locks import LockError, LockPort
 from forwarder.ports.queues import OutgoingMessage, QueueError, QueuePort, batches
@@ -241,6 +248,82 @@ class LocalLocks(LockPort):
                 self._db.execute("DELETE FROM locks WHERE name = ? AND owner = ?", (name, owner))
         except sqlite3.Error as error:
             raise LockError(f"local locks: {type(error).__name__}") from None
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class LocalDeliveryLog(DeliveryLog):
+    """The delivery log in SQLite (``deliveries.db`` in the state folder), with DynamoDB's rules: a final
+    state is never replaced; ``begin`` counts an attempt and keeps the first attempt's time."""
+
+    def __init__(self, path: str | Path) -> None:
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS deliveries (request_id TEXT NOT NULL, delivery TEXT NOT NULL,"
+            " state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, first_attempt_at REAL,"
+            " updated_at REAL NOT NULL, reason TEXT NOT NULL DEFAULT '', PRIMARY KEY (request_id, delivery))"
+        )
+
+    def get(self, keys: list[DeliveryKey]) -> dict[DeliveryKey, DeliveryRecord]:
+        found: dict[DeliveryKey, DeliveryRecord] = {}
+        try:
+            with self._lock:
+                for key in dict.fromkeys(keys):
+                    row = self._db.execute(
+                        "SELECT state, attempts, first_attempt_at, updated_at, reason FROM deliveries"
+                        " WHERE request_id = ? AND delivery = ?",
+                        (key.request_id, key.sort_key),
+                    ).fetchone()
+                    if row is not None:
+                        found[key] = DeliveryRecord(
+                            DeliveryState(row[0]), int(row[1]), row[2], float(row[3]), row[4]
+                        )
+        except sqlite3.Error as error:
+            raise DeliveryLogError(f"local delivery log: {type(error).__name__}") from None
+        return found
+
+    def _write(self, statement: str, rows: list[tuple[Any, ...]]) -> None:
+        try:
+            with self._lock:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    self._db.executemany(statement, rows)
+                finally:
+                    self._db.execute("COMMIT")
+        except sqlite3.Error as error:
+            raise DeliveryLogError(f"local delivery log: {type(error).__name__}") from None
+
+    def begin(self, keys: list[DeliveryKey], now: float) -> None:
+        self._write(
+            "INSERT INTO deliveries (request_id, delivery, state, attempts, first_attempt_at, updated_at)"
+            " VALUES (?, ?, 'sending', 1, ?, ?) ON CONFLICT (request_id, delivery) DO UPDATE SET"
+            " state = 'sending', attempts = attempts + 1, updated_at = excluded.updated_at,"
+            " first_attempt_at = COALESCE(first_attempt_at, excluded.first_attempt_at)"
+            " WHERE state NOT IN ('delivered', 'rejected', 'superseded')",
+            [(key.request_id, key.sort_key, now, now) for key in dict.fromkeys(keys)],
+        )
+
+    def finish(self, results: dict[DeliveryKey, tuple[DeliveryState, str]], now: float) -> None:
+        self._write(
+            "INSERT INTO deliveries (request_id, delivery, state, updated_at, reason) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (request_id, delivery) DO UPDATE SET state = excluded.state,"
+            " reason = excluded.reason, updated_at = excluded.updated_at"
+            " WHERE state NOT IN ('delivered', 'rejected', 'superseded')",
+            [
+                (key.request_id, key.sort_key, state.value, now, reason[:1000])
+                for key, (state, reason) in results.items()
+            ],
+        )
+
+    def forget(self, keys: list[DeliveryKey]) -> None:
+        self._write(
+            "DELETE FROM deliveries WHERE request_id = ? AND delivery = ?",
+            [(key.request_id, key.sort_key) for key in dict.fromkeys(keys)],
+        )
 
     def close(self) -> None:
         self._db.close()

@@ -34,6 +34,10 @@ QUEUE_ATTRIBUTES = {
     "DelaySeconds": "DelaySeconds",
     "ReceiveMessageWaitTimeSeconds": "ReceiveMessageWaitTimeSeconds",
     "MaximumMessageSize": "MaximumMessageSize",
+    "FifoQueue": "FifoQueue",
+    "ContentBasedDeduplication": "ContentBasedDeduplication",
+    "DeduplicationScope": "DeduplicationScope",
+    "FifoThroughputLimit": "FifoThroughputLimit",
 }
 
 
@@ -90,7 +94,10 @@ def stack(aws: None) -> Stack:
     arns: dict[str, str] = {}
     # dead-letter queues first: their sources' redrive policies name their ARNs
     for name in sorted(queues, key=lambda queue: "RedrivePolicy" in queues[queue]):
-        url = sqs.create_queue(QueueName=name, Attributes=_attributes(name, queues[name], arns))["QueueUrl"]
+        fifo = queues[name].get("FifoQueue") is True  # SQS names a FIFO queue with a .fifo suffix
+        url = sqs.create_queue(
+            QueueName=name + (".fifo" if fifo else ""), Attributes=_attributes(name, queues[name], arns)
+        )["QueueUrl"]
         urls[name] = url
         arns[name] = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
             "QueueArn"
@@ -129,6 +136,8 @@ def test_25_messages_arrive_with_their_attributes(stack: Stack) -> None:
         OutgoingMessage(
             body=json.dumps({"data": {"email": f"user{i}@example.com"}, "group_key": "abc123"}),
             attributes={"group_key": "abc123", "integration": "expertsender", "seq": str(i)},
+            group_id=f"customer-{i}",
+            dedup_id=f"delivery-{i}",
         )
         for i in range(25)
     ]
@@ -136,8 +145,11 @@ def test_25_messages_arrive_with_their_attributes(stack: Stack) -> None:
     # When they are sent to the delivery queue
     message_ids = queues.send("delivery", messages)
 
-    # Then three SendMessageBatch calls carried them, and each comes back once, attributes intact
+    # Then three SendMessageBatch calls carried them, with their FIFO group and deduplication ids, and each
+    # comes back once, attributes intact
     assert [len(call["Entries"]) for call in batches] == [10, 10, 5]
+    assert batches[0]["Entries"][3]["MessageGroupId"] == "customer-3"
+    assert batches[0]["Entries"][3]["MessageDeduplicationId"] == "delivery-3"
     assert len(set(message_ids)) == 25
     received: dict[str, dict[str, Any]] = {}
     for _ in range(20):
@@ -170,7 +182,7 @@ def test_large_messages_are_split_into_batches_under_256_kib(stack: Stack) -> No
 def test_the_client_is_created_on_first_use(stack: Stack) -> None:
     queues = SqsQueues.from_environment(stack.env)  # no client injected: boto3 is set up lazily
 
-    (message_id,) = queues.send("ingest", [OutgoingMessage(body='{"n": 1}')])
+    (message_id,) = queues.send("ingest", [OutgoingMessage(body='{"n": 1}', group_id="g", dedup_id="d")])
 
     (message,) = stack.receive("IngestQueue")
     assert message["MessageId"] == message_id
@@ -181,7 +193,9 @@ def test_a_queue_that_does_not_exist_raises_queue_error_without_the_body(stack: 
     queues = SqsQueues({"delivery": missing}, client=stack.sqs)
 
     with pytest.raises(QueueError) as raised:
-        queues.send("delivery", [OutgoingMessage(body='{"email": "jane@example.com"}')])
+        queues.send(
+            "delivery", [OutgoingMessage(body='{"email": "jane@example.com"}', group_id="g", dedup_id="d")]
+        )
 
     code = raised.value.__cause__.response["Error"]["Code"]  # type: ignore[union-attr]
     assert "'delivery'" in str(raised.value) and code in str(raised.value)
@@ -218,7 +232,7 @@ def test_a_queue_without_a_url_names_its_environment_variable(stack: Stack) -> N
 
 def test_change_visibility_hides_a_received_message(stack: Stack) -> None:
     queues = SqsQueues.from_environment(stack.env, client=stack.sqs)
-    queues.send("delivery", [OutgoingMessage(body='{"n": 1}')])
+    queues.send("delivery", [OutgoingMessage(body='{"n": 1}', group_id="customer-1", dedup_id="d1")])
     # Given a received message that would be visible again at once
     (first,) = stack.receive("DeliveryQueue", VisibilityTimeout=0)
     (again,) = stack.receive("DeliveryQueue", VisibilityTimeout=0)
@@ -238,20 +252,21 @@ def test_change_visibility_with_a_bad_receipt_raises_queue_error(stack: Stack) -
         queues.change_visibility("delivery", "not-a-receipt-handle", 30)
 
 
-def test_a_delivery_received_max_receive_count_times_lands_in_the_dlq(stack: Stack) -> None:
-    max_receives = int(stack.properties["DeliveryQueue"]["RedrivePolicy"]["maxReceiveCount"])
+def test_an_ingest_message_received_max_receive_count_times_lands_in_the_dlq(stack: Stack) -> None:
+    max_receives = int(stack.properties["IngestQueue"]["RedrivePolicy"]["maxReceiveCount"])
     queues = SqsQueues.from_environment(stack.env, client=stack.sqs)
-    (message_id,) = queues.send("delivery", [OutgoingMessage(body='{"n": 1}', attributes={"a": "b"})])
+    (message_id,) = queues.send(
+        "ingest", [OutgoingMessage(body='{"n": 1}', attributes={"a": "b"}, group_id="g", dedup_id="d")]
+    )
 
-    # Given a delivery that fails every attempt (received, never deleted)
+    # Given a record validate fails every time (received, never deleted)
     for attempt in range(1, max_receives + 1):
-        (message,) = stack.receive("DeliveryQueue", VisibilityTimeout=0, AttributeNames=["All"])
-        # the deliver flow recognises its last attempt by this count
+        (message,) = stack.receive("IngestQueue", VisibilityTimeout=0, AttributeNames=["All"])
         assert int(message["Attributes"]["ApproximateReceiveCount"]) == attempt
 
-    # Then the next receive finds the queue empty and the delivery in its dead-letter queue
-    assert stack.receive("DeliveryQueue", VisibilityTimeout=0) == []
-    (dead,) = stack.receive("DeliveryDeadLetterQueue", MessageAttributeNames=["All"])
+    # Then the next receive finds the queue empty and the record in its dead-letter queue
+    assert stack.receive("IngestQueue", VisibilityTimeout=0) == []
+    (dead,) = stack.receive("IngestDeadLetterQueue", MessageAttributeNames=["All"])
     assert dead["MessageId"] == message_id
     assert dead["MessageAttributes"]["a"]["StringValue"] == "b"
 

@@ -1123,7 +1123,8 @@ class World:
                 payload=DmHub().prepare(operation, record, settings, RecordContext(request_id, received_at)),
                 received_at=received_at,
             )
-            self.store.send("delivery", message.model_dump_json())
+            identity = message.payload["identity"]["identityValue"]
+            self.store.send("delivery", message.model_dump_json(), group_id=f"customer-{identity}")
             ids.append(request_id)
         return ids
 
@@ -1354,13 +1355,11 @@ def test_records_wait_in_the_queue_when_dm_hub_refuses_a_token(
     # when the deliver flow runs
     world.run()
 
-    # then no record is reported failed, none is dead-lettered or rejected: each waits in the delivery queue
-    # again, marked held once (no attempt spent), and DM Hub saw one token call and nothing else
-    assert world.failures() == []
+    # then none is dead-lettered or rejected: each waits in the delivery queue, hidden for a backoff, with
+    # no attempt spent, and DM Hub saw one token call and nothing else
     waiting = world.bodies("delivery")
     assert sorted(body["request_id"] for body in waiting) == sorted(request_ids)
-    assert {body["held"] for body in waiting} == {1}
-    assert {message["state"] for message in world.store.peek("delivery")} == {"delayed"}
+    assert {message["state"] for message in world.store.peek("delivery")} == {"in_flight"}
     assert world.bodies("delivery-dlq") == world.bodies("rejects") == []
     assert [seen.path for seen in sandbox.requests] == ["/security/accesstoken"]
     assert sandbox.token_requests() == 0 and sandbox.customers() == []

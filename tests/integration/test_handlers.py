@@ -13,12 +13,13 @@ import pytest
 import requests
 
 from forwarder import runtime
+from forwarder.ports.deliveries import DeliveryKey, DeliveryState
 from forwarder.runtime import RuntimeSettings, Services
 from forwarder_local.poller import LambdaContext, sqs_event
 from forwarder_local.queue import DurableQueueStore, QueueSpec
 from forwarder_local.sandboxes.expertsender import ExpertSenderSandbox
 from forwarder_local.stack import QUEUES, load_handler
-from forwarder_local.stores import EmbeddedQueues, LocalDeletionLedger, LocalSecretStore
+from forwarder_local.stores import EmbeddedQueues, LocalDeletionLedger, LocalDeliveryLog, LocalSecretStore
 from tests.conftest import REPO_ROOT, load_event
 
 SECRET = "forwarder/demo/expertsender"
@@ -41,6 +42,7 @@ class World:
             retry_max_seconds=2,
         )
         self.ledger = LocalDeletionLedger(tmp_path / "ledger.db")
+        self.deliveries = LocalDeliveryLog(tmp_path / "deliveries.db")
         runtime.install(
             Services(
                 settings=settings,
@@ -48,6 +50,7 @@ class World:
                 secrets=self.secrets,
                 ledger=self.ledger,
                 http=requests.Session(),
+                deliveries=self.deliveries,
             )
         )
 
@@ -125,7 +128,7 @@ def test_validate_emits_a_delivery_and_rejects_the_unmappable_record(world: Worl
 
 def _received_delivery_event(world: World) -> dict[str, Any]:
     body = load_event("sqs_delivery.json")["Records"][0]["body"]
-    world.store.send("delivery", body)
+    world.store.send("delivery", body, group_id="customer-jane")
     messages = world.store.receive("delivery", max_messages=10)
     return sqs_event(world.store.queue_arn("delivery"), messages)
 
@@ -140,7 +143,9 @@ def test_deliver_sends_the_canonical_delivery(world: World) -> None:
 def test_deliver_reports_a_throttled_record_and_honours_retry_after(world: World) -> None:
     # given a delivery queue whose own visibility timeout would make a failed message visible at once
     world.store.create_queue(
-        QueueSpec("delivery", visibility_timeout=0, max_receive_count=5, dead_letter_queue="delivery-dlq")
+        QueueSpec(
+            "delivery", visibility_timeout=0, max_receive_count=5, dead_letter_queue="delivery-dlq", fifo=True
+        )
     )
     world.sandbox.inject(status=429, times=1, retry_after=120)
     event = _received_delivery_event(world)
@@ -165,20 +170,25 @@ def test_deliver_stops_before_the_invocation_runs_out_of_time(world: World) -> N
             "request_id": f"delete-{index}",
             "payload": {"by": "email", "value": f"p{index}@example.com"},
         }
-        world.store.send("delivery", json.dumps(delete))
+        world.store.send("delivery", json.dumps(delete), group_id=f"customer-{index}")
     event = sqs_event(world.store.queue_arn("delivery"), world.store.receive("delivery", max_messages=10))
     context = LambdaContext(function_name="DeliverFunction", timeout_seconds=3)
     # when deliver runs
     response = load_handler("deliver")(event, context)
-    # then it makes no vendor call it could not finish, and requeues every unsent record as a fresh message,
-    # so a record the invocation had no time for never uses up its receives (nor reaches the DLQ untried)
+    # then it makes no vendor call it could not finish, and every unsent record is visible again at once,
+    # with no attempt spent (the delivery log counts none), so it is never dead-lettered untried
     assert world.sandbox.requests == []
-    assert response == {"batchItemFailures": []}
-    requeued = world.store.receive("delivery", max_messages=10)
-    assert sorted(json.loads(message.body)["request_id"] for message in requeued) == [
+    assert len(response["batchItemFailures"]) == 3
+    again = world.store.receive("delivery", max_messages=10)
+    assert sorted(json.loads(message.body)["request_id"] for message in again) == [
         f"delete-{i}" for i in range(3)
     ]
-    assert {message.receive_count for message in requeued} == {1}
+    assert (
+        world.deliveries.get(
+            [DeliveryKey(f"delete-{i}", "expertsender", "delete_customer") for i in range(3)]
+        )
+        == {}
+    )
 
 
 def test_deliver_refuses_a_secret_outside_the_deployed_prefix(
@@ -197,16 +207,23 @@ def test_deliver_refuses_a_secret_outside_the_deployed_prefix(
     assert sandbox.requests == []
 
 
-def test_deliver_dead_letters_on_the_last_attempt_with_the_reason(world: World) -> None:
-    world.sandbox.inject(status=500, times=1)
+def test_deliver_dead_letters_once_its_retry_horizon_has_passed_with_the_reason(world: World) -> None:
+    # given a delivery first tried 4 hours and a minute ago (the default horizon is 4 hours)
     event = _received_delivery_event(world)
-    event["Records"][0]["attributes"]["ApproximateReceiveCount"] = "5"
+    delivery = json.loads(event["Records"][0]["body"])
+    key = DeliveryKey(delivery["request_id"], delivery["integration"], delivery["operation"])
+    world.deliveries.begin([key], time.time() - 4 * 3600 - 60)
+    world.deliveries.finish({key: (DeliveryState.RETRYING, "HTTP 500")}, time.time() - 60)
+    # when it fails once more
+    world.sandbox.inject(status=500, times=1)
     response = invoke("deliver", event)
+    # then it goes to the DLQ with the vendor's reason and how long it was tried
     assert response == {"batchItemFailures": []}
     [dead] = world.bodies("delivery-dlq")
-    assert dead["attempts"] == 5
-    assert "500" in dead["reason"]
+    assert dead["attempts"] == 2
+    assert "500" in dead["reason"] and "gave up after 2 attempts over 4.0 h" in dead["reason"]
     assert dead["delivery"]["request_id"].endswith("000000000001")
+    assert world.deliveries.get([key])[key].state is DeliveryState.DEAD_LETTERED
 
 
 def test_deliver_keeps_records_when_the_secret_is_missing(
@@ -295,7 +312,7 @@ def test_a_dead_letter_redriven_to_the_delivery_queue_is_delivered(world: World)
         "attempts": 5,
         "dead_lettered_at": "2026-11-25T10:00:00.000Z",
     }
-    world.store.send("delivery", json.dumps(dead))
+    world.store.send("delivery", json.dumps(dead), group_id="customer-jane")
     event = sqs_event(world.store.queue_arn("delivery"), world.store.receive("delivery"))
     # when deliver runs, then the customer is delivered, not filed as a malformed message
     assert invoke("deliver", event) == {"batchItemFailures": []}
@@ -313,7 +330,7 @@ def test_duplicate_deletes_in_one_batch_record_the_latest(world: World) -> None:
             "received_at": received_at,
             "payload": {"by": "email", "value": "jane@example.com"},
         }
-        world.store.send("delivery", json.dumps(delete))
+        world.store.send("delivery", json.dumps(delete), group_id="customer-jane")
     invoke(
         "deliver",
         sqs_event(world.store.queue_arn("delivery"), world.store.receive("delivery", max_messages=10)),

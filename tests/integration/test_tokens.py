@@ -18,6 +18,7 @@ import requests
 
 from forwarder.config import IntegrationConfig, load_config_text
 from forwarder.flows.refresh_tokens import refresh_all
+from forwarder.ports.deliveries import DeliveryKey
 from forwarder.ports.locks import LockError
 from forwarder.runtime import RuntimeSettings, Services
 from forwarder.tokens import TokenKeeper, TokenUnavailable
@@ -25,7 +26,7 @@ from forwarder_local.queue import DurableQueueStore
 from forwarder_local.sandboxes.carecloud import BASE_PATH, FORWARDER_SOURCE_ID, CareCloudSandbox
 from forwarder_local.sandboxes.dmhub import DmHubSandbox
 from forwarder_local.stack import QUEUES
-from forwarder_local.stores import EmbeddedQueues, LocalLocks, LocalSecretStore
+from forwarder_local.stores import EmbeddedQueues, LocalDeliveryLog, LocalLocks, LocalSecretStore
 
 DMHUB_SECRET = "forwarder/brand/dmhub"
 CARECLOUD_SECRET = "forwarder/brand/carecloud"
@@ -92,6 +93,7 @@ class World:
             secrets=LocalSecretStore(self.secrets_path),
             locks=LocalLocks(self.locks_path),
             http=requests.Session(),
+            deliveries=LocalDeliveryLog(self.tmp_path / "deliveries.db"),
         )
 
     def stored(self, name: str) -> dict[str, Any]:
@@ -242,6 +244,10 @@ def test_a_refused_renewal_is_reported_with_the_group_key_and_never_the_secret(
     assert error["group_key"] == "brand" and error["integration"] == "dmhub" and error["level"] == "ERROR"
 
 
+def container_log(world: World) -> LocalDeliveryLog:
+    return LocalDeliveryLog(world.tmp_path / "deliveries.db")
+
+
 def test_deliveries_without_a_token_wait_on_the_queue_and_count_a_credential_problem(
     world: World, monkeypatch: pytest.MonkeyPatch, logged: list[dict[str, Any]]
 ) -> None:
@@ -268,20 +274,20 @@ def test_deliveries_without_a_token_wait_on_the_queue_and_count_a_credential_pro
             },
             received_at="2026-11-28T10:00:00.000Z",
         )
-        store.send("delivery", delivery.model_dump_json())
+        store.send("delivery", delivery.model_dump_json(), group_id=f"customer-{index}")
     event = sqs_event(store.queue_arn("delivery"), store.receive("delivery", max_messages=10))
     monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "false")
     metrics.clear_metrics()
     # when deliver runs
     response = handle_batch(world.container(), event)
-    # then no record failed: both are queued again, to wait, with no attempt spent and nothing dead-lettered
-    assert response == {"batchItemFailures": []}
-    # (the received originals are deleted by the event source once the handler reports no failure)
-    waiting = [json.loads(message["body"]) for message in store.peek("delivery")]
-    held = sorted(item["request_id"] for item in waiting if item["held"] == 1)
-    assert held == ["request-0", "request-1"]
+    # then both stay on the queue, hidden for a backoff, with no attempt spent and nothing dead-lettered
+    assert len(response["batchItemFailures"]) == 2
+    assert store.counts("delivery") == {"visible": 0, "in_flight": 2, "delayed": 0}
     assert store.peek("delivery-dlq") == [] and store.peek("rejects") == []
-    assert store.counts("delivery")["delayed"] == 2
+    records = container_log(world).get(
+        [DeliveryKey(f"request-{index}", "dmhub", "upsert_customer") for index in range(2)]
+    )
+    assert {record.attempts for record in records.values()} == {0}
     # and the problem is counted for the alarm and logged with the group key, never the secret
     assert metrics.metric_set["CredentialProblems"]["Value"] == [1.0]
     metrics.clear_metrics()
@@ -317,18 +323,18 @@ def test_a_failing_lock_store_holds_the_records_and_is_counted_not_silent(
         payload={"identity": {"identityType": "email", "identityValue": "c@example.com"}, "customer": {}},
         received_at="2026-11-28T10:00:00.000Z",
     )
-    store.send("delivery", delivery.model_dump_json())
+    store.send("delivery", delivery.model_dump_json(), group_id="customer-c")
     container = world.container()
     container.locks = _BrokenLocks(world.locks_path)
     monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "false")
     metrics.clear_metrics()
     # when deliver runs
     event = sqs_event(store.queue_arn("delivery"), store.receive("delivery", max_messages=10))
-    assert handle_batch(container, event) == {"batchItemFailures": []}
+    assert len(handle_batch(container, event)["batchItemFailures"]) == 1
     # then no token was fetched without the lease, the record waits, and the problem is counted and logged
     assert world.dmhub.token_requests() == 0
-    held = [json.loads(message["body"]) for message in store.peek("delivery")]
-    assert [item["request_id"] for item in held if item["held"] == 1] == ["request-0"]
+    assert store.counts("delivery") == {"visible": 0, "in_flight": 1, "delayed": 0}
+    assert store.peek("delivery-dlq") == []
     assert metrics.metric_set["CredentialProblems"]["Value"] == [1.0]
     metrics.clear_metrics()
     (line,) = [item for item in logged if item["message"].startswith("could not renew the vendor token")]

@@ -18,12 +18,15 @@ from cfnlint.decode import cfn_yaml
 from samtranslator.translator.transform import transform
 
 from forwarder.adapters.aws import LEDGER_TABLE_ENV_VAR, LEDGER_TTL_DAYS, LOCKS_TABLE_ENV_VAR
+from forwarder.flows.ingest import IDEMPOTENCY_TTL_SECONDS
+from forwarder.runtime import IDEMPOTENCY_TABLE_ENV_VAR
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "template.yaml"
 
 LEDGER_ACTIONS = {"dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:UpdateItem"}
 LOCK_ACTIONS = {"dynamodb:PutItem", "dynamodb:DeleteItem"}
+IDEMPOTENCY_ACTIONS = {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"}
 
 SIGNED_ROUTES = {("/v1/contacts", "post"), ("/v1/contacts", "delete"), ("/v1/events", "post")}
 
@@ -181,13 +184,52 @@ def test_every_sqs_consumer_reports_partial_batch_failures(cfn: dict[str, Any]) 
         assert mapping.get("FunctionResponseTypes") == ["ReportBatchItemFailures"], queue
 
 
-def test_every_consumed_queue_dead_letters_after_three_to_five_receives(cfn: dict[str, Any]) -> None:
+def test_every_consumed_queue_dead_letters_after_a_bounded_number_of_receives(cfn: dict[str, Any]) -> None:
     queues = resources(cfn, "AWS::SQS::Queue")
     for queue in sqs_event_sources(cfn):
         policy = redrive(queues[queue])
         dlq = target(policy["deadLetterTargetArn"])
         assert dlq in queues and dlq != queue, f"{queue} must redrive to another queue of the stack"
-        assert 3 <= int(policy["maxReceiveCount"]) <= 5, queue
+        if queue == "DeliveryQueue":
+            # retries end by age (the retry horizon); the redrive is a safety net at SQS's maximum
+            assert int(policy["maxReceiveCount"]) == 1000
+        else:
+            assert 3 <= int(policy["maxReceiveCount"]) <= 5, queue
+
+
+def test_the_delivery_queue_orders_each_customer_and_its_dlq_keeps_the_groups(cfn: dict[str, Any]) -> None:
+    queues = resources(cfn, "AWS::SQS::Queue")
+    delivery, dlq = queues["DeliveryQueue"], queues["DeliveryDeadLetterQueue"]
+    assert delivery["FifoQueue"] is True and dlq["FifoQueue"] is True
+    # deduplication ids are set by validate (one per delivery), and throughput is per customer group
+    assert delivery["ContentBasedDeduplication"] is False
+    assert delivery["DeduplicationScope"] == "messageGroup"
+    assert delivery["FifoThroughputLimit"] == "perMessageGroupId"
+    (mapping,) = [m for q, m in sqs_event_sources(cfn).items() if q == "DeliveryQueue"]
+    assert int(mapping["BatchSize"]) <= 10 and "MaximumBatchingWindowInSeconds" not in mapping
+
+
+def test_only_deliver_reaches_the_delivery_log(cfn: dict[str, Any]) -> None:
+    table = resources(cfn, "AWS::DynamoDB::Table")["DeliveryLogTable"]
+    assert table["KeySchema"] == [
+        {"AttributeName": "request_id", "KeyType": "HASH"},
+        {"AttributeName": "delivery", "KeyType": "RANGE"},
+    ]
+    assert table["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
+    reachers = set()
+    for name, function in resources(cfn, "AWS::Lambda::Function").items():
+        assert function["Environment"]["Variables"]["FORWARDER_DELIVERY_LOG_TABLE"] == {
+            "Ref": "DeliveryLogTable"
+        }
+        for statement in policy_statements(cfn, str(target(function["Role"]))):
+            if "DeliveryLogTable" in referenced_ids(statement.get("Resource")):
+                reachers.add(name)
+                assert set(actions(statement)) == {
+                    "dynamodb:BatchGetItem",
+                    "dynamodb:UpdateItem",
+                    "dynamodb:DeleteItem",
+                }
+    assert reachers == {"DeliverFunction"}
 
 
 def test_visibility_timeout_outlasts_six_consumer_timeouts(cfn: dict[str, Any]) -> None:
@@ -493,6 +535,10 @@ def test_only_deliver_can_reach_the_deletion_ledger(cfn: dict[str, Any]) -> None
             touches_dynamodb = any(a.startswith("dynamodb:") or a == "*" for a in actions(statement))
             if touches_dynamodb and "TokenLockTable" in referenced_ids(statement.get("Resource")):
                 continue  # token leases: see test_token_leases_are_reachable_by_the_token_writers_only
+            if touches_dynamodb and "IdempotencyTable" in referenced_ids(statement.get("Resource")):
+                continue  # see test_only_ingest_can_reach_the_idempotency_table
+            if touches_dynamodb and "DeliveryLogTable" in referenced_ids(statement.get("Resource")):
+                continue  # see test_only_deliver_reaches_the_delivery_log
             if touches_dynamodb or "DeletionLedgerTable" in referenced_ids(statement.get("Resource")):
                 reachers.add(function)
                 # exactly read and conditional-write, on the table itself (no Scan, Query, DeleteItem, ...)
@@ -545,3 +591,42 @@ def test_only_the_token_writers_may_write_secrets(cfn: dict[str, Any]) -> None:
                 prefix = statement["Resource"]["Fn::Sub"]
                 assert prefix.endswith(":secret:${SecretsPrefix}*"), name
     assert writers == {"DeliverFunction", "RefreshTokensFunction"}
+
+
+# --------------------------------------------------------------------------------------------------
+# Idempotency-Key records
+# --------------------------------------------------------------------------------------------------
+
+
+def test_the_idempotency_table_has_the_shape_powertools_expects(cfn: dict[str, Any]) -> None:
+    table = resources(cfn, "AWS::DynamoDB::Table")["IdempotencyTable"]
+    assert "TableName" not in table
+    # DynamoDBPersistenceLayer's defaults: partition key "id", expiry (epoch seconds) in "expiration"
+    assert table["KeySchema"] == [{"AttributeName": "id", "KeyType": "HASH"}]
+    assert table["AttributeDefinitions"] == [{"AttributeName": "id", "AttributeType": "S"}]
+    assert table["BillingMode"] == "PAY_PER_REQUEST"
+    # DynamoDB removes a record once its 24 hours are over
+    assert table["TimeToLiveSpecification"] == {"AttributeName": "expiration", "Enabled": True}
+    assert table["SSESpecification"] == {"SSEEnabled": True}
+    assert IDEMPOTENCY_TTL_SECONDS == 86400
+    assert cfn["Outputs"]["IdempotencyTableName"]["Value"] == {"Ref": "IdempotencyTable"}
+
+
+def test_only_ingest_can_reach_the_idempotency_table(cfn: dict[str, Any]) -> None:
+    reachers = set()
+    for name, function in resources(cfn, "AWS::Lambda::Function").items():
+        # every function finds it (services() requires it on AWS), only ingest has the right to use it
+        assert function["Environment"]["Variables"][IDEMPOTENCY_TABLE_ENV_VAR] == {
+            "Ref": "IdempotencyTable"
+        }, name
+        role = str(target(function["Role"]))
+        for statement in policy_statements(cfn, role):
+            if "IdempotencyTable" in referenced_ids(statement.get("Resource")) or "*" in actions(statement):
+                reachers.add(name)
+                # what Powertools Idempotency calls, on the table itself: no Scan, Query, BatchWriteItem, ...
+                assert set(actions(statement)) == IDEMPOTENCY_ACTIONS, name
+                assert statement["Resource"] == {"Fn::GetAtt": ["IdempotencyTable", "Arn"]}, name
+                assert statement["Effect"] == "Allow"
+        managed = cfn["Resources"][role]["Properties"].get("ManagedPolicyArns", [])
+        assert not any("dynamodb" in json.dumps(arn).lower() for arn in managed), name
+    assert reachers == {"IngestFunction"}

@@ -11,16 +11,21 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import requests
 from pydantic import BaseModel, Field
 
 from forwarder.config import ForwarderConfig, load_config
-from forwarder.ports import DeletionLedger, LockPort, QueuePort, SecretsPort
+from forwarder.ports import DeletionLedger, DeliveryLog, LockPort, QueuePort, SecretsPort
 from forwarder.tokens import TokenKeeper
 
+if TYPE_CHECKING:  # importing Powertools Idempotency costs ~20 ms: only requests with a key pay it
+    from aws_lambda_powertools.utilities.idempotency import BasePersistenceLayer
+
 _ENV_PREFIX = "FORWARDER_"
+#: The environment variable holding the idempotency table's name (set by template.yaml's Globals).
+IDEMPOTENCY_TABLE_ENV_VAR = "FORWARDER_IDEMPOTENCY_TABLE"
 
 
 class RuntimeSettings(BaseModel):
@@ -32,7 +37,12 @@ class RuntimeSettings(BaseModel):
     max_message_bytes: int = Field(
         256 * 1024, ge=1024, description="the queue's message size limit (SQS: 256 KiB)"
     )
-    delivery_max_receives: int = Field(5, ge=1, description="the delivery queue's maxReceiveCount")
+    delivery_max_receives: int = Field(
+        1000, ge=1, description="the delivery queue's maxReceiveCount: a safety net; retries end by age"
+    )
+    retry_horizon_seconds: float = Field(
+        4 * 3600, gt=0, le=24 * 3600, description="how long a delivery is retried after its first attempt"
+    )
     retry_base_seconds: float = Field(10.0, gt=0)
     retry_max_seconds: float = Field(900.0, gt=0, le=43200)
     secrets_max_age_seconds: int = Field(300, ge=0)
@@ -74,10 +84,21 @@ class Services:
     http: requests.Session = field(default_factory=requests.Session)
     clock: Callable[[], float] = time.time
     locks: LockPort | None = None
+    deliveries: DeliveryLog | None = None
+    #: Where ingest records requests sent with an ``Idempotency-Key`` (a Powertools persistence layer), or a
+    #: factory that builds it on first use (on AWS a DynamoDB client: only ingest should pay its cold start).
+    #: None: keys travel on the message but are not deduplicated (tests that do not need it).
+    idempotency: BasePersistenceLayer | Callable[[], BasePersistenceLayer] | None = None
 
     @property
     def config(self) -> ForwarderConfig:
         return load_config(self.settings.config_path)
+
+    def idempotency_store(self) -> BasePersistenceLayer | None:
+        """The idempotency persistence layer, built now when ``idempotency`` is a factory."""
+        if callable(self.idempotency):
+            self.idempotency = self.idempotency()
+        return self.idempotency
 
     def token_keeper(self) -> TokenKeeper:
         return TokenKeeper(
@@ -109,6 +130,7 @@ def services() -> Services:
                 raise RuntimeError("embedded runtime: the embedded stack must install its services first")
             from forwarder.adapters.aws import (
                 DynamoDbDeletionLedger,
+                DynamoDbDeliveryLog,
                 DynamoDbLocks,
                 SecretsManagerSecrets,
                 SqsQueues,
@@ -121,5 +143,27 @@ def services() -> Services:
                 # Required: without it deletes would silently stop being final (raises naming the variable).
                 ledger=DynamoDbDeletionLedger.from_environment(os.environ),
                 locks=DynamoDbLocks.from_environment(os.environ),
+                # Required: without it a redelivered message would be sent to the vendor again.
+                deliveries=DynamoDbDeliveryLog.from_environment(os.environ),
+                # Required: without it a client's retry with the same Idempotency-Key would be queued twice.
+                idempotency=dynamodb_idempotency(os.environ),
             )
         return _services
+
+
+def dynamodb_idempotency(env: Mapping[str, str]) -> Callable[[], BasePersistenceLayer]:
+    """A factory of Powertools' DynamoDB persistence layer on the table named by ``FORWARDER_IDEMPOTENCY_TABLE``
+    (partition key ``id``, TTL on ``expiration``: Powertools' defaults). Raises naming the variable when unset."""
+    table_name = env.get(IDEMPOTENCY_TABLE_ENV_VAR)
+    if not table_name:
+        raise RuntimeError(f"no idempotency table configured (set {IDEMPOTENCY_TABLE_ENV_VAR})")
+
+    def build() -> BasePersistenceLayer:
+        from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
+        from botocore.config import Config
+
+        return DynamoDBPersistenceLayer(
+            table_name=table_name, boto_config=Config(retries={"mode": "standard"})
+        )
+
+    return build

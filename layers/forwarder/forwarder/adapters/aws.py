@@ -1,5 +1,5 @@
 """AWS adapters: SQS behind the queue port, Secrets Manager behind the secrets port, DynamoDB behind the
-deletion ledger and lock ports.
+deletion ledger, lock and delivery log ports.
 
 SDK errors never leave this module: they become ``QueueError``, ``SecretNotFoundError``,
 ``SecretStoreError``, ``LedgerError`` or ``LockError``, whose messages name the queue, secret or table and the AWS error
@@ -18,6 +18,13 @@ from typing import Any, Self
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from forwarder.ports.deliveries import (
+    DeliveryKey,
+    DeliveryLog,
+    DeliveryLogError,
+    DeliveryRecord,
+    DeliveryState,
+)
 from forwarder.ports.ledger import DeletionLedger, LedgerError
 from forwarder.ports.locks import LockError, LockPort
 from forwarder.ports.queues import OutgoingMessage, QueueError, QueuePort, batches
@@ -453,3 +460,148 @@ class DynamoDbLocks(LockPort):
             ) from exc
         except BotoCoreError as exc:
             raise LockError(f"DynamoDB unreachable for table {self._table!r}: {type(exc).__name__}") from exc
+
+
+#: The environment variable holding the delivery log table's name (set by template.yaml's Globals).
+DELIVERY_LOG_TABLE_ENV_VAR = "FORWARDER_DELIVERY_LOG_TABLE"
+#: How long a delivery's record is kept: longer than any retry horizon (24 h) and the DLQ's 14 days, so a
+#: replayed dead letter still finds whether it was delivered.
+DELIVERY_LOG_TTL_DAYS = 30
+_LOG_NAMES = {
+    "#state": "state",
+    "#attempts": "attempts",
+    "#first": "first_attempt_at",
+    "#updated": "updated_at",
+    "#reason": "reason",
+    "#expires": "expires_at",
+}
+
+
+class DynamoDbDeliveryLog(DeliveryLog):
+    """The delivery log on a DynamoDB table: partition key ``request_id`` (S), sort key ``delivery`` (S,
+    ``integration#operation``), so one Query returns a request's status at every integration. Conditional
+    writes keep a final state final; reads are strongly consistent."""
+
+    def __init__(
+        self, table_name: str, client: Any | None = None, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._table = table_name
+        self._client_instance = client
+        self._clock = clock
+
+    @classmethod
+    def from_environment(cls, env: Mapping[str, str], client: Any | None = None) -> Self:
+        """The table named by ``FORWARDER_DELIVERY_LOG_TABLE``. Required: without it a redelivered message
+        would be sent to the vendor again (raises naming the variable)."""
+        table_name = env.get(DELIVERY_LOG_TABLE_ENV_VAR)
+        if not table_name:
+            raise DeliveryLogError(f"no delivery log table configured (set {DELIVERY_LOG_TABLE_ENV_VAR})")
+        return cls(table_name, client)
+
+    @property
+    def _client(self) -> Any:
+        if self._client_instance is None:
+            self._client_instance = _create_client("dynamodb")
+        return self._client_instance
+
+    @staticmethod
+    def _key(key: DeliveryKey) -> dict[str, Any]:
+        return {"request_id": {"S": key.request_id}, "delivery": {"S": key.sort_key}}
+
+    def _fail(self, what: str, exc: Exception) -> DeliveryLogError:
+        detail = _error_code(exc) if isinstance(exc, ClientError) else type(exc).__name__
+        return DeliveryLogError(f"DynamoDB could not {what} table {self._table!r}: {detail}")
+
+    def get(self, keys: list[DeliveryKey]) -> dict[DeliveryKey, DeliveryRecord]:
+        unique = list(dict.fromkeys(keys))
+        by_id = {(key.request_id, key.sort_key): key for key in unique}
+        found: dict[DeliveryKey, DeliveryRecord] = {}
+        for start in range(0, len(unique), DYNAMODB_BATCH_GET_MAX_KEYS):
+            request: dict[str, Any] = {
+                self._table: {
+                    "Keys": [self._key(key) for key in unique[start : start + DYNAMODB_BATCH_GET_MAX_KEYS]],
+                    "ConsistentRead": True,
+                }
+            }
+            for attempt in range(LEDGER_BATCH_GET_ATTEMPTS):
+                if attempt:
+                    time.sleep(LEDGER_BATCH_GET_BACKOFF_SECONDS * 2 ** (attempt - 1))
+                try:
+                    response: dict[str, Any] = self._client.batch_get_item(RequestItems=request)
+                except (ClientError, BotoCoreError) as exc:
+                    raise self._fail("read", exc) from exc
+                for item in (response.get("Responses") or {}).get(self._table) or []:
+                    key = by_id.get((item["request_id"]["S"], item["delivery"]["S"]))
+                    if key is not None:
+                        found[key] = DeliveryRecord(
+                            state=DeliveryState(item["state"]["S"]),
+                            attempts=int(item.get("attempts", {}).get("N", "0")),
+                            first_attempt_at=(
+                                float(item["first_attempt_at"]["N"]) if "first_attempt_at" in item else None
+                            ),
+                            updated_at=float(item.get("updated_at", {}).get("N", "0")),
+                            reason=str(item.get("reason", {}).get("S", "")),
+                        )
+                unprocessed: dict[str, Any] = response.get("UnprocessedKeys") or {}
+                if not (unprocessed.get(self._table) or {}).get("Keys"):
+                    break
+                request = unprocessed
+            else:
+                raise DeliveryLogError(f"DynamoDB left keys unread in table {self._table!r} (throttled)")
+        return found
+
+    def _update(self, key: DeliveryKey, expression: str, values: dict[str, Any]) -> None:
+        try:
+            self._client.update_item(
+                TableName=self._table,
+                Key=self._key(key),
+                UpdateExpression=expression,
+                ConditionExpression="attribute_not_exists(#state) OR NOT #state IN (:d, :r, :s)",
+                # DynamoDB refuses names an expression does not use
+                ExpressionAttributeNames={
+                    name: value
+                    for name, value in _LOG_NAMES.items()
+                    if name in expression or name == "#state"
+                },
+                ExpressionAttributeValues={
+                    **values,
+                    ":d": {"S": DeliveryState.DELIVERED.value},
+                    ":r": {"S": DeliveryState.REJECTED.value},
+                    ":s": {"S": DeliveryState.SUPERSEDED.value},
+                    ":e": {"N": str(int(self._clock() + DELIVERY_LOG_TTL_DAYS * _SECONDS_PER_DAY))},
+                },
+            )
+        except ClientError as exc:
+            if _error_code(exc) != "ConditionalCheckFailedException":  # final already: left as it is
+                raise self._fail("write", exc) from exc
+        except BotoCoreError as exc:
+            raise self._fail("write", exc) from exc
+
+    def begin(self, keys: list[DeliveryKey], now: float) -> None:
+        for key in dict.fromkeys(keys):
+            self._update(
+                key,
+                "SET #state = :sending, #updated = :now, #first = if_not_exists(#first, :now), #expires = :e, "
+                "#reason = if_not_exists(#reason, :empty) ADD #attempts :one",
+                {
+                    ":sending": {"S": DeliveryState.SENDING.value},
+                    ":now": {"N": repr(now)},
+                    ":one": {"N": "1"},
+                    ":empty": {"S": ""},
+                },
+            )
+
+    def finish(self, results: dict[DeliveryKey, tuple[DeliveryState, str]], now: float) -> None:
+        for key, (state, reason) in results.items():
+            self._update(
+                key,
+                "SET #state = :state, #reason = :reason, #updated = :now, #expires = :e",
+                {":state": {"S": state.value}, ":reason": {"S": reason[:1000]}, ":now": {"N": repr(now)}},
+            )
+
+    def forget(self, keys: list[DeliveryKey]) -> None:
+        for key in dict.fromkeys(keys):
+            try:
+                self._client.delete_item(TableName=self._table, Key=self._key(key))
+            except (ClientError, BotoCoreError) as exc:
+                raise self._fail("write", exc) from exc

@@ -1,11 +1,21 @@
 """deliver: send delivery messages to their vendors, batched per (group key, integration, action);
 classify each outcome; report partial batch failures so only what failed is retried.
 
-* delivered -> done.
-* rejected for good -> the rejects trail, with the vendor's reason; never retried.
-* retry later -> the message is hidden for a capped exponential backoff with full jitter (at least the
-  vendor's Retry-After) and reported as a batch item failure; on its last allowed receive it goes to the
-  delivery DLQ with the reason instead (the queue's redrive policy stays as the safety net for crashes).
+* **Per-customer order.** The delivery queue is FIFO, one message group per customer and integration
+  (``forwarder.ordering``). A batch is worked through in waves: the first delivery of every customer, then
+  the second, and so on, so a customer's delete and upsert in one batch are applied in the order received.
+  When a customer's delivery must wait (a retry), their later deliveries in the batch wait with it, hidden
+  as long as it is; other customers go on.
+* **Exactly-once effects.** Before a request goes out its deliveries are marked ``sending`` in the delivery
+  log; after the vendor's answer, ``delivered`` (or rejected, ...). A delivery the log holds as done is
+  never sent again (a redelivery, a crash before the queue acknowledgement, a replay): it is acknowledged. One
+  still ``sending`` (no answer came: a read timeout, a crash) is first read back by its integration
+  (``Integration.confirm``); only when the vendor does not show it applied is it sent again.
+* delivered -> done. rejected for good -> the rejects trail, with the vendor's reason; never retried.
+* retry later -> hidden for a capped exponential backoff with full jitter (at least the vendor's
+  Retry-After), until the retry horizon (``FORWARDER_RETRY_HORIZON_SECONDS``, 4 h by default) has passed
+  since the first attempt; then it goes to the delivery DLQ with the last reason. Waiting for credentials
+  (``Outcome.hold``) spends no attempt.
 
 Nothing is dropped: when the rejects trail or DLQ cannot be written, the message is reported failed.
 """
@@ -24,6 +34,8 @@ from forwarder.contract import Action
 from forwarder.integrations.base import NOT_ATTEMPTED, Budget, CredentialsError, Outcome, TokenError, Verdict
 from forwarder.messages import DeadLetter, DeliveryMessage, Rejection
 from forwarder.observability import count_credential_problem, emit_counts, logger
+from forwarder.ordering import deduplication_id
+from forwarder.ports.deliveries import DeliveryKey, DeliveryLogError, DeliveryRecord, DeliveryState
 from forwarder.ports.ledger import DeletionLedger, LedgerError
 from forwarder.ports.locks import LockError
 from forwarder.ports.queues import MAX_MESSAGE_BYTES, OutgoingMessage, QueueError
@@ -38,7 +50,14 @@ class _Item:
     receipt_handle: str
     receive_count: int
     queue_arn: str
+    lane: str  # the FIFO message group: one customer at one integration
     delivery: DeliveryMessage
+    record: DeliveryRecord | None = None  # what the delivery log held when the batch came in
+    replayed: bool = False  # a dead letter sent back (forwarder replay, a DLQ redrive)
+
+    @property
+    def key(self) -> DeliveryKey:
+        return DeliveryKey(self.delivery.request_id, self.delivery.integration, self.delivery.operation)
 
 
 def backoff_seconds(attempt: int, base: float, cap: float, rng: random.Random | None = None) -> float:
@@ -47,32 +66,107 @@ def backoff_seconds(attempt: int, base: float, cap: float, rng: random.Random | 
     return (rng or random).uniform(min(base / 2, ceiling), ceiling)
 
 
+# Verdicts after which a customer's later deliveries in the batch must wait: this one is not done.
+_WAITING = frozenset({"retrying", "held", "requeued", "unsettled"})
+
+
 def handle_batch(services: Services, event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     remaining = getattr(context, "get_remaining_time_in_millis", None)
     budget = Budget.from_remaining_ms(remaining() if callable(remaining) else None)
     failures: list[str] = []
     counts: Counter[tuple[str, str]] = Counter()
-    groups: dict[tuple[str, str, str], list[_Item]] = {}
+    lanes: dict[str, list[_Item]] = {}
     for record in event.get("Records", []):
         message_id = record["messageId"]
         try:
-            delivery = _delivery_of(record["body"])
+            delivery, replayed = _delivery_of(record["body"])
         except ValidationError:
             if not _reject_malformed(services, record):
                 failures.append(message_id)
             continue
+        attributes = record.get("attributes", {})
         item = _Item(
             message_id,
             record["receiptHandle"],
-            int(record.get("attributes", {}).get("ApproximateReceiveCount", "1")),
+            int(attributes.get("ApproximateReceiveCount", "1")),
             record.get("eventSourceARN", ""),
+            str(attributes.get("MessageGroupId") or message_id),
             delivery,
+            replayed=replayed,
         )
-        groups.setdefault((delivery.group_key, delivery.integration, delivery.operation), []).append(item)
+        lanes.setdefault(item.lane, []).append(item)
+    if not lanes:
+        return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in failures]}
 
-    config = services.config if groups else None
+    config = services.config
+    waiting: dict[str, tuple[int, int]] = {}  # lane -> (position of the delivery that waits, its delay)
+    position = 0
+    while True:
+        wave = [
+            items[position] for lane, items in lanes.items() if position < len(items) and lane not in waiting
+        ]
+        if not wave:
+            break
+        for item, (verdict, delay) in zip(wave, _deliver_wave(services, config, wave, budget), strict=True):
+            counts[(item.delivery.integration, verdict)] += 1
+            if verdict in _WAITING:
+                failures.append(item.message_id)
+                waiting[item.lane] = (position, delay)
+        position += 1
+    for lane, (stopped_at, delay) in waiting.items():
+        for item in lanes[lane][stopped_at + 1 :]:
+            # Not tried: it waits behind the customer's earlier delivery, and becomes visible with it.
+            failures.append(item.message_id)
+            counts[(item.delivery.integration, "waiting")] += 1
+            try:
+                services.queues.change_visibility("delivery", item.receipt_handle, delay)
+            except QueueError as error:
+                logger.warning("could not hold a delivery back", extra={"error": str(error)})
+    emit_counts(counts)
+    return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in dict.fromkeys(failures)]}
+
+
+def _deliver_wave(
+    services: Services, config: ForwarderConfig, wave: list[_Item], budget: Budget
+) -> list[tuple[str, int]]:
+    """Deliver one delivery per customer; (verdict, seconds it waits) for each, in order."""
+    log = services.deliveries
+    results: dict[str, tuple[str, int]] = {}
+    pending: list[_Item] = []
+    try:
+        records = log.get([item.key for item in wave]) if log is not None else {}
+    except DeliveryLogError as error:
+        logger.error("the delivery log is unavailable; the batch is retried", extra={"error": str(error)})
+        return [("unsettled", 0)] * len(wave)
+    replays = [
+        item.key
+        for item in wave
+        if item.replayed and (found := records.get(item.key)) and found.state is DeliveryState.DEAD_LETTERED
+    ]
+    if replays and log is not None:
+        try:
+            log.forget(replays)  # a replayed dead letter starts its retries (and its horizon) again
+        except DeliveryLogError as error:
+            logger.error("the delivery log is unavailable; the batch is retried", extra={"error": str(error)})
+            return [("unsettled", 0)] * len(wave)
+        records = {key: record for key, record in records.items() if key not in replays}
+    for item in wave:
+        item.record = records.get(item.key)
+        if item.record is not None and item.record.state.final:
+            # Done already (a redelivery, a crash before the acknowledgement, a replay): never sent again.
+            logger.info(
+                "already delivered: acknowledged without sending",
+                extra={"request_id": item.delivery.request_id, "integration": item.delivery.integration},
+            )
+            results[item.message_id] = ("duplicate", 0)
+        else:
+            pending.append(item)
+    groups: dict[tuple[str, str, str], list[_Item]] = {}
+    for item in pending:
+        groups.setdefault(
+            (item.delivery.group_key, item.delivery.integration, item.delivery.operation), []
+        ).append(item)
     for (group_key, integration_name, operation), items in groups.items():
-        assert config is not None
         integration_config = _integration_config(config, group_key, integration_name)
         if integration_config is None:
             outcomes = [
@@ -83,12 +177,8 @@ def handle_batch(services: Services, event: dict[str, Any], context: Any = None)
         else:
             outcomes = _send_in_order(services, integration_config, operation, items, budget)
         for item, outcome in zip(items, outcomes, strict=True):
-            verdict = _settle(services, item, outcome)
-            counts[(integration_name, verdict)] += 1
-            if verdict == "retrying" or verdict == "unsettled":
-                failures.append(item.message_id)
-    emit_counts(counts)
-    return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in failures]}
+            results[item.message_id] = _settle(services, item, outcome)
+    return [results[item.message_id] for item in wave]
 
 
 # A delivery queue message: a delivery, or a dead letter redriven from the DLQ (replay), told apart by "kind".
@@ -97,9 +187,10 @@ _QUEUED: TypeAdapter[DeliveryMessage | DeadLetter] = TypeAdapter(
 )
 
 
-def _delivery_of(body: str) -> DeliveryMessage:
+def _delivery_of(body: str) -> tuple[DeliveryMessage, bool]:
+    """The delivery, and whether it is a replayed dead letter."""
     queued = _QUEUED.validate_json(body)
-    return queued.delivery if isinstance(queued, DeadLetter) else queued
+    return (queued.delivery, True) if isinstance(queued, DeadLetter) else (queued, False)
 
 
 def _integration_config(config: ForwarderConfig, group_key: str, name: str) -> IntegrationConfig | None:
@@ -195,9 +286,28 @@ def _send(
     size = max(1, integration.batch_size(operation, config.parsed_settings))
     outcomes: list[Outcome] = []
     for start in range(0, len(items), size):
-        payloads = [item.delivery.payload for item in items[start : start + size]]
-        sent = integration.deliver(
-            operation, payloads, config.parsed_settings, credentials, services.http, budget, services.locks
+        chunk = items[start : start + size]
+        try:
+            confirmed = _confirmed(services, config, operation, chunk, credentials, budget)
+            to_send = [index for index in range(len(chunk)) if index not in confirmed]
+            if to_send and services.deliveries is not None:
+                services.deliveries.begin([chunk[index].key for index in to_send], services.clock())
+        except DeliveryLogError as error:
+            outcomes.extend([Outcome.retry(f"the delivery log is unavailable: {error}")] * len(chunk))
+            continue
+        payloads = [chunk[index].delivery.payload for index in to_send]
+        sent = (
+            integration.deliver(
+                operation,
+                payloads,
+                config.parsed_settings,
+                credentials,
+                services.http,
+                budget,
+                services.locks,
+            )
+            if payloads
+            else []
         )
         refused = [index for index, outcome in enumerate(sent) if outcome.token_refused]
         if refused and keeper is not None:
@@ -219,8 +329,40 @@ def _send(
                 )
                 for index, outcome in zip(refused, again, strict=True):
                     sent[index] = outcome
-        outcomes.extend(sent)
+        answers = iter(sent)
+        outcomes.extend(_CONFIRMED if index in confirmed else next(answers) for index in range(len(chunk)))
     return outcomes
+
+
+_CONFIRMED = Outcome(Verdict.DELIVERED, "delivered: the vendor shows an earlier attempt applied")
+
+
+def _confirmed(
+    services: Services,
+    config: IntegrationConfig,
+    operation: str,
+    chunk: list[_Item],
+    credentials: dict[str, Any],
+    budget: Budget,
+) -> set[int]:
+    """Indexes of deliveries whose earlier attempt got no answer (the log says ``sending``: a read timeout, a
+    crash) and which the vendor shows applied already: they are not sent again."""
+    unknown = [
+        index
+        for index, item in enumerate(chunk)
+        if item.record is not None and item.record.state is DeliveryState.SENDING
+    ]
+    if not unknown:
+        return set()
+    answers = config.integration.confirm(
+        operation,
+        [chunk[index].delivery.payload for index in unknown],
+        config.parsed_settings,
+        credentials,
+        services.http,
+        budget,
+    )
+    return {index for index, applied in zip(unknown, answers, strict=True) if applied is True}
 
 
 _TOKEN_PROBLEMS = (TokenError, TokenUnavailable, SecretStoreError, CredentialsError, LockError)
@@ -238,50 +380,29 @@ def _no_token(config: IntegrationConfig, group_key: str, error: Exception) -> Ou
     return Outcome.held(f"no usable {config.integration.title} token: {error}")
 
 
-def _settle(services: Services, item: _Item, outcome: Outcome) -> str:
-    """Act on one outcome; returns delivered | rejected | retrying | dead_lettered | unsettled."""
+def _settle(services: Services, item: _Item, outcome: Outcome) -> tuple[str, int]:
+    """Act on one outcome, record it in the delivery log; returns (verdict, seconds the delivery now waits)."""
     delivery = item.delivery
+    settings = services.settings
+    now = services.clock()
+    attempts = (item.record.attempts if item.record else 0) + (0 if outcome.hold or _untried(outcome) else 1)
     log = {
         "request_id": delivery.request_id,
         "integration": delivery.integration,
         "operation": delivery.operation,
-        "attempt": item.receive_count,
+        "attempt": attempts,
         "vendor_status": outcome.vendor_status,
     }
+    first_attempt = item.record.first_attempt_at if item.record and item.record.first_attempt_at else now
     try:
         if outcome.verdict is Verdict.DELIVERED:
+            _record(services, item, DeliveryState.DELIVERED, outcome.reason)
             logger.info("delivered", extra=log)
-            return "delivered"
-        if outcome.hold:
-            # Waiting for credentials is not an attempt: queue a fresh copy later, so it is never dead-lettered
-            # for it; the wait grows with each hold (capped by SQS's 15-minute delay).
-            held = delivery.model_copy(update={"held": delivery.held + 1})
-            delay = backoff_seconds(
-                held.held, services.settings.retry_base_seconds, services.settings.retry_max_seconds
-            )
-            services.queues.send(
-                "delivery",
-                [
-                    OutgoingMessage(
-                        held.model_dump_json(),
-                        {"integration": delivery.integration},
-                        delay_seconds=min(900, max(1, round(delay))),
-                    )
-                ],
-            )
-            logger.info("waiting for credentials", extra={**log, "reason": outcome.reason})
-            return "held"
-        if outcome.reason == NOT_ATTEMPTED:
-            # Never tried: re-enqueue a fresh copy (its receive count starts again) and let this one go, so a
-            # record the invocation had no time for is never dead-lettered untried.
-            services.queues.send(
-                "delivery",
-                [OutgoingMessage(delivery.model_dump_json(), {"integration": delivery.integration})],
-            )
-            return "requeued"
+            return "delivered", 0
         if outcome.verdict is Verdict.SUPERSEDED:
+            _record(services, item, DeliveryState.SUPERSEDED, outcome.reason)
             logger.info("not sent: a later delete of the same customer was delivered", extra=log)
-            return "superseded"
+            return "superseded", 0
         if outcome.verdict is Verdict.REJECTED:
             rejection = Rejection(
                 request_id=delivery.request_id,
@@ -296,32 +417,72 @@ def _settle(services: Services, item: _Item, outcome: Outcome) -> str:
             services.queues.send(
                 "rejects", [OutgoingMessage(rejection.fitted(MAX_MESSAGE_BYTES).model_dump_json())]
             )
+            _record(services, item, DeliveryState.REJECTED, outcome.reason)
             logger.info("rejected by the vendor", extra=log)
-            return "rejected"
-        if item.receive_count >= services.settings.delivery_max_receives:
-            dead = DeadLetter(delivery=delivery, reason=outcome.reason, attempts=item.receive_count)
+            return "rejected", 0
+        if _untried(outcome):
+            # The invocation had no time for it: visible again at once, and not counted as an attempt (it
+            # never left, so it is not "sending" either: nothing to read back next time).
+            services.queues.change_visibility("delivery", item.receipt_handle, 0)
+            if services.deliveries is not None:
+                if item.record is None:
+                    services.deliveries.forget([item.key])
+                else:
+                    services.deliveries.finish({item.key: (item.record.state, item.record.reason)}, now)
+            return "requeued", 0
+        out_of_time = now - first_attempt > settings.retry_horizon_seconds
+        if out_of_time or item.receive_count >= settings.delivery_max_receives:
+            why = (
+                f"gave up after {attempts} attempts over {_duration(now - first_attempt)}"
+                if out_of_time
+                else f"received {item.receive_count} times (the queue's limit)"
+            )
+            dead = DeadLetter(delivery=delivery, reason=f"{outcome.reason} ({why})", attempts=attempts)
             services.queues.send(
                 "delivery-dlq",
                 [
                     OutgoingMessage(
                         dead.fitted(MAX_MESSAGE_BYTES).model_dump_json(),
                         {"integration": delivery.integration},
+                        group_id=item.lane,
+                        dedup_id=deduplication_id(f"{delivery.delivery_id}/dead/{now}"),
                     )
                 ],
             )
-            logger.warning("dead-lettered after its last attempt", extra=log)
-            return "dead_lettered"
-        delay = backoff_seconds(
-            item.receive_count, services.settings.retry_base_seconds, services.settings.retry_max_seconds
-        )
+            _record(services, item, DeliveryState.DEAD_LETTERED, dead.reason)
+            logger.warning("dead-lettered: its retries are over", extra={**log, "why": why})
+            return "dead_lettered", 0
+        # Waiting for credentials spends no attempt: its wait grows with how often the queue handed it over.
+        step = item.receive_count if outcome.hold else attempts
+        delay = backoff_seconds(step, settings.retry_base_seconds, settings.retry_max_seconds)
         if outcome.retry_after is not None:
-            delay = max(delay, min(outcome.retry_after, services.settings.retry_max_seconds))
-        services.queues.change_visibility("delivery", item.receipt_handle, max(1, round(delay)))
-        logger.info("will retry", extra={**log, "retry_in_seconds": round(delay)})
-        return "retrying"
-    except QueueError as error:
+            delay = max(delay, min(outcome.retry_after, settings.retry_max_seconds))
+        wait = max(1, round(delay))
+        services.queues.change_visibility("delivery", item.receipt_handle, wait)
+        _record(services, item, DeliveryState.RETRYING, outcome.reason)
+        if outcome.hold:
+            logger.info(
+                "waiting for credentials", extra={**log, "reason": outcome.reason, "retry_in_seconds": wait}
+            )
+            return "held", wait
+        logger.info("will retry", extra={**log, "retry_in_seconds": wait})
+        return "retrying", wait
+    except (QueueError, DeliveryLogError) as error:
         logger.error("could not settle a delivery; it will be retried", extra={**log, "error": str(error)})
-        return "unsettled"
+        return "unsettled", 0
+
+
+def _untried(outcome: Outcome) -> bool:
+    return outcome.reason == NOT_ATTEMPTED
+
+
+def _record(services: Services, item: _Item, state: DeliveryState, reason: str) -> None:
+    if services.deliveries is not None:
+        services.deliveries.finish({item.key: (state, reason)}, services.clock())
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds:.0f} s"
 
 
 def _reject_malformed(services: Services, record: dict[str, Any]) -> bool:

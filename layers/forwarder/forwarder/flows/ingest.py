@@ -1,15 +1,35 @@
-"""ingest: cheap synchronous checks, then enqueue and answer 202. Never calls a vendor."""
+"""ingest: cheap synchronous checks, then enqueue and answer 202. Never calls a vendor.
+
+A request with an ``Idempotency-Key`` is accepted once per (client, key) within 24 hours, through Powertools
+Idempotency: the key is recorded INPROGRESS before the message is queued and COMPLETED with the answer after,
+so a retry gets the first answer and queues nothing. When queueing fails the record is deleted (the retry is
+queued afresh); when the process dies in between, the record stays INPROGRESS only until the invocation's own
+deadline, after which a retry is queued. A key never answers 202 for a request that was not queued.
+"""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
-from forwarder.contract import Action, ContractError, parse_envelope
+from forwarder.contract import Action, ContractError, Envelope, parse_envelope
 from forwarder.messages import IngestMessage, utcnow_iso
 from forwarder.observability import logger
+from forwarder.ordering import deduplication_id, ingest_group
 from forwarder.ports.queues import OutgoingMessage, QueueError
 from forwarder.runtime import Services
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.idempotency import BasePersistenceLayer
+
+#: How long a key answers with its first request's answer.
+IDEMPOTENCY_TTL_SECONDS = 24 * 3600
+#: How long a key stays "in progress" when no Lambda context says how long the invocation may still run.
+IN_PROGRESS_FALLBACK_SECONDS = 30
+#: The stored keys' prefix, fixed: renaming the function or this module keeps clients' keys.
+_KEY_PREFIX = "forwarder.ingest"
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,8 +54,10 @@ def accept(
     content_type: str | None,
     caller: Caller,
     idempotency_key: str | None = None,
+    deadline: Deadline | None = None,
 ) -> Accepted:
-    """Check the request and enqueue it. Raises ContractError (4xx) or ServiceUnavailable (503)."""
+    """Check the request and enqueue it (once per client and ``idempotency_key``; ``deadline``: the Lambda
+    context). Raises ContractError (4xx), IdempotencyKeyReused, IdempotencyKeyInProgress or ServiceUnavailable."""
     envelope = parse_envelope(body, content_type, services.settings.max_body_bytes)
     config = services.config
     client = config.client_for(caller.access_key, caller.user_arn)
@@ -67,6 +89,26 @@ def accept(
         )
     if idempotency_key is not None and not (0 < len(idempotency_key) <= 128):
         raise ContractError(400, "INVALID_IDEMPOTENCY_KEY", "Idempotency-Key must be 1 to 128 characters")
+
+    def enqueue() -> Accepted:
+        return _enqueue(services, action, envelope, client.name, idempotency_key)
+
+    store = services.idempotency_store() if idempotency_key is not None else None
+    if store is None or idempotency_key is None:
+        return enqueue()
+    request = {
+        "client": client.name,
+        "idempotency_key": idempotency_key,
+        "action": action.value,
+        "group_key": envelope.group_key,
+        "data": envelope.data,
+    }
+    return _accept_once(store, request, enqueue, deadline)
+
+
+def _enqueue(
+    services: Services, action: Action, envelope: Envelope, client: str, idempotency_key: str | None
+) -> Accepted:
     request_id = str(uuid.uuid4())
     message = IngestMessage(
         request_id=request_id,
@@ -74,7 +116,7 @@ def accept(
         group_key=envelope.group_key,
         data=envelope.data,
         received_at=utcnow_iso(),
-        client=client.name,
+        client=client,
         idempotency_key=idempotency_key,
     )
     body_json = message.model_dump_json()
@@ -92,6 +134,16 @@ def accept(
                 OutgoingMessage(
                     body_json,
                     {"request_id": request_id, "group_key": envelope.group_key, "action": action.value},
+                    # the ingest queue is FIFO, one group per customer: validate handles a customer's
+                    # requests in the order they were accepted
+                    group_id=ingest_group(
+                        services.config.group_keys[envelope.group_key],
+                        envelope.group_key,
+                        action,
+                        envelope.data,
+                        request_id,
+                    ),
+                    dedup_id=deduplication_id(request_id),
                 )
             ],
         )
@@ -104,11 +156,101 @@ def accept(
             "request_id": request_id,
             "group_key": envelope.group_key,
             "action": action.value,
-            "client": client.name,
+            "client": client,
         },
     )
     return Accepted(request_id, envelope.group_key)
 
 
+class Deadline(Protocol):
+    """What the idempotency record needs of a Lambda context: how long this invocation may still run."""
+
+    def get_remaining_time_in_millis(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Fallback:
+    millis: int
+
+    def get_remaining_time_in_millis(self) -> int:
+        return self.millis
+
+
+def _accept_once(
+    store: BasePersistenceLayer,
+    request: dict[str, Any],
+    enqueue: Callable[[], Accepted],
+    deadline: Deadline | None,
+) -> Accepted:
+    """Enqueue the request unless its client's key answered already; see the module docstring."""
+    # Deferred: requests without a key never pay for importing Powertools Idempotency (and boto3).
+    from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent_function
+    from aws_lambda_powertools.utilities.idempotency.exceptions import (
+        IdempotencyAlreadyInProgressError,
+        IdempotencyInconsistentStateError,
+        IdempotencyPersistenceLayerError,
+        IdempotencyValidationError,
+    )
+
+    queued: list[Accepted] = []
+
+    def accept_once(request: dict[str, Any]) -> dict[str, str]:
+        accepted = enqueue()
+        queued.append(accepted)
+        return {"request_id": accepted.request_id, "group_key": accepted.group_key}
+
+    # A config per call: only the first one configures the store (the same values every time); the deadline
+    # differs per invocation, and concurrent requests of the embedded gateway must not share it.
+    config = IdempotencyConfig(
+        event_key_jmespath="[client, idempotency_key]",
+        # "The same body": the hash of the canonical JSON (keys sorted) of the route's action, group key, data.
+        payload_validation_jmespath="[action, group_key, data]",
+        raise_on_no_idempotency_key=True,
+        expires_after_seconds=IDEMPOTENCY_TTL_SECONDS,
+        hash_function="sha256",
+        lambda_context=deadline or _Fallback(IN_PROGRESS_FALLBACK_SECONDS * 1000),  # type: ignore[arg-type]
+    )
+    once = idempotent_function(
+        accept_once,
+        data_keyword_argument="request",
+        persistence_store=store,
+        config=config,
+        key_prefix=_KEY_PREFIX,
+    )
+    client = request["client"]
+    try:
+        answer: dict[str, str] = once(request=request)
+    except IdempotencyValidationError:
+        raise IdempotencyKeyReused() from None
+    except (IdempotencyAlreadyInProgressError, IdempotencyInconsistentStateError):
+        raise IdempotencyKeyInProgress() from None
+    except IdempotencyPersistenceLayerError as error:
+        # The cause names the store's error; the key is hashed in it, the data absent.
+        if queued:
+            # Queued, but the key could not be marked completed: the request stands. A retry within the
+            # invocation's deadline answers 409, a later one is queued again (at least once, never lost).
+            logger.warning(
+                "request queued, its Idempotency-Key not recorded as answered",
+                extra={"client": client, "request_id": queued[0].request_id, "error": str(error)},
+            )
+            return queued[0]
+        logger.error("idempotency store unavailable", extra={"client": client, "error": str(error)})
+        raise ServiceUnavailable() from None
+    if not queued:
+        logger.info(
+            "repeated Idempotency-Key answered with the first request",
+            extra={"client": client, "request_id": answer["request_id"]},
+        )
+    return Accepted(str(answer["request_id"]), str(answer["group_key"]))
+
+
 class ServiceUnavailable(Exception):
     """The request could not be enqueued; nothing was accepted and the client should retry."""
+
+
+class IdempotencyKeyReused(Exception):
+    """The client's Idempotency-Key was used within 24 hours for a different request (route, group key or data)."""
+
+
+class IdempotencyKeyInProgress(Exception):
+    """The first request with this Idempotency-Key is still being accepted; retry shortly."""

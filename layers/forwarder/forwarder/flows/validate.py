@@ -14,6 +14,7 @@ from forwarder.integrations.base import RecordContext, RecordInvalid
 from forwarder.mapping import MappingError
 from forwarder.messages import DeliveryMessage, IngestMessage, Rejection
 from forwarder.observability import logger
+from forwarder.ordering import deduplication_id, delivery_group
 from forwarder.ports.queues import MAX_MESSAGE_BYTES, OutgoingMessage, QueueError
 from forwarder.runtime import Services
 
@@ -110,8 +111,13 @@ def outgoing(
             "rejections": [rejection.integration for rejection in rejections],
         },
     )
-    return (
-        [
+    group = config.group_keys[message.group_key] if deliveries else None
+    outgoing_deliveries: list[OutgoingMessage] = []
+    for delivery in deliveries:
+        assert group is not None
+        integration = group.integration(delivery.integration)
+        assert integration is not None
+        outgoing_deliveries.append(
             OutgoingMessage(
                 delivery.model_dump_json(),
                 {
@@ -119,9 +125,14 @@ def outgoing(
                     "integration": delivery.integration,
                     "group_key": delivery.group_key,
                 },
+                # the delivery queue is FIFO: the customer's deliveries in the order they were received, and
+                # a second send of the same delivery (a retried validate) within 5 minutes is a no-op
+                group_id=delivery_group(integration, delivery),
+                dedup_id=deduplication_id(delivery.delivery_id),
             )
-            for delivery in deliveries
-        ],
+        )
+    return (
+        outgoing_deliveries,
         [OutgoingMessage(rejection.fitted(MAX_MESSAGE_BYTES).model_dump_json()) for rejection in rejections],
     )
 
@@ -134,13 +145,21 @@ def handle_batch(services: Services, event: dict[str, Any], context: Any = None)
     deliveries: list[tuple[str, OutgoingMessage]] = []
     rejections: list[tuple[str, OutgoingMessage]] = []
     config = services.config  # once per batch
+    failed_groups: set[str] = set()
     for raw in event.get("Records", []):
         record = SQSRecord(raw)
+        # The ingest queue is FIFO: once a customer's request failed, their later ones in this batch wait too
+        # (handled now, they would overtake it).
+        lane = str(raw.get("attributes", {}).get("MessageGroupId") or record.message_id)
+        if lane in failed_groups:
+            failures.append(record.message_id)
+            continue
         try:
             to_deliver, to_reject = outgoing(config, record)
         except Exception:  # a defect for this record must not fail its neighbours
             logger.exception("validation failed unexpectedly", extra={"message_id": record.message_id})
             failures.append(record.message_id)
+            failed_groups.add(lane)
             continue
         deliveries.extend((record.message_id, message) for message in to_deliver)
         rejections.extend((record.message_id, message) for message in to_reject)

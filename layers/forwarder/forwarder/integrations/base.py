@@ -220,6 +220,26 @@ class Integration(abc.ABC):
         An empty list opts the operation out of delete ordering."""
         return []
 
+    def customer_key(self, operation: str, payload: dict[str, Any], settings: BaseModel) -> str | None:
+        """The identity this integration matches the payload's customer on (``email:jane@example.com``): a
+        customer's deliveries are applied in the order they were received, per this key. None: no order."""
+        found = self.identities(operation, payload)
+        return found[0] if found else None
+
+    def confirm(
+        self,
+        operation: str,
+        payloads: Sequence[dict[str, Any]],
+        settings: BaseModel,
+        credentials: dict[str, Any],
+        http: requests.Session,
+        budget: Budget | None = None,
+    ) -> list[bool | None]:
+        """For deliveries whose earlier attempt got no answer (a read timeout, a crash): True when the vendor
+        shows the payload applied already (read back), False when it does not, None when it cannot tell (the
+        delivery is then sent again, which the action must tolerate). Default: cannot tell."""
+        return [None] * len(payloads)
+
     def check_credentials(self, credentials: dict[str, Any]) -> None:
         missing = [key for key in self.secret_keys if not credentials.get(key)]
         if missing:

@@ -1,5 +1,12 @@
 """Ports: the abstract stores and queues the flows depend on. Adapters (AWS, embedded) implement them."""
 
+from forwarder.ports.deliveries import (
+    DeliveryKey,
+    DeliveryLog,
+    DeliveryLogError,
+    DeliveryRecord,
+    DeliveryState,
+)
 from forwarder.ports.ledger import DeletionLedger, LedgerError
 from forwarder.ports.locks import LockError, LockPort
 from forwarder.ports.queues import OutgoingMessage, QueuePort
@@ -7,6 +14,11 @@ from forwarder.ports.secrets import SecretNotFoundError, SecretsPort, SecretStor
 
 __all__ = [
     "DeletionLedger",
+    "DeliveryKey",
+    "DeliveryLog",
+    "DeliveryLogError",
+    "DeliveryRecord",
+    "DeliveryState",
     "LedgerError",
     "LockError",
     "LockPort",

@@ -239,6 +239,11 @@ class CareCloud(Integration):
                 )
         return problems
 
+    def customer_key(self, operation: str, payload: dict[str, Any], settings: BaseModel) -> str | None:
+        assert isinstance(settings, CareCloudSettings)
+        value = payload.get("personal_information", {}).get(settings.match_by)
+        return f"{settings.match_by}:{value}" if value else None
+
     def identities(self, operation: str, payload: dict[str, Any]) -> list[str]:
         personal = payload.get("personal_information", {})
         found = [f"email:{personal['email']}"] if personal.get("email") else []

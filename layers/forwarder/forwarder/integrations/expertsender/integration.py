@@ -115,6 +115,31 @@ def _problem(response: requests.Response) -> tuple[str, list[str]]:
     return summary, errors
 
 
+def _holds(stored: dict[str, Any], sent: dict[str, Any]) -> bool:
+    """The stored customer already holds every field the upsert sent (what applying it again would write)."""
+    for name, value in sent.items():
+        if name == "customAttributes":
+            have = {item.get("name"): item.get("value") for item in stored.get("customAttributes") or []}
+            if any(have.get(item["name"]) != item["value"] for item in value):
+                return False
+        elif name == "consentsData":
+            have = {
+                item.get("id"): item.get("value")
+                for item in (stored.get("consentsData") or {}).get("consents", [])
+            }
+            if any(have.get(item["id"]) != item["value"] for item in value.get("consents", [])):
+                return False
+        elif name == "email":
+            if str(stored.get("email") or "").lower() != str(value).lower():
+                return False
+        elif name == "dateOfBirth":
+            if not stored.get(name) or str(stored[name])[:10] != str(value)[:10]:
+                return False
+        elif stored.get(name) != value:
+            return False
+    return True
+
+
 def _customer_not_found(response: requests.Response) -> bool:
     """A 404 about the customer (problem details naming it), as opposed to a wrong route or host."""
     try:
@@ -201,7 +226,24 @@ class ExpertSender(Integration):
                         "every delete would be rejected",
                     )
                 )
+            if "contacts" in flows and settings.delete_by != MATCH_FIELD[settings.match_by]:
+                problems.append(
+                    (
+                        ("settings", "delete_by"),
+                        f"delete_by is {settings.delete_by} but customers are matched by {settings.match_by}: "
+                        f"deletes must name customers as upserts do ('{MATCH_FIELD[settings.match_by]}'), or a "
+                        "customer's delete and upsert could overtake each other",
+                    )
+                )
         return problems
+
+    def customer_key(self, operation: str, payload: dict[str, Any], settings: BaseModel) -> str | None:
+        assert isinstance(settings, ExpertSenderSettings)
+        found = self.identities(operation, payload)
+        if operation == "delete_customer":
+            return found[0]
+        prefix = f"{MATCH_FIELD[settings.match_by]}:"
+        return next((identity for identity in found if identity.startswith(prefix)), None)
 
     def identities(self, operation: str, payload: dict[str, Any]) -> list[str]:
         if operation == "delete_customer":
@@ -333,6 +375,55 @@ class ExpertSender(Integration):
         if settings.confirmation_message_id is not None:
             data["confirmationMessageId"] = settings.confirmation_message_id
         return data
+
+    # --- confirm: an attempt that got no answer ---------------------------------------------------------------
+
+    def confirm(
+        self,
+        operation: str,
+        payloads: Sequence[dict[str, Any]],
+        settings: BaseModel,
+        credentials: dict[str, Any],
+        http: requests.Session,
+        budget: Budget | None = None,
+    ) -> list[bool | None]:
+        """Reads each customer back (``GET /customers/{matchBy}/{value}``): applied when every field the
+        upsert carried already holds its value. A delete is sent again (a second one finds no customer: 404,
+        delivered), so it needs no read."""
+        assert isinstance(settings, ExpertSenderSettings)
+        if operation != "upsert_customer":
+            return [None] * len(payloads)
+        base_url = str(credentials.get("base_url") or settings.base_url).rstrip("/")
+        headers = {"x-api-key": str(credentials["api_key"]), "Accept": "application/json"}
+        field = MATCH_FIELD[settings.match_by]
+        segment = "crmid" if field == "crmId" else field
+        answers: list[bool | None] = []
+        for payload in payloads:
+            customer = payload["customer"]
+            if not (budget or Budget()).allows(3.05 + settings.timeout_seconds) or not customer.get(field):
+                answers.append(None)
+                continue
+            try:
+                response = http.get(
+                    f"{base_url}/customers/{segment}/{quote(str(customer[field]), safe='')}",
+                    headers=headers,
+                    timeout=(3.05, settings.timeout_seconds),
+                )
+            except requests.RequestException:
+                answers.append(None)
+                continue
+            if response.status_code == 404 and _customer_not_found(response):
+                answers.append(False)
+            elif response.status_code == 200:
+                try:
+                    stored = response.json().get("data") or {}
+                except ValueError:
+                    answers.append(None)
+                    continue
+                answers.append(_holds(stored, customer))
+            else:
+                answers.append(None)
+        return answers
 
     # --- deliver -------------------------------------------------------------------------------------------
 
