@@ -99,6 +99,7 @@ class StackOptions:
     retry_base_seconds: float = 2.0
     retry_max_seconds: float = 60.0
     retry_horizon_seconds: float = 4 * 3600
+    circuit_probe_seconds: float = 60.0
     delivery_visibility_seconds: float = 180
     refresh_interval_seconds: float = 900
     poll_window_seconds: float = 0.2
@@ -144,6 +145,7 @@ class EmbeddedStack:
             retry_base_seconds=self.options.retry_base_seconds,
             retry_max_seconds=self.options.retry_max_seconds,
             retry_horizon_seconds=self.options.retry_horizon_seconds,
+            circuit_probe_seconds=self.options.circuit_probe_seconds,
             secrets_max_age_seconds=0,
         )
         self.errors: list[BaseException] = []

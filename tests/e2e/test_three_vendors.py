@@ -4,6 +4,7 @@ vendors' tokens are fetched once and renewed once when they stop working mid-run
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,6 @@ pytestmark = pytest.mark.e2e
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    import time
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()
@@ -177,3 +176,37 @@ def test_the_sandboxes_keep_their_state_and_tokens_across_a_restart(tmp_path: Pa
         demo.send("/v1/contacts", {"email": "after@example.com", "tags": ["kept"]})
         wait_for(lambda: demo.everywhere("after@example.com"), what="a customer after the restart")
         assert demo.dmhub.token_requests() == 1 and demo.carecloud.token_requests() == 1
+
+
+def test_one_vendor_down_is_probed_about_once_an_interval_and_nothing_is_dead_lettered(
+    tmp_path: Path,
+) -> None:
+    # given the stack, with a circuit probe every second (a minute by default)
+    settings = options(tmp_path / "state")
+    settings.circuit_probe_seconds = 1.0
+    with EmbeddedStack(settings) as stack:
+        demo = Demo(stack)
+        # when ExpertSender goes down while 12 contacts come in
+        demo.expertsender.inject(status=503, times=10_000, method="POST")
+        for index in range(12):
+            demo.send("/v1/contacts", {"email": f"outage{index}@example.com"})
+        # then DM Hub and CareCloud are not held up
+        wait_for(
+            lambda: all(
+                demo.dmhub.find_customer("email", f"outage{index}@example.com")
+                and demo.carecloud.find(email=f"outage{index}@example.com")
+                for index in range(12)
+            ),
+            what="the other vendors' deliveries",
+        )
+        # and after the circuit opened, ExpertSender sees about one probe a second, not a request per record
+        time.sleep(3)
+        tried = len([seen for seen in demo.expertsender.requests if seen.method == "POST"])
+        assert tried <= 5 + 6, tried
+        # when ExpertSender is back, the backlog drains by itself and nothing was dead-lettered
+        demo.expertsender.reset()
+        wait_for(
+            lambda: all(demo.expertsender.find(email=f"outage{index}@example.com") for index in range(12)),
+            what="the backlog at ExpertSender",
+        )
+        assert stack.store.peek("delivery-dlq") == [] and stack.store.peek("rejects") == []

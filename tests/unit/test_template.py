@@ -630,3 +630,12 @@ def test_only_ingest_can_reach_the_idempotency_table(cfn: dict[str, Any]) -> Non
         managed = cfn["Resources"][role]["Properties"].get("ManagedPolicyArns", [])
         assert not any("dynamodb" in json.dumps(arn).lower() for arn in managed), name
     assert reachers == {"IngestFunction"}
+
+
+def test_the_deliver_concurrency_a_rate_limit_is_shared_out_by_is_the_event_sources(
+    cfn: dict[str, Any],
+) -> None:
+    function = resources(cfn, "AWS::Lambda::Function")["DeliverFunction"]
+    (mapping,) = [m for q, m in sqs_event_sources(cfn).items() if q == "DeliveryQueue"]
+    concurrency = function["Environment"]["Variables"]["FORWARDER_DELIVER_CONCURRENCY"]
+    assert int(concurrency) == int(mapping["ScalingConfig"]["MaximumConcurrency"])

@@ -17,6 +17,7 @@ import requests
 from pydantic import BaseModel, Field
 
 from forwarder.config import ForwarderConfig, load_config
+from forwarder.flow_control import FlowControl
 from forwarder.ports import DeletionLedger, DeliveryLog, LockPort, QueuePort, SecretsPort
 from forwarder.tokens import TokenKeeper
 
@@ -39,6 +40,11 @@ class RuntimeSettings(BaseModel):
     )
     delivery_max_receives: int = Field(
         1000, ge=1, description="the delivery queue's maxReceiveCount: a safety net; retries end by age"
+    )
+    circuit_failures: int = Field(5, ge=1, description="vendor-down answers in a row that open a circuit")
+    circuit_probe_seconds: float = Field(60.0, gt=0, description="how often an open circuit lets a probe go")
+    deliver_concurrency: int = Field(
+        1, ge=1, description="processes that deliver at once: a rate limit is shared out between them"
     )
     retry_horizon_seconds: float = Field(
         4 * 3600, gt=0, le=24 * 3600, description="how long a delivery is retried after its first attempt"
@@ -85,6 +91,7 @@ class Services:
     clock: Callable[[], float] = time.time
     locks: LockPort | None = None
     deliveries: DeliveryLog | None = None
+    flow: FlowControl | None = None  # built from the settings on first use when not given
     #: Where ingest records requests sent with an ``Idempotency-Key`` (a Powertools persistence layer), or a
     #: factory that builds it on first use (on AWS a DynamoDB client: only ingest should pay its cold start).
     #: None: keys travel on the message but are not deduplicated (tests that do not need it).
@@ -99,6 +106,15 @@ class Services:
         if callable(self.idempotency):
             self.idempotency = self.idempotency()
         return self.idempotency
+
+    def flow_control(self) -> FlowControl:
+        """This process's circuit breakers and rate limiters (kept for the services' lifetime)."""
+        if self.flow is None:
+            self.flow = FlowControl(
+                failure_threshold=self.settings.circuit_failures,
+                probe_interval=self.settings.circuit_probe_seconds,
+            )
+        return self.flow
 
     def token_keeper(self) -> TokenKeeper:
         return TokenKeeper(

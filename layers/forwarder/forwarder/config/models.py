@@ -50,6 +50,9 @@ class IntegrationConfig(_Strict):
     type: str
     enabled: bool = True
     secret: str | None = Field(None, min_length=1, description="the secret's name in the secret store")
+    max_requests_per_second: float | None = Field(
+        None, gt=0, description="the vendor's rate limit: requests per second at most (halved on a 429)"
+    )
     settings: dict[str, Any] = Field(default_factory=dict)
     contacts: FlowConfig | None = None
     delete: FlowConfig | None = None

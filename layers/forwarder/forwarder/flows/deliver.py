@@ -23,6 +23,7 @@ Nothing is dropped: when the rejects trail or DLQ cannot be written, the message
 from __future__ import annotations
 
 import random
+import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -31,6 +32,7 @@ from pydantic import Field, TypeAdapter, ValidationError
 
 from forwarder.config import ForwarderConfig, IntegrationConfig
 from forwarder.contract import Action
+from forwarder.flow_control import FlowControl
 from forwarder.integrations.base import NOT_ATTEMPTED, Budget, CredentialsError, Outcome, TokenError, Verdict
 from forwarder.messages import DeadLetter, DeliveryMessage, Rejection
 from forwarder.observability import count_credential_problem, emit_counts, logger
@@ -285,8 +287,14 @@ def _send(
             return [_no_token(config, items[0].delivery.group_key, error)] * len(items)
     size = max(1, integration.batch_size(operation, config.parsed_settings))
     outcomes: list[Outcome] = []
+    flow_key = f"{items[0].delivery.group_key}/{config.name}"
+    breaker = services.flow_control().breaker(flow_key)
     for start in range(0, len(items), size):
         chunk = items[start : start + size]
+        waiting = _flow_control(services, config, operation, chunk, flow_key, budget)
+        if waiting is not None:
+            outcomes.extend([waiting] * len(chunk))
+            continue
         try:
             confirmed = _confirmed(services, config, operation, chunk, credentials, budget)
             to_send = [index for index in range(len(chunk)) if index not in confirmed]
@@ -331,7 +339,58 @@ def _send(
                     sent[index] = outcome
         answers = iter(sent)
         outcomes.extend(_CONFIRMED if index in confirmed else next(answers) for index in range(len(chunk)))
+        tried = [outcome for outcome in sent if not outcome.hold and outcome.reason != NOT_ATTEMPTED]
+        if tried:
+            # the vendor is down when every answer says so; any other answer (even a rejection) says it is up
+            breaker.record(all(outcome.vendor_down for outcome in tried))
+            if config.max_requests_per_second:
+                limiter = services.flow_control().limiter(flow_key, _rate(services, config))
+                if any(outcome.vendor_status == 429 for outcome in tried):
+                    limiter.throttled()
+                elif any(outcome.verdict is Verdict.DELIVERED for outcome in tried):
+                    limiter.succeeded()
     return outcomes
+
+
+def _rate(services: Services, config: IntegrationConfig) -> float:
+    assert config.max_requests_per_second is not None
+    return config.max_requests_per_second / services.settings.deliver_concurrency
+
+
+def _flow_control(
+    services: Services,
+    config: IntegrationConfig,
+    operation: str,
+    chunk: list[_Item],
+    flow_key: str,
+    budget: Budget,
+) -> Outcome | None:
+    """None when the chunk may go now (after waiting out the rate limit, if it fits the budget); else the
+    outcome that makes it wait on its queue without spending an attempt: the vendor is down (the circuit is
+    open; a probe goes about once a minute), or the rate limit has no room in this invocation."""
+    breaker = services.flow_control().breaker(flow_key)
+    allowed, wait = breaker.permit(FlowControl.probe_lease(services.locks, flow_key, breaker.probe_interval))
+    if not allowed:
+        return Outcome.held(
+            f"{config.integration.title} is down (the circuit is open); waiting for it, a probe about every "
+            f"{breaker.probe_interval:.0f} s",
+            retry_after=wait + random.uniform(0, breaker.probe_interval / 4),
+        )
+    if not config.max_requests_per_second:
+        return None
+    limiter = services.flow_control().limiter(flow_key, _rate(services, config))
+    count = config.integration.requests_for(operation, len(chunk), config.parsed_settings)
+    delay = limiter.reserve(count)
+    if delay <= 0:
+        return None
+    if budget.allows(delay + 15.0):
+        time.sleep(delay)
+        return None
+    limiter.release(count)
+    return Outcome.held(
+        f"rate limited: at most {config.max_requests_per_second:g} requests/s to {config.integration.title}",
+        retry_after=delay,
+    )
 
 
 _CONFIRMED = Outcome(Verdict.DELIVERED, "delivered: the vendor shows an earlier attempt applied")

@@ -66,6 +66,8 @@ class Outcome:
     #: Not the record's fault and no attempt spent (e.g. no token can be had): the record is queued again
     #: to wait, never dead-lettered for it.
     hold: bool = False
+    #: The vendor is down (5xx, 408, a timeout, no connection): what opens the integration's circuit breaker.
+    vendor_down: bool = False
 
     @classmethod
     def delivered(cls, status: int | None = None) -> Outcome:
@@ -76,12 +78,18 @@ class Outcome:
         return cls(Verdict.RETRY, reason, retry_after=retry_after, vendor_status=status)
 
     @classmethod
+    def unavailable(
+        cls, reason: str, *, retry_after: float | None = None, status: int | None = None
+    ) -> Outcome:
+        return cls(Verdict.RETRY, reason, retry_after=retry_after, vendor_status=status, vendor_down=True)
+
+    @classmethod
     def refused_token(cls, reason: str, *, status: int | None = None) -> Outcome:
         return cls(Verdict.RETRY, reason, vendor_status=status, token_refused=True)
 
     @classmethod
-    def held(cls, reason: str) -> Outcome:
-        return cls(Verdict.RETRY, reason, hold=True)
+    def held(cls, reason: str, *, retry_after: float | None = None) -> Outcome:
+        return cls(Verdict.RETRY, reason, retry_after=retry_after, hold=True)
 
     @classmethod
     def rejected(cls, reason: str, errors: list[str] | None = None, *, status: int | None = None) -> Outcome:
@@ -155,9 +163,9 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
 def classify_transport_error(error: requests.RequestException) -> Outcome:
     """Connection errors and timeouts are worth a retry; the reason names the kind, not the URL's secrets."""
     if isinstance(error, requests.Timeout):
-        return Outcome.retry(f"timeout talking to the vendor ({type(error).__name__})")
+        return Outcome.unavailable(f"timeout talking to the vendor ({type(error).__name__})")
     if isinstance(error, requests.ConnectionError):
-        return Outcome.retry(f"could not connect to the vendor ({type(error).__name__})")
+        return Outcome.unavailable(f"could not connect to the vendor ({type(error).__name__})")
     return Outcome.retry(f"HTTP error talking to the vendor ({type(error).__name__})")
 
 
@@ -206,6 +214,10 @@ class Integration(abc.ABC):
     def batch_size(self, operation: str, settings: BaseModel) -> int:
         """How many payloads one ``deliver`` call may take for this operation."""
         return 1
+
+    def requests_for(self, operation: str, count: int, settings: BaseModel) -> int:
+        """About how many vendor requests delivering ``count`` payloads makes (what a rate limit counts)."""
+        return count
 
     def check_config(
         self, settings: BaseModel, flows: dict[str, tuple[str, list[Any]]]

@@ -327,6 +327,9 @@ class CareCloud(Integration):
     def batch_size(self, operation: str, settings: BaseModel) -> int:
         return 50
 
+    def requests_for(self, operation: str, count: int, settings: BaseModel) -> int:
+        return 3 * count  # look-up, create or read-and-write, property records
+
     def deliver(
         self,
         operation: str,
@@ -535,7 +538,7 @@ class _Api:
             )
         except requests.RequestException as error:
             raise CareCloudError(
-                Outcome.retry(f"no answer from CareCloud to {route} ({type(error).__name__})")
+                Outcome.unavailable(f"no answer from CareCloud to {route} ({type(error).__name__})")
             ) from None
         if response.status_code in expect:
             if response.status_code == 204 or not response.content:
@@ -554,10 +557,11 @@ def _classify(response: requests.Response, route: str) -> Outcome:
     reason = f"CareCloud answered {route} with {_summary(response)}"
     if status == 401:
         return Outcome.refused_token(f"{reason} (the token is renewed once)", status=status)
-    if status == 429 or status >= 500 or status == 408:
-        return Outcome.retry(
-            reason, retry_after=parse_retry_after(response.headers.get("Retry-After")), status=status
-        )
+    retry_after = parse_retry_after(response.headers.get("Retry-After"))
+    if status >= 500 or status == 408:
+        return Outcome.unavailable(reason, retry_after=retry_after, status=status)
+    if status == 429:
+        return Outcome.retry(reason, retry_after=retry_after, status=status)
     if status in (403, 404, 405):
         return Outcome.retry(f"{reason}; check the integration's base_url and permissions", status=status)
     return Outcome.rejected(reason, _invalid_params(response), status=status)

@@ -88,7 +88,7 @@ class DmHubError(Exception):
                 f"DM Hub throttled the request ({reason})", retry_after=self.retry_after, status=self.status
             )
         if self.status >= 500 or self.status == 408:
-            return Outcome.retry(
+            return Outcome.unavailable(
                 f"DM Hub is unavailable ({reason})", retry_after=self.retry_after, status=self.status
             )
         if self.status == 403 or (self.code is not None and self.code in PERMISSION_CODES):

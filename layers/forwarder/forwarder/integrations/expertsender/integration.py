@@ -431,6 +431,9 @@ class ExpertSender(Integration):
         assert isinstance(settings, ExpertSenderSettings)
         return settings.batch_size if operation == "upsert_customer" else 1
 
+    def requests_for(self, operation: str, count: int, settings: BaseModel) -> int:
+        return 1 if operation == "upsert_customer" else count  # one POST per batch; a DELETE per customer
+
     def deliver(
         self,
         operation: str,
@@ -557,7 +560,7 @@ class ExpertSender(Integration):
                 status=status,
             )
         if status >= 500 or status == 408:
-            return Outcome.retry(
+            return Outcome.unavailable(
                 f"ExpertSender is unavailable ({summary})",
                 retry_after=parse_retry_after(response.headers.get("Retry-After")),
                 status=status,
