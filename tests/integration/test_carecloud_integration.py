@@ -782,3 +782,34 @@ def test_match_by_phone_creates_a_customer_without_an_email(carecloud: Vendor) -
     assert outcome.verdict == Verdict.DELIVERED
     petr = carecloud.sandbox.find(phone="420601000111")
     assert petr is not None and "email" not in petr["personal_information"]
+
+
+# --- reading back an upsert that got no answer -------------------------------------------------------------------
+
+
+def test_an_unanswered_upsert_is_read_back_as_applied_only_when_carecloud_holds_all_of_it(
+    carecloud: Vendor,
+) -> None:
+    parsed = carecloud.settings()
+    record = {
+        "email": "jane@example.com",
+        "first_name": "Jane",
+        "city": "Brno",
+        "additional_properties": {LOYALTY_TIER_PROPERTY: "gold"},
+        "interests": [SORBET_INTEREST_ID],
+    }
+    payload = carecloud.integration.prepare(UPSERT, record, parsed)
+    # before it was applied: not there, so it is sent again
+    assert carecloud.integration.confirm(
+        UPSERT, [payload], parsed, carecloud.credentials, carecloud.http
+    ) == [False]
+    assert [outcome.verdict for outcome in carecloud.deliver([record])] == [Verdict.DELIVERED]
+    # once applied: the customer, the property record and the interest are there, so it is not sent twice
+    assert carecloud.integration.confirm(
+        UPSERT, [payload], parsed, carecloud.credentials, carecloud.http
+    ) == [True]
+    # a record carrying anything CareCloud does not hold yet is sent
+    newer = carecloud.integration.prepare(UPSERT, {**record, "first_name": "Janet"}, parsed)
+    assert carecloud.integration.confirm(UPSERT, [newer], parsed, carecloud.credentials, carecloud.http) == [
+        False
+    ]

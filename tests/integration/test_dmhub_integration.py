@@ -1380,3 +1380,23 @@ def test_the_flow_waits_out_dm_hubs_retry_after(
     assert len(world.failures()) == 1
     [message] = world.store.peek("delivery")
     assert message["state"] == "in_flight" and message["visible_at"] - time.time() > 100
+
+
+def test_an_unanswered_upsert_is_read_back_as_applied_only_when_dm_hub_holds_all_of_it(
+    sandbox: DmHubSandbox, http: requests.Session
+) -> None:
+    hub = Hub(sandbox, http, create_missing_lists=True)
+    record = {"email": "jane@example.com", "name": "Jane", "lists": ["VIP"], "remove_lists": ["OLD"]}
+    payload = hub.integration.prepare(UPSERT, record, hub.settings)
+    confirm = hub.integration.confirm
+    # not applied yet: sent again
+    assert confirm(UPSERT, [payload], hub.settings, hub.credentials, http) == [False]
+    assert verdicts(hub.deliver(UPSERT, [record])) == [Verdict.DELIVERED]
+    # applied (the customer, its fields, its list): not sent twice
+    assert confirm(UPSERT, [payload], hub.settings, hub.credentials, http) == [True]
+    # a list it is not in yet, or a field it does not hold: sent
+    more = hub.integration.prepare(UPSERT, {**record, "lists": ["VIP", "GOLD"]}, hub.settings)
+    other = hub.integration.prepare(UPSERT, {**record, "name": "Janet"}, hub.settings)
+    assert confirm(UPSERT, [more, other], hub.settings, hub.credentials, http) == [False, False]
+    # events and deletes need no read: the externalId, or a second delete finding nothing, keeps them once
+    assert confirm(EVENT, [{}], hub.settings, hub.credentials, http) == [None]

@@ -330,6 +330,69 @@ class CareCloud(Integration):
     def requests_for(self, operation: str, count: int, settings: BaseModel) -> int:
         return 3 * count  # look-up, create or read-and-write, property records
 
+    def confirm(
+        self,
+        operation: str,
+        payloads: Sequence[dict[str, Any]],
+        settings: BaseModel,
+        credentials: dict[str, Any],
+        http: requests.Session,
+        budget: Budget | None = None,
+    ) -> list[bool | None]:
+        """Reads an unanswered upsert back: the customer found by ``match_by`` holds every personal field it
+        carried, every property record and every interest."""
+        assert isinstance(settings, CareCloudSettings)
+        token = self.token(credentials)
+        if not token:
+            return [None] * len(payloads)
+        api = _Api(settings, credentials, token, http, budget or Budget())
+        answers: list[bool | None] = []
+        for payload in payloads:
+            try:
+                answers.append(self._applied(api, settings, payload))
+            except (CareCloudError, _OutOfTime, KeyError, TypeError, ValueError):
+                answers.append(None)
+        return answers
+
+    def _applied(self, api: _Api, settings: CareCloudSettings, payload: dict[str, Any]) -> bool:
+        personal = payload["personal_information"]
+        customer_id = self._find(api, settings, personal)
+        if customer_id is None:
+            return False
+        stored = ((api.call("GET", f"/customers/{customer_id}") or {}).get("data") or {}).get(
+            "personal_information"
+        ) or {}
+        for name, value in personal.items():
+            if name in ("address", "agreement"):
+                held = stored.get(name) or {}
+                if any(held.get(key) != item for key, item in value.items()):
+                    return False
+            elif name == "consents":
+                held = {
+                    str(item.get("consent_id")): item.get("consent_value") for item in stored.get(name) or []
+                }
+                if any(held.get(str(item["consent_id"])) != item["consent_value"] for item in value):
+                    return False
+            elif stored.get(name) != value:
+                return False
+        if payload.get("property_records"):
+            records = (api.call("GET", f"/customers/{customer_id}/property-records") or {}).get("data") or {}
+            held = {
+                item.get("property_id"): item.get("property_value")
+                for item in records.get("property_records") or []
+            }
+            if any(
+                held.get(item["property_id"]) != item["property_value"]
+                for item in payload["property_records"]
+            ):
+                return False
+        if payload.get("interests"):
+            records = (api.call("GET", f"/customers/{customer_id}/interest-records") or {}).get("data") or {}
+            held_interests = {item.get("interest_id") for item in records.get("interest_records") or []}
+            if not set(payload["interests"]) <= held_interests:
+                return False
+        return True
+
     def deliver(
         self,
         operation: str,

@@ -278,6 +278,56 @@ class DmHub(Integration):
         assert isinstance(settings, DmHubSettings)
         return settings.batch_size
 
+    def confirm(
+        self,
+        operation: str,
+        payloads: Sequence[dict[str, Any]],
+        settings: BaseModel,
+        credentials: dict[str, Any],
+        http: requests.Session,
+        budget: Budget | None = None,
+    ) -> list[bool | None]:
+        """Reads an unanswered upsert back: the customer found by identity holds every field it carried and
+        is a member of its lists (and of none it was to leave). Events carry ``externalId`` (a second one is a
+        duplicate) and deletes may be sent again, so they need no read."""
+        assert isinstance(settings, DmHubSettings)
+        token = self.token(credentials)
+        if operation != "upsert_customer" or not token:
+            return [None] * len(payloads)
+        client = DmHubClient(
+            self._base_url(settings, credentials),
+            settings.api_version,
+            token,
+            http,
+            timeout=settings.timeout_seconds,
+            budget=budget,
+            token_codes=tuple(settings.token_error_codes),
+        )
+        answers: list[bool | None] = []
+        for payload in payloads:
+            try:
+                answers.append(self._applied(client, payload))
+            except (DmHubError, OutOfTime, KeyError, TypeError, ValueError):
+                answers.append(None)
+        return answers
+
+    @staticmethod
+    def _applied(client: DmHubClient, payload: dict[str, Any]) -> bool:
+        identity = payload["identity"]
+        customer_id = client.find_customer(identity["identityType"], identity["identityValue"])
+        if customer_id is None:
+            return False
+        stored = client.request("GET", f"/v1/customers/{customer_id}") or {}
+        if any(stored.get(name) != value for name, value in payload["customer"].items()):
+            return False
+        if not payload.get("lists") and not payload.get("remove_lists"):
+            return True
+        names = _page_lists(client)
+        member_of = {int(item["listId"]) for item in client.members_page(customer_id=customer_id, rows=10000)}
+        if any(names.get(name) not in member_of for name in payload.get("lists", [])):
+            return False
+        return not any(names.get(name) in member_of for name in payload.get("remove_lists", []))
+
     def deliver(
         self,
         operation: str,
