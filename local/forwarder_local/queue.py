@@ -114,6 +114,7 @@ CREATE TABLE IF NOT EXISTS deduplication (
     sent_ts_ms   INTEGER NOT NULL,
     PRIMARY KEY (queue, dedup_id)
 );
+CREATE INDEX IF NOT EXISTS deduplication_by_age ON deduplication (sent_ts_ms);
 """
 
 # Columns added after the first release: added to an older file when it is opened.
@@ -285,6 +286,7 @@ class DurableQueueStore:
             conn.close()
             raise
         self._conn: sqlite3.Connection | None = conn
+        self._dedup_purged = 0.0
 
     # -- plumbing ---------------------------------------------------------------------------------
 
@@ -459,13 +461,14 @@ class DurableQueueStore:
                     if entry.delay_seconds:
                         raise ValueError("a FIFO queue takes no per-message delay")
                     if entry.dedup_id:
-                        conn.execute(
-                            "DELETE FROM deduplication WHERE queue = ? AND sent_ts_ms <= ?",
-                            (name, int((now - DEDUPLICATION_SECONDS) * 1000)),
-                        )
+                        cutoff_ms = int((now - DEDUPLICATION_SECONDS) * 1000)
+                        if now - self._dedup_purged > 1.0:  # expired ids go about once a second
+                            conn.execute("DELETE FROM deduplication WHERE sent_ts_ms <= ?", (cutoff_ms,))
+                            self._dedup_purged = now
                         seen = conn.execute(
-                            "SELECT message_id FROM deduplication WHERE queue = ? AND dedup_id = ?",
-                            (name, entry.dedup_id),
+                            "SELECT message_id FROM deduplication WHERE queue = ? AND dedup_id = ?"
+                            " AND sent_ts_ms > ?",
+                            (name, entry.dedup_id, cutoff_ms),
                         ).fetchone()
                         if seen is not None:
                             ids.append(str(seen[0]))
@@ -474,7 +477,8 @@ class DurableQueueStore:
                 ids.append(message_id)
                 if spec.fifo and entry.dedup_id:
                     conn.execute(
-                        "INSERT INTO deduplication (queue, dedup_id, message_id, sent_ts_ms) VALUES (?, ?, ?, ?)",
+                        "INSERT OR REPLACE INTO deduplication (queue, dedup_id, message_id, sent_ts_ms)"
+                        " VALUES (?, ?, ?, ?)",
                         (name, entry.dedup_id, message_id, int(now * 1000)),
                     )
                 rows.append(

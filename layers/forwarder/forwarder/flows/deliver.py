@@ -134,6 +134,7 @@ def _deliver_wave(
     """Deliver one delivery per customer; (verdict, seconds it waits) for each, in order."""
     log = services.deliveries
     results: dict[str, tuple[str, int]] = {}
+    written: dict[DeliveryKey, tuple[DeliveryState, str]] = {}  # outcomes for the delivery log
     pending: list[_Item] = []
     try:
         records = log.get([item.key for item in wave]) if log is not None else {}
@@ -179,7 +180,16 @@ def _deliver_wave(
         else:
             outcomes = _send_in_order(services, integration_config, operation, items, budget)
         for item, outcome in zip(items, outcomes, strict=True):
-            results[item.message_id] = _settle(services, item, outcome)
+            results[item.message_id] = _settle(services, item, outcome, written)
+    if written and log is not None:
+        try:
+            log.finish(written, services.clock())  # one write for the wave
+        except DeliveryLogError as error:
+            # Not recorded: reported failed and tried again; a delivered one is then read back, not resent.
+            logger.error("could not record outcomes in the delivery log", extra={"error": str(error)})
+            for item in wave:
+                if item.key in written:
+                    results[item.message_id] = ("unsettled", 0)
     return [results[item.message_id] for item in wave]
 
 
@@ -439,8 +449,14 @@ def _no_token(config: IntegrationConfig, group_key: str, error: Exception) -> Ou
     return Outcome.held(f"no usable {config.integration.title} token: {error}")
 
 
-def _settle(services: Services, item: _Item, outcome: Outcome) -> tuple[str, int]:
-    """Act on one outcome, record it in the delivery log; returns (verdict, seconds the delivery now waits)."""
+def _settle(
+    services: Services,
+    item: _Item,
+    outcome: Outcome,
+    written: dict[DeliveryKey, tuple[DeliveryState, str]],
+) -> tuple[str, int]:
+    """Act on one outcome and note what the delivery log must record (``written``, stored once per wave);
+    returns (verdict, seconds the delivery now waits)."""
     delivery = item.delivery
     settings = services.settings
     now = services.clock()
@@ -455,11 +471,11 @@ def _settle(services: Services, item: _Item, outcome: Outcome) -> tuple[str, int
     first_attempt = item.record.first_attempt_at if item.record and item.record.first_attempt_at else now
     try:
         if outcome.verdict is Verdict.DELIVERED:
-            _record(services, item, DeliveryState.DELIVERED, outcome.reason)
+            _record(written, item, DeliveryState.DELIVERED, outcome.reason)
             logger.info("delivered", extra=log)
             return "delivered", 0
         if outcome.verdict is Verdict.SUPERSEDED:
-            _record(services, item, DeliveryState.SUPERSEDED, outcome.reason)
+            _record(written, item, DeliveryState.SUPERSEDED, outcome.reason)
             logger.info("not sent: a later delete of the same customer was delivered", extra=log)
             return "superseded", 0
         if outcome.verdict is Verdict.REJECTED:
@@ -476,18 +492,17 @@ def _settle(services: Services, item: _Item, outcome: Outcome) -> tuple[str, int
             services.queues.send(
                 "rejects", [OutgoingMessage(rejection.fitted(MAX_MESSAGE_BYTES).model_dump_json())]
             )
-            _record(services, item, DeliveryState.REJECTED, outcome.reason)
+            _record(written, item, DeliveryState.REJECTED, outcome.reason)
             logger.info("rejected by the vendor", extra=log)
             return "rejected", 0
         if _untried(outcome):
             # The invocation had no time for it: visible again at once, and not counted as an attempt (it
             # never left, so it is not "sending" either: nothing to read back next time).
             services.queues.change_visibility("delivery", item.receipt_handle, 0)
-            if services.deliveries is not None:
-                if item.record is None:
-                    services.deliveries.forget([item.key])
-                else:
-                    services.deliveries.finish({item.key: (item.record.state, item.record.reason)}, now)
+            if services.deliveries is not None and item.record is None:
+                services.deliveries.forget([item.key])
+            elif item.record is not None:
+                _record(written, item, item.record.state, item.record.reason)
             return "requeued", 0
         out_of_time = now - first_attempt > settings.retry_horizon_seconds
         if out_of_time or item.receive_count >= settings.delivery_max_receives:
@@ -508,7 +523,7 @@ def _settle(services: Services, item: _Item, outcome: Outcome) -> tuple[str, int
                     )
                 ],
             )
-            _record(services, item, DeliveryState.DEAD_LETTERED, dead.reason)
+            _record(written, item, DeliveryState.DEAD_LETTERED, dead.reason)
             logger.warning("dead-lettered: its retries are over", extra={**log, "why": why})
             return "dead_lettered", 0
         # Waiting for credentials spends no attempt: its wait grows with how often the queue handed it over.
@@ -518,10 +533,10 @@ def _settle(services: Services, item: _Item, outcome: Outcome) -> tuple[str, int
             delay = max(delay, min(outcome.retry_after, settings.retry_max_seconds))
         wait = max(1, round(delay))
         services.queues.change_visibility("delivery", item.receipt_handle, wait)
-        _record(services, item, DeliveryState.RETRYING, outcome.reason)
+        _record(written, item, DeliveryState.RETRYING, outcome.reason)
         if outcome.hold:
             logger.info(
-                "waiting for credentials", extra={**log, "reason": outcome.reason, "retry_in_seconds": wait}
+                "waiting, no attempt spent", extra={**log, "reason": outcome.reason, "retry_in_seconds": wait}
             )
             return "held", wait
         logger.info("will retry", extra={**log, "retry_in_seconds": wait})
@@ -535,9 +550,10 @@ def _untried(outcome: Outcome) -> bool:
     return outcome.reason == NOT_ATTEMPTED
 
 
-def _record(services: Services, item: _Item, state: DeliveryState, reason: str) -> None:
-    if services.deliveries is not None:
-        services.deliveries.finish({item.key: (state, reason)}, services.clock())
+def _record(
+    written: dict[DeliveryKey, tuple[DeliveryState, str]], item: _Item, state: DeliveryState, reason: str
+) -> None:
+    written[item.key] = (state, reason)
 
 
 def _duration(seconds: float) -> str:
