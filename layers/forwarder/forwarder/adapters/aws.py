@@ -263,7 +263,20 @@ _SECONDS_PER_DAY = 86400
 _LEDGER_NAMES = {"#pk": "pk", "#deleted": "deleted_at", "#expires": "expires_at"}
 
 
-class DynamoDbDeletionLedger(DeletionLedger):
+class _DynamoDbTable:
+    """What the DynamoDB adapters share: their table's name and a client created on first use (or injected)."""
+
+    _table: str
+    _client_instance: Any
+
+    @property
+    def _client(self) -> Any:
+        if self._client_instance is None:
+            self._client_instance = _create_client("dynamodb")
+        return self._client_instance
+
+
+class DynamoDbDeletionLedger(_DynamoDbTable, DeletionLedger):
     """The deletion ledger port on a DynamoDB table: partition key ``pk`` (S), the latest delete's
     ``deleted_at`` (S, ISO 8601 UTC) and ``expires_at`` (N, epoch seconds; the table's TTL attribute).
 
@@ -293,12 +306,6 @@ class DynamoDbDeletionLedger(DeletionLedger):
         if not table_name:
             raise LedgerError(f"no deletion ledger table configured (set {LEDGER_TABLE_ENV_VAR})")
         return cls(table_name, client)
-
-    @property
-    def _client(self) -> Any:
-        if self._client_instance is None:
-            self._client_instance = _create_client("dynamodb")
-        return self._client_instance
 
     def record_deletes(self, entries: dict[str, str]) -> None:
         now = self._clock()
@@ -391,7 +398,7 @@ class DynamoDbDeletionLedger(DeletionLedger):
 LOCKS_TABLE_ENV_VAR = "FORWARDER_LOCKS_TABLE"
 
 
-class DynamoDbLocks(LockPort):
+class DynamoDbLocks(_DynamoDbTable, LockPort):
     """The lock port on a DynamoDB table: partition key ``pk`` (S), the holder's ``owner`` (S) and the lease's
     end ``expires_at`` (N, epoch seconds; also the table's TTL attribute, so stale leases disappear).
 
@@ -414,12 +421,6 @@ class DynamoDbLocks(LockPort):
         if not table_name:
             raise LockError(f"no token lock table configured (set {LOCKS_TABLE_ENV_VAR})")
         return cls(table_name, client)
-
-    @property
-    def _client(self) -> Any:
-        if self._client_instance is None:
-            self._client_instance = _create_client("dynamodb")
-        return self._client_instance
 
     def acquire(self, name: str, owner: str, lease_seconds: float) -> bool:
         now = self._clock()
@@ -477,7 +478,7 @@ _LOG_NAMES = {
 }
 
 
-class DynamoDbDeliveryLog(DeliveryLog):
+class DynamoDbDeliveryLog(_DynamoDbTable, DeliveryLog):
     """The delivery log on a DynamoDB table: partition key ``request_id`` (S), sort key ``delivery`` (S,
     ``integration#operation``), so one Query returns a request's status at every integration. Conditional
     writes keep a final state final; reads are strongly consistent."""
@@ -497,12 +498,6 @@ class DynamoDbDeliveryLog(DeliveryLog):
         if not table_name:
             raise DeliveryLogError(f"no delivery log table configured (set {DELIVERY_LOG_TABLE_ENV_VAR})")
         return cls(table_name, client)
-
-    @property
-    def _client(self) -> Any:
-        if self._client_instance is None:
-            self._client_instance = _create_client("dynamodb")
-        return self._client_instance
 
     @staticmethod
     def _key(key: DeliveryKey) -> dict[str, Any]:
