@@ -36,6 +36,14 @@ SECRET = "forwarder/demo/expertsender"
 class World:
     def __init__(self, tmp_path: Path, sandbox: ExpertSenderSandbox) -> None:
         self.sandbox = sandbox
+        # the example config, with a 1 s read timeout (10 s by default) so a "too slow" answer is quick to make
+        config = tmp_path / "forwarder.yaml"
+        config.write_text(
+            CONFIG.read_text().replace(
+                "          batch_size: 100\n", "          batch_size: 100\n          timeout_seconds: 1\n"
+            )
+        )
+        assert "timeout_seconds: 1" in config.read_text()
         self.store = DurableQueueStore(tmp_path / "queues.db")
         for spec in QUEUES:
             self.store.create_queue(spec)
@@ -43,7 +51,7 @@ class World:
         secrets.put(SECRET, {"api_key": "test-key", "base_url": sandbox.url})
         self.deliveries = LocalDeliveryLog(tmp_path / "deliveries.db")
         self.settings = RuntimeSettings(
-            runtime="embedded", config_path=str(CONFIG), retry_base_seconds=0.2, retry_max_seconds=0.4
+            runtime="embedded", config_path=str(config), retry_base_seconds=0.2, retry_max_seconds=0.4
         )
         runtime.install(
             Services(
@@ -231,4 +239,22 @@ def test_an_upsert_unanswered_and_not_applied_is_sent_again(world: World) -> Non
     # when it is tried again, then the read back finds nothing and it is sent
     world.drain()
     assert world.calls() == [("GET", 404), ("POST", 201)]
+    assert world.sandbox.find(email="x@example.com") is not None
+
+
+def test_an_upsert_whose_answer_timed_out_is_read_back_not_sent_twice(world: World) -> None:
+    # given the vendor applies an upsert but answers after the client's read timeout (1 s here)
+    world.accept(Action.UPSERT_CONTACT, {"email": "x@example.com", "first_name": "Jane"})
+    world.validate()
+    world.sandbox.set_latency(1.5)
+    response = world.deliver()
+    world.sandbox.set_latency(0.0)
+    assert len(response["batchItemFailures"]) == 1
+    deadline = time.monotonic() + 5
+    while world.sandbox.find(email="x@example.com") is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # the vendor finishes applying it after the client gave up
+    # when it is tried again
+    world.drain()
+    # then the second attempt read the customer back (it was applied) and did not post it again
+    assert [method for method, _ in world.calls()] == ["POST", "GET"]
     assert world.sandbox.find(email="x@example.com") is not None

@@ -1333,15 +1333,16 @@ def test_a_token_expiring_mid_batch_is_renewed_once_and_nothing_is_lost(
     world.run()
 
     # then exactly one call met the expired token, one new token was fetched (and stored), and every record
-    # was delivered: the first invocation's 10 were sent again (4 upserted before the refusal, still without
-    # their memberships; the refused one; 5 not sent), the second's 10 went out once
+    # was delivered: of the first invocation's 10, the 4 upserted before the refusal were read back, not
+    # upserted again (only their memberships were left), the refused one and the 5 not sent went out once
+    # more, and the second invocation's 10 went out once
     assert refused == 1
     assert sandbox.token_requests() == 2
     assert world.secret()["access_token"] != token["access_token"]
     assert world.failures() == []
     assert sorted(customer["email"] for customer in sandbox.customers()) == sorted(emails(20))
     assert [found["members"] for found in sandbox.lists()] == [20]
-    assert calls(sandbox, "POST", "/v1/customerandidentities") == 20 + 4 + 1
+    assert calls(sandbox, "POST", "/v1/customerandidentities") == 20 + 1
     assert world.bodies("delivery") == world.bodies("delivery-dlq") == world.bodies("rejects") == []
 
 
@@ -1400,3 +1401,22 @@ def test_an_unanswered_upsert_is_read_back_as_applied_only_when_dm_hub_holds_all
     assert confirm(UPSERT, [more, other], hub.settings, hub.credentials, http) == [False, False]
     # events and deletes need no read: the externalId, or a second delete finding nothing, keeps them once
     assert confirm(EVENT, [{}], hub.settings, hub.credentials, http) == [None]
+
+
+def test_a_retry_after_a_failed_membership_call_does_not_upsert_the_customer_again(
+    sandbox: DmHubSandbox, http: requests.Session
+) -> None:
+    # given a contact whose membership call failed after its customer was upserted
+    hub = Hub(sandbox, http, create_missing_lists=True)
+    sandbox.inject(status=503, times=1, path_prefix="/v1/listMembersBatch")
+    record = {"email": "jane@example.com", "name": "Jane", "lists": ["VIP"]}
+    assert verdicts(hub.deliver(UPSERT, [record])) == [Verdict.RETRY]
+    upserts = calls(sandbox, "POST", "/v1/customerandidentities")
+    # when it is delivered again, marked as tried before
+    payload = hub.integration.prepare(UPSERT, record, hub.settings)
+    outcomes = hub.integration.deliver(UPSERT, [payload], hub.settings, hub.credentials, http, retried=[True])
+    # then only what was left is done: the customer is read, not upserted a second time, and joins its list
+    assert verdicts(outcomes) == [Verdict.DELIVERED]
+    assert calls(sandbox, "POST", "/v1/customerandidentities") == upserts == 1
+    [vip] = sandbox.lists()
+    assert vip["members"] == 1

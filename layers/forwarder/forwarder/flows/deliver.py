@@ -314,6 +314,8 @@ def _send(
             outcomes.extend([Outcome.retry(f"the delivery log is unavailable: {error}")] * len(chunk))
             continue
         payloads = [chunk[index].delivery.payload for index in to_send]
+        # tried before and not known applied: a step-wise integration skips the steps the vendor shows done
+        retried = [_tried(chunk[index]) for index in to_send]
         sent = (
             integration.deliver(
                 operation,
@@ -323,6 +325,7 @@ def _send(
                 services.http,
                 budget,
                 services.locks,
+                retried,
             )
             if payloads
             else []
@@ -344,6 +347,7 @@ def _send(
                     services.http,
                     budget,
                     services.locks,
+                    [True] * len(refused),
                 )
                 for index, outcome in zip(refused, again, strict=True):
                     sent[index] = outcome
@@ -533,7 +537,13 @@ def _settle(
             delay = max(delay, min(outcome.retry_after, settings.retry_max_seconds))
         wait = max(1, round(delay))
         services.queues.change_visibility("delivery", item.receipt_handle, wait)
-        _record(written, item, DeliveryState.RETRYING, outcome.reason)
+        # No answer came: the vendor may have applied it, so the next attempt reads it back first.
+        _record(
+            written,
+            item,
+            DeliveryState.SENDING if outcome.ambiguous else DeliveryState.RETRYING,
+            outcome.reason,
+        )
         if outcome.hold:
             logger.info(
                 "waiting, no attempt spent", extra={**log, "reason": outcome.reason, "retry_in_seconds": wait}
@@ -544,6 +554,10 @@ def _settle(
     except (QueueError, DeliveryLogError) as error:
         logger.error("could not settle a delivery; it will be retried", extra={**log, "error": str(error)})
         return "unsettled", 0
+
+
+def _tried(item: _Item) -> bool:
+    return item.record is not None and item.record.attempts > 0
 
 
 def _untried(outcome: Outcome) -> bool:

@@ -68,6 +68,9 @@ class Outcome:
     hold: bool = False
     #: The vendor is down (5xx, 408, a timeout, no connection): what opens the integration's circuit breaker.
     vendor_down: bool = False
+    #: The request may have been applied though no answer came (a read timeout, a dropped connection, a
+    #: gateway's 504): the next attempt reads it back before sending it again.
+    ambiguous: bool = False
 
     @classmethod
     def delivered(cls, status: int | None = None) -> Outcome:
@@ -79,9 +82,21 @@ class Outcome:
 
     @classmethod
     def unavailable(
-        cls, reason: str, *, retry_after: float | None = None, status: int | None = None
+        cls,
+        reason: str,
+        *,
+        retry_after: float | None = None,
+        status: int | None = None,
+        ambiguous: bool = False,
     ) -> Outcome:
-        return cls(Verdict.RETRY, reason, retry_after=retry_after, vendor_status=status, vendor_down=True)
+        return cls(
+            Verdict.RETRY,
+            reason,
+            retry_after=retry_after,
+            vendor_status=status,
+            vendor_down=True,
+            ambiguous=ambiguous or status == 504,
+        )
 
     @classmethod
     def refused_token(cls, reason: str, *, status: int | None = None) -> Outcome:
@@ -162,11 +177,20 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
 
 def classify_transport_error(error: requests.RequestException) -> Outcome:
     """Connection errors and timeouts are worth a retry; the reason names the kind, not the URL's secrets."""
+    if isinstance(error, requests.ConnectTimeout):  # never sent
+        return Outcome.unavailable(f"timeout connecting to the vendor ({type(error).__name__})")
     if isinstance(error, requests.Timeout):
-        return Outcome.unavailable(f"timeout talking to the vendor ({type(error).__name__})")
+        return Outcome.unavailable(f"timeout talking to the vendor ({type(error).__name__})", ambiguous=True)
     if isinstance(error, requests.ConnectionError):
-        return Outcome.unavailable(f"could not connect to the vendor ({type(error).__name__})")
+        return Outcome.unavailable(
+            f"could not connect to the vendor ({type(error).__name__})", ambiguous=True
+        )
     return Outcome.retry(f"HTTP error talking to the vendor ({type(error).__name__})")
+
+
+def sent_unanswered(error: requests.RequestException) -> bool:
+    """The request may have reached the vendor (everything but a failure to connect)."""
+    return not isinstance(error, requests.ConnectTimeout)
 
 
 class Integration(abc.ABC):
@@ -206,10 +230,13 @@ class Integration(abc.ABC):
         http: requests.Session,
         budget: Budget | None = None,
         locks: LockPort | None = None,
+        retried: Sequence[bool] | None = None,
     ) -> list[Outcome]:
         """Send payloads (batched where the vendor allows); one Outcome per payload, in order. A request that
         ``budget`` does not allow is not made: its payloads get ``Outcome.retry(NOT_ATTEMPTED)``. ``locks``
-        (shared by every process that delivers) serialises what must happen once, e.g. creating a list."""
+        (shared by every process that delivers) serialises what must happen once, e.g. creating a list.
+        ``retried`` marks payloads an earlier attempt got part of the way with: an integration that works in
+        steps skips a step the vendor already shows applied, so no effect happens twice."""
 
     def batch_size(self, operation: str, settings: BaseModel) -> int:
         """How many payloads one ``deliver`` call may take for this operation."""

@@ -46,6 +46,7 @@ from forwarder.integrations.base import (
     RecordInvalid,
     TokenError,
     parse_retry_after,
+    sent_unanswered,
 )
 from forwarder.mapping import TransformValueError, convert_date
 from forwarder.ports.locks import LockPort
@@ -357,8 +358,13 @@ class CareCloud(Integration):
     def _applied(self, api: _Api, settings: CareCloudSettings, payload: dict[str, Any]) -> bool:
         personal = payload["personal_information"]
         customer_id = self._find(api, settings, personal)
-        if customer_id is None:
+        if customer_id is None or not self._holds_personal(api, customer_id, personal):
             return False
+        return self._holds_records(api, customer_id, payload)
+
+    @staticmethod
+    def _holds_personal(api: _Api, customer_id: str, personal: dict[str, Any]) -> bool:
+        """CareCloud holds every personal field the record carries."""
         stored = ((api.call("GET", f"/customers/{customer_id}") or {}).get("data") or {}).get(
             "personal_information"
         ) or {}
@@ -375,6 +381,11 @@ class CareCloud(Integration):
                     return False
             elif stored.get(name) != value:
                 return False
+        return True
+
+    @staticmethod
+    def _holds_records(api: _Api, customer_id: str, payload: dict[str, Any]) -> bool:
+        """CareCloud holds every property record and interest the record carries."""
         if payload.get("property_records"):
             records = (api.call("GET", f"/customers/{customer_id}/property-records") or {}).get("data") or {}
             held = {
@@ -402,6 +413,7 @@ class CareCloud(Integration):
         http: requests.Session,
         budget: Budget | None = None,
         locks: LockPort | None = None,
+        retried: Sequence[bool] | None = None,
     ) -> list[Outcome]:
         assert isinstance(settings, CareCloudSettings)
         self.check_credentials(credentials)
@@ -412,7 +424,7 @@ class CareCloud(Integration):
         outcomes: list[Outcome] = []
         for index, payload in enumerate(payloads):
             try:
-                outcomes.append(self._upsert(api, settings, payload))
+                outcomes.append(self._upsert(api, settings, payload, bool(retried and retried[index])))
             except CareCloudError as error:
                 outcomes.append(error.outcome)
                 if error.outcome.token_refused:  # the rest would be refused too
@@ -423,10 +435,14 @@ class CareCloud(Integration):
                 break
         return outcomes
 
-    def _upsert(self, api: _Api, settings: CareCloudSettings, payload: dict[str, Any]) -> Outcome:
+    def _upsert(
+        self, api: _Api, settings: CareCloudSettings, payload: dict[str, Any], retried: bool = False
+    ) -> Outcome:
         personal = dict(payload["personal_information"])
         customer_id = self._find(api, settings, personal)
-        if customer_id is None:
+        if customer_id is not None and retried and self._holds_personal(api, customer_id, personal):
+            pass  # an earlier attempt wrote the customer: only what is left (its records) is done now
+        elif customer_id is None:
             # The settings' language and registration store apply to new customers only: an update keeps
             # what CareCloud holds for a field the record does not carry.
             created = {"language_id": settings.language_id, **personal}
@@ -440,8 +456,8 @@ class CareCloud(Integration):
             if payload.get("external_id"):
                 body["customer_source"]["external_id"] = payload["external_id"]
             try:
-                created = api.call("POST", "/customers", body, expect=(201, 200))
-                customer_id = str(created["data"]["customer_id"])
+                answer = api.call("POST", "/customers", body, expect=(201, 200))
+                customer_id = str(answer["data"]["customer_id"])
             except CareCloudError as error:
                 # Created by someone else meanwhile (a retried request, a parallel delivery): update it.
                 if not _says(error, "already_exists"):
@@ -601,7 +617,10 @@ class _Api:
             )
         except requests.RequestException as error:
             raise CareCloudError(
-                Outcome.unavailable(f"no answer from CareCloud to {route} ({type(error).__name__})")
+                Outcome.unavailable(
+                    f"no answer from CareCloud to {route} ({type(error).__name__})",
+                    ambiguous=sent_unanswered(error),
+                )
             ) from None
         if response.status_code in expect:
             if response.status_code == 204 or not response.content:

@@ -28,7 +28,7 @@ from urllib.parse import quote, quote_plus
 
 import requests
 
-from forwarder.integrations.base import Budget, Outcome, TokenError, parse_retry_after
+from forwarder.integrations.base import Budget, Outcome, TokenError, parse_retry_after, sent_unanswered
 
 #: Error codes that mean "this token is no good" (invalid, replaced by a newer one, expired). DM Hub does
 #: not publish its code list; these are the codes its v1 API and the sandbox use. Configurable per
@@ -61,6 +61,7 @@ class DmHubError(Exception):
     message: str
     retry_after: float | None = None
     token_codes: tuple[int, ...] = field(default=TOKEN_ERROR_CODES)
+    ambiguous: bool = False  # no answer came: the request may have been applied
 
     def __str__(self) -> str:
         code = f" error_code {self.code}" if self.code is not None else ""
@@ -89,7 +90,10 @@ class DmHubError(Exception):
             )
         if self.status >= 500 or self.status == 408:
             return Outcome.unavailable(
-                f"DM Hub is unavailable ({reason})", retry_after=self.retry_after, status=self.status
+                f"DM Hub is unavailable ({reason})",
+                retry_after=self.retry_after,
+                status=self.status,
+                ambiguous=self.ambiguous,
             )
         if self.status == 403 or (self.code is not None and self.code in PERMISSION_CODES):
             return Outcome.retry(
@@ -218,7 +222,9 @@ class DmHubClient:
             )
         except requests.RequestException as error:
             # The exception's text holds the URL, and a v1 URL holds the token: only its type is kept.
-            raise DmHubError(route, 503, None, f"no answer ({type(error).__name__})") from None
+            raise DmHubError(
+                route, 503, None, f"no answer ({type(error).__name__})", ambiguous=sent_unanswered(error)
+            ) from None
         problem = _error_of(response)
         if problem is not None:
             code, message = problem

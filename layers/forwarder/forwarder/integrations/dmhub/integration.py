@@ -312,6 +312,17 @@ class DmHub(Integration):
         return answers
 
     @staticmethod
+    def _held_customer(client: DmHubClient, payload: dict[str, Any]) -> int | None:
+        """The id of the customer found by the payload's identity when it holds every field the payload sets."""
+        identity = payload["identity"]
+        customer_id = client.find_customer(identity["identityType"], identity["identityValue"])
+        if customer_id is None:
+            return None
+        stored = client.request("GET", f"/v1/customers/{customer_id}") or {}
+        holds = all(stored.get(name) == value for name, value in payload["customer"].items())
+        return customer_id if holds else None
+
+    @staticmethod
     def _applied(client: DmHubClient, payload: dict[str, Any]) -> bool:
         identity = payload["identity"]
         customer_id = client.find_customer(identity["identityType"], identity["identityValue"])
@@ -337,6 +348,7 @@ class DmHub(Integration):
         http: requests.Session,
         budget: Budget | None = None,
         locks: LockPort | None = None,
+        retried: Sequence[bool] | None = None,
     ) -> list[Outcome]:
         assert isinstance(settings, DmHubSettings)
         self.check_credentials(credentials)
@@ -353,7 +365,14 @@ class DmHub(Integration):
             token_codes=tuple(settings.token_error_codes),
         )
         if operation == "upsert_customer":
-            return self._upsert(list(payloads), client, settings, str(credentials["app_id"]), locks)
+            return self._upsert(
+                list(payloads),
+                client,
+                settings,
+                str(credentials["app_id"]),
+                locks,
+                list(retried) if retried else [False] * len(payloads),
+            )
         outcomes: list[Outcome | None] = [None] * len(payloads)
         for index, payload in enumerate(payloads):
             try:
@@ -410,11 +429,16 @@ class DmHub(Integration):
         settings: DmHubSettings,
         app_id: str,
         locks: LockPort | None,
+        retried: list[bool],
     ) -> list[Outcome]:
         outcomes: list[Outcome | None] = [None] * len(payloads)
         customer_ids: dict[int, int] = {}
         for index, payload in enumerate(payloads):
             try:
+                held = self._held_customer(client, payload) if retried[index] else None
+                if held is not None:  # an earlier attempt upserted it: only what is left is done now
+                    customer_ids[index] = held
+                    continue
                 answer = client.upsert_customer(
                     {**_identity_customer(payload["identity"]), **payload["customer"]}, [payload["identity"]]
                 )

@@ -443,6 +443,7 @@ class ExpertSender(Integration):
         http: requests.Session,
         budget: Budget | None = None,
         locks: LockPort | None = None,
+        retried: Sequence[bool] | None = None,
     ) -> list[Outcome]:
         assert isinstance(settings, ExpertSenderSettings)
         self.check_credentials(credentials)
