@@ -813,3 +813,7 @@ def test_an_unanswered_upsert_is_read_back_as_applied_only_when_carecloud_holds_
     assert carecloud.integration.confirm(UPSERT, [newer], parsed, carecloud.credentials, carecloud.http) == [
         False
     ]
+    # a read that fails (CareCloud answers 503) is not "not applied": the delivery waits, still unanswered
+    carecloud.sandbox.inject(status=503, method="GET")
+    [failed] = carecloud.integration.confirm(UPSERT, [payload], parsed, carecloud.credentials, carecloud.http)
+    assert isinstance(failed, Outcome) and failed.verdict is Verdict.RETRY and failed.ambiguous

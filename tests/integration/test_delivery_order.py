@@ -228,6 +228,32 @@ def test_an_upsert_applied_but_unanswered_is_read_back_not_sent_again(world: Wor
     assert world.deliveries.get([key])[key].state is DeliveryState.DELIVERED
 
 
+def test_an_unanswered_upsert_whose_read_back_fails_waits_and_is_not_sent_blind(world: World) -> None:
+    # given an upsert the vendor applied though no answer came, and the vendor then fails the read back once
+    world.accept(Action.UPSERT_CONTACT, {"email": "x@example.com", "first_name": "Jane"})
+    world.validate()
+    [message] = world.store.peek("delivery")
+    delivery = json.loads(message["body"])
+    requests.post(
+        world.sandbox.url + "/customers",
+        json={"mode": "AddOrUpdate", "matchBy": "Email", "data": [delivery["payload"]["customer"]]},
+        headers={"x-api-key": "test-key"},
+        timeout=5,
+    )
+    key = DeliveryKey(delivery["request_id"], "expertsender", "upsert_customer")
+    world.deliveries.begin([key], time.time())
+    world.sandbox.inject(status=503, method="GET", path_prefix="/customers")
+    # when it is tried: the read fails, so it waits (still "sending"), the upsert not sent again blind
+    response = world.deliver()
+    assert len(response["batchItemFailures"]) == 1
+    assert world.calls() == [("POST", 201), ("GET", 503)]
+    assert world.deliveries.get([key])[key].state is DeliveryState.SENDING
+    # then the next attempt reads it back again, finds it applied, and never posts it twice
+    world.drain()
+    assert world.calls() == [("POST", 201), ("GET", 503), ("GET", 200)]
+    assert world.deliveries.get([key])[key].state is DeliveryState.DELIVERED
+
+
 def test_an_upsert_unanswered_and_not_applied_is_sent_again(world: World) -> None:
     # given an upsert whose request never reached the vendor, though the log says it was on its way
     world.accept(Action.UPSERT_CONTACT, {"email": "x@example.com", "first_name": "Jane"})

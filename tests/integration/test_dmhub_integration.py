@@ -1401,6 +1401,10 @@ def test_an_unanswered_upsert_is_read_back_as_applied_only_when_dm_hub_holds_all
     assert confirm(UPSERT, [more, other], hub.settings, hub.credentials, http) == [False, False]
     # events and deletes need no read: the externalId, or a second delete finding nothing, keeps them once
     assert confirm(EVENT, [{}], hub.settings, hub.credentials, http) == [None]
+    # a read that fails (DM Hub answers 503) is not "not applied": the delivery waits, still unanswered
+    sandbox.inject(status=503, method="GET")
+    [failed] = confirm(UPSERT, [payload], hub.settings, hub.credentials, http)
+    assert isinstance(failed, Outcome) and failed.verdict is Verdict.RETRY and failed.ambiguous
 
 
 def test_a_retry_after_a_failed_membership_call_does_not_upsert_the_customer_again(

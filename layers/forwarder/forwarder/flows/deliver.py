@@ -306,8 +306,8 @@ def _send(
             outcomes.extend([waiting] * len(chunk))
             continue
         try:
-            confirmed = _confirmed(services, config, operation, chunk, credentials, budget)
-            to_send = [index for index in range(len(chunk)) if index not in confirmed]
+            settled = _read_back(services, config, operation, chunk, credentials, budget)
+            to_send = [index for index in range(len(chunk)) if index not in settled]
             if to_send and services.deliveries is not None:
                 services.deliveries.begin([chunk[index].key for index in to_send], services.clock())
         except DeliveryLogError as error:
@@ -352,8 +352,12 @@ def _send(
                 for index, outcome in zip(refused, again, strict=True):
                     sent[index] = outcome
         answers = iter(sent)
-        outcomes.extend(_CONFIRMED if index in confirmed else next(answers) for index in range(len(chunk)))
-        tried = [outcome for outcome in sent if not outcome.hold and outcome.reason != NOT_ATTEMPTED]
+        outcomes.extend(settled[index] if index in settled else next(answers) for index in range(len(chunk)))
+        tried = [
+            outcome
+            for outcome in [*sent, *settled.values()]
+            if outcome is not _CONFIRMED and not outcome.hold and outcome.reason != NOT_ATTEMPTED
+        ]
         if tried:
             # the vendor is down when every answer says so; any other answer (even a rejection) says it is up
             breaker.record(all(outcome.vendor_down for outcome in tried))
@@ -410,23 +414,24 @@ def _flow_control(
 _CONFIRMED = Outcome(Verdict.DELIVERED, "delivered: the vendor shows an earlier attempt applied")
 
 
-def _confirmed(
+def _read_back(
     services: Services,
     config: IntegrationConfig,
     operation: str,
     chunk: list[_Item],
     credentials: dict[str, Any],
     budget: Budget,
-) -> set[int]:
-    """Indexes of deliveries whose earlier attempt got no answer (the log says ``sending``: a read timeout, a
-    crash) and which the vendor shows applied already: they are not sent again."""
+) -> dict[int, Outcome]:
+    """Outcomes, by index, of deliveries whose earlier attempt got no answer (the log says ``sending``: a read
+    timeout, a crash) and which are not sent now: the vendor shows them applied already (delivered), or the
+    read back failed (they wait, still ``sending``, and are read back again next time)."""
     unknown = [
         index
         for index, item in enumerate(chunk)
         if item.record is not None and item.record.state is DeliveryState.SENDING
     ]
     if not unknown:
-        return set()
+        return {}
     answers = config.integration.confirm(
         operation,
         [chunk[index].delivery.payload for index in unknown],
@@ -435,7 +440,13 @@ def _confirmed(
         services.http,
         budget,
     )
-    return {index for index, applied in zip(unknown, answers, strict=True) if applied is True}
+    settled: dict[int, Outcome] = {}
+    for index, answer in zip(unknown, answers, strict=True):
+        if answer is True:
+            settled[index] = _CONFIRMED
+        elif isinstance(answer, Outcome):
+            settled[index] = answer
+    return settled
 
 
 _TOKEN_PROBLEMS = (TokenError, TokenUnavailable, SecretStoreError, CredentialsError, LockError)

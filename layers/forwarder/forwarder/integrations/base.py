@@ -113,6 +113,21 @@ class Outcome:
 
 NOT_ATTEMPTED = "not attempted: the invocation had too little time left; it is retried"
 
+#: What ``Integration.confirm`` answers per delivery: applied (True), not applied (False), cannot be read back
+#: (None: sent again), or the read failed and the delivery waits with this outcome (see ``unreadable``).
+ReadBack = bool | None | Outcome
+
+
+def unreadable(title: str, problem: str, *, status: int | None = None, out_of_time: bool = False) -> Outcome:
+    """The outcome of a delivery whose unanswered attempt could not be read back now: it stays "sending" and
+    waits (the vendor may hold it already, so it is not sent again blind). Out of time: requeued at once,
+    no attempt spent."""
+    if out_of_time:
+        return Outcome.retry(NOT_ATTEMPTED)
+    return Outcome.unavailable(
+        f"could not read back an unanswered attempt from {title}: {problem}", status=status, ambiguous=True
+    )
+
 
 @dataclass(slots=True)
 class Budget:
@@ -273,10 +288,12 @@ class Integration(abc.ABC):
         credentials: dict[str, Any],
         http: requests.Session,
         budget: Budget | None = None,
-    ) -> list[bool | None]:
+    ) -> list[ReadBack]:
         """For deliveries whose earlier attempt got no answer (a read timeout, a crash): True when the vendor
-        shows the payload applied already (read back), False when it does not, None when it cannot tell (the
-        delivery is then sent again, which the action must tolerate). Default: cannot tell."""
+        shows the payload applied already (read back), False when it does not, None when this action cannot
+        be read back (the delivery is then sent again, which the action must tolerate), or an ``Outcome``
+        when the read itself failed (``unreadable``): the delivery waits and is read back again next time,
+        never sent blind. Default: cannot tell."""
         return [None] * len(payloads)
 
     def check_credentials(self, credentials: dict[str, Any]) -> None:

@@ -42,11 +42,13 @@ from forwarder.integrations.base import (
     FieldSpec,
     Integration,
     Outcome,
+    ReadBack,
     RecordContext,
     RecordInvalid,
     TokenError,
     parse_retry_after,
     sent_unanswered,
+    unreadable,
 )
 from forwarder.mapping import TransformValueError, convert_date
 from forwarder.ports.locks import LockPort
@@ -339,7 +341,7 @@ class CareCloud(Integration):
         credentials: dict[str, Any],
         http: requests.Session,
         budget: Budget | None = None,
-    ) -> list[bool | None]:
+    ) -> list[ReadBack]:
         """Reads an unanswered upsert back: the customer found by ``match_by`` holds every personal field it
         carried, every property record and every interest."""
         assert isinstance(settings, CareCloudSettings)
@@ -347,11 +349,17 @@ class CareCloud(Integration):
         if not token:
             return [None] * len(payloads)
         api = _Api(settings, credentials, token, http, budget or Budget())
-        answers: list[bool | None] = []
+        answers: list[ReadBack] = []
         for payload in payloads:
             try:
                 answers.append(self._applied(api, settings, payload))
-            except (CareCloudError, _OutOfTime, KeyError, TypeError, ValueError):
+            except _OutOfTime:
+                answers.append(unreadable(self.title, "no time left", out_of_time=True))
+            except CareCloudError as error:
+                answers.append(
+                    unreadable(self.title, error.outcome.reason, status=error.outcome.vendor_status)
+                )
+            except (KeyError, TypeError, ValueError):
                 answers.append(None)
         return answers
 

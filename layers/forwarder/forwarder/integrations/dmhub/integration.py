@@ -36,9 +36,11 @@ from forwarder.integrations.base import (
     FieldSpec,
     Integration,
     Outcome,
+    ReadBack,
     RecordContext,
     RecordInvalid,
     Verdict,
+    unreadable,
 )
 from forwarder.integrations.dmhub.client import (
     TOKEN_ERROR_CODES,
@@ -286,7 +288,7 @@ class DmHub(Integration):
         credentials: dict[str, Any],
         http: requests.Session,
         budget: Budget | None = None,
-    ) -> list[bool | None]:
+    ) -> list[ReadBack]:
         """Reads an unanswered upsert back: the customer found by identity holds every field it carried and
         is a member of its lists (and of none it was to leave). Events carry ``externalId`` (a second one is a
         duplicate) and deletes may be sent again, so they need no read."""
@@ -303,11 +305,16 @@ class DmHub(Integration):
             budget=budget,
             token_codes=tuple(settings.token_error_codes),
         )
-        answers: list[bool | None] = []
+        answers: list[ReadBack] = []
         for payload in payloads:
             try:
                 answers.append(self._applied(client, payload))
-            except (DmHubError, OutOfTime, KeyError, TypeError, ValueError):
+            except OutOfTime:
+                answers.append(unreadable(self.title, "no time left", out_of_time=True))
+            except DmHubError as error:
+                # a refused token is renewed by sending, which is safe only when nothing is there: wait instead
+                answers.append(unreadable(self.title, str(error), status=error.status))
+            except (KeyError, TypeError, ValueError):
                 answers.append(None)
         return answers
 

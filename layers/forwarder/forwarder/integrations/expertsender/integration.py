@@ -30,10 +30,12 @@ from forwarder.integrations.base import (
     FieldSpec,
     Integration,
     Outcome,
+    ReadBack,
     RecordContext,
     RecordInvalid,
     classify_transport_error,
     parse_retry_after,
+    unreadable,
 )
 from forwarder.mapping import TransformValueError, convert_date
 from forwarder.ports.locks import LockPort
@@ -138,6 +140,14 @@ def _holds(stored: dict[str, Any], sent: dict[str, Any]) -> bool:
         elif stored.get(name) != value:
             return False
     return True
+
+
+def _json_object(response: requests.Response) -> dict[str, Any] | None:
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
 
 
 def _customer_not_found(response: requests.Response) -> bool:
@@ -386,7 +396,7 @@ class ExpertSender(Integration):
         credentials: dict[str, Any],
         http: requests.Session,
         budget: Budget | None = None,
-    ) -> list[bool | None]:
+    ) -> list[ReadBack]:
         """Reads each customer back (``GET /customers/{matchBy}/{value}``): applied when every field the
         upsert carried already holds its value. A delete is sent again (a second one finds no customer: 404,
         delivered), so it needs no read."""
@@ -397,11 +407,14 @@ class ExpertSender(Integration):
         headers = {"x-api-key": str(credentials["api_key"]), "Accept": "application/json"}
         field = MATCH_FIELD[settings.match_by]
         segment = "crmid" if field == "crmId" else field
-        answers: list[bool | None] = []
+        answers: list[ReadBack] = []
         for payload in payloads:
             customer = payload["customer"]
-            if not (budget or Budget()).allows(3.05 + settings.timeout_seconds) or not customer.get(field):
+            if not customer.get(field):
                 answers.append(None)
+                continue
+            if not (budget or Budget()).allows(3.05 + settings.timeout_seconds):
+                answers.append(unreadable(self.title, "no time left", out_of_time=True))
                 continue
             try:
                 response = http.get(
@@ -409,20 +422,19 @@ class ExpertSender(Integration):
                     headers=headers,
                     timeout=(3.05, settings.timeout_seconds),
                 )
-            except requests.RequestException:
-                answers.append(None)
+            except requests.RequestException as error:
+                answers.append(unreadable(self.title, type(error).__name__))
                 continue
             if response.status_code == 404 and _customer_not_found(response):
                 answers.append(False)
-            elif response.status_code == 200:
-                try:
-                    stored = response.json().get("data") or {}
-                except ValueError:
-                    answers.append(None)
-                    continue
-                answers.append(_holds(stored, customer))
+                continue
+            stored = _json_object(response) if response.status_code == 200 else None
+            if stored is None:
+                answers.append(
+                    unreadable(self.title, f"HTTP {response.status_code}", status=response.status_code)
+                )
             else:
-                answers.append(None)
+                answers.append(_holds(stored.get("data") or {}, customer))
         return answers
 
     # --- deliver -------------------------------------------------------------------------------------------
