@@ -324,6 +324,34 @@ def test_a_crash_before_queueing_blocks_the_key_only_until_the_invocation_deadli
     assert [message["request_id"] for message in world.queued()] == [accepted]
 
 
+def test_a_crash_after_queueing_does_not_queue_the_retry_a_second_time(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given an invocation with 0.3 s left that queues the request and dies before recording its answer
+    send = world.queues.send
+    crashes = [Killed()]
+
+    def send_then_die(queue: str, messages: list[OutgoingMessage]) -> list[str]:
+        sent = send(queue, messages)
+        if crashes:
+            raise crashes.pop()
+        return sent
+
+    monkeypatch.setattr(world.queues, "send", send_then_die)
+    with pytest.raises(Killed):
+        world.send(JANE, timeout_seconds=0.3)
+    [first] = world.queued()
+
+    # when the client retries after that invocation's deadline
+    time.sleep(0.4)
+    retried = request_id(world.send(JANE))
+
+    # then it is answered with the request already queued, and the queue still holds it once
+    assert retried == first["request_id"]
+    assert [message["request_id"] for message in world.queued()] == [first["request_id"]]
+    assert request_id(world.send(JANE)) == retried
+
+
 def test_the_same_key_while_the_first_request_is_being_accepted_answers_409(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -5,10 +5,16 @@ Idempotency: the key is recorded INPROGRESS before the message is queued and COM
 so a retry gets the first answer and queues nothing. When queueing fails the record is deleted (the retry is
 queued afresh); when the process dies in between, the record stays INPROGRESS only until the invocation's own
 deadline, after which a retry is queued. A key never answers 202 for a request that was not queued.
+
+A keyed request's ``request_id`` is derived from the client, the key and the request, so a retry after a
+process died between queueing and recording the answer queues the same request again: the FIFO queue's
+deduplication drops it within five minutes, and past them the delivery log skips what was delivered already.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +36,8 @@ IDEMPOTENCY_TTL_SECONDS = 24 * 3600
 IN_PROGRESS_FALLBACK_SECONDS = 30
 #: The stored keys' prefix, fixed: renaming the function or this module keeps clients' keys.
 _KEY_PREFIX = "forwarder.ingest"
+#: The namespace of request ids derived from an Idempotency-Key (uuid5).
+_KEYED_REQUESTS = uuid.UUID("5b0c6f0e-2d55-4d0b-9a8e-6f1f4a3c9d21")
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +117,11 @@ def accept(
 def _enqueue(
     services: Services, action: Action, envelope: Envelope, client: str, idempotency_key: str | None
 ) -> Accepted:
-    request_id = str(uuid.uuid4())
+    request_id = (
+        str(uuid.uuid4())
+        if idempotency_key is None
+        else keyed_request_id(client, idempotency_key, action, envelope)
+    )
     message = IngestMessage(
         request_id=request_id,
         action=action,
@@ -160,6 +172,19 @@ def _enqueue(
         },
     )
     return Accepted(request_id, envelope.group_key)
+
+
+def keyed_request_id(client: str, idempotency_key: str, action: Action, envelope: Envelope) -> str:
+    """The request id of a request sent with an ``Idempotency-Key``: the same for the same client, key and
+    request (route, group key, data; attribute order aside), so queueing it twice is caught downstream."""
+    request = json.dumps(
+        [client, idempotency_key, action.value, envelope.group_key, envelope.data],
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        default=str,
+    )
+    return str(uuid.uuid5(_KEYED_REQUESTS, hashlib.sha256(request.encode("utf-8")).hexdigest()))
 
 
 class Deadline(Protocol):
