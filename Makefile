@@ -1,11 +1,11 @@
-# One command per habit: make run | make test | make lint | make bench | make check-config
+# One command per habit: make run | make test | make lint | make bench | make chaos | make check-config
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= $(shell (pyenv which python3.13 2>/dev/null) || command -v python3.13 || command -v python3)
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck bench check-config clean install
+.PHONY: run test lint typecheck bench chaos check-config clean install
 
 $(STAMP): pyproject.toml layers/forwarder/requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,7 @@ test: $(STAMP)  ## lint, type-check, config check, then the whole test suite
 	$(VENV)/bin/mypy
 	$(VENV)/bin/forwarder config check config/forwarder.yaml
 	$(VENV)/bin/forwarder config check config/examples/expertsender-only.yaml
+	$(VENV)/bin/forwarder config check chaos/forwarder.yaml
 	$(VENV)/bin/cfn-lint template.yaml
 	$(VENV)/bin/pytest -n 2 tests
 
@@ -42,6 +43,9 @@ check-config: $(STAMP)
 
 bench: $(STAMP)  ## print throughput figures of the hot paths and of the embedded pipeline
 	$(PY) bench/run.py
+
+chaos: $(STAMP)  ## 10,000 records to every vendor through faults, an outage and kill -9; fails on lost/duplicate/out of order
+	$(PY) chaos/run.py $(CHAOS_ARGS)
 
 clean:
 	rm -rf $(VENV) .forwarder .aws-sam .pytest_cache .mypy_cache .ruff_cache

@@ -73,6 +73,12 @@ def main() -> None:
     default=None,
     help="cap of the retry backoff and of a vendor's Retry-After (default 60)",
 )
+@click.option(
+    "--circuit-probe-seconds",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="how often an integration's open circuit lets one probe through (default 60)",
+)
 def run(
     config_path: Path | None,
     state_dir: Path,
@@ -83,6 +89,7 @@ def run(
     verbose: bool,
     retry_base_seconds: float | None,
     retry_max_seconds: float | None,
+    circuit_probe_seconds: float | None,
 ) -> None:
     """Start the embedded stack: gateway, durable queues, pollers, secret store, scheduler, sandboxes."""
     os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "INFO" if verbose else "WARNING")
@@ -103,6 +110,8 @@ def run(
         options.retry_base_seconds = retry_base_seconds
     if retry_max_seconds is not None:
         options.retry_max_seconds = retry_max_seconds
+    if circuit_probe_seconds is not None:
+        options.circuit_probe_seconds = circuit_probe_seconds
     try:
         stack = EmbeddedStack(options).start()
     except ConfigError as error:

@@ -97,10 +97,18 @@ Choices where the documents are silent (each one strict, so a forwarder is hones
 * Ids: customers and interest records get 26 random hex characters, tokens 72. Datetimes are the process's
   local time, ``YYYY-MM-DD HH:MM:SS`` (from the ``clock`` given to the constructor).
 
-Test hooks and admin routes come from the shared framework (``framework.py``: faults, latency, reset, the
-request log, tokens/expire, a paged read of the state under ``/_sandbox/state/<collection>``; collections
-``customers``, ``tokens``, ``property_records``, ``interest_records``, ``stores``, ``customer_sources``,
-``interests``, ``customer_properties``); this sandbox adds ``GET /_sandbox/customers`` (``{"customers":
+Effects ledger (``framework.py``; collection ``effects``): ``upsert`` once per ``POST /customers`` or
+``PUT /customers/{id}`` applied, keyed ``<email>|<op marker of the body>`` (a personal-information field whose
+value starts with ``op:``; else a digest of the body). A retried upsert whose first ``POST`` was applied finds
+the customer and ``PUT``s the same op: one key counted twice. Property and interest records are not counted
+(interest records are unique per customer; a property record sets a value). Random faults spare
+``POST /tokens``.
+
+Test hooks and admin routes come from the shared framework (``framework.py``: faults, chaos, outages,
+counters, latency, reset, the request log, tokens/expire, a paged read of the state under
+``/_sandbox/state/<collection>``; collections ``customers``, ``tokens``, ``property_records``,
+``interest_records``, ``stores``, ``customer_sources``, ``interests``, ``customer_properties``, ``effects``);
+this sandbox adds ``GET /_sandbox/customers`` (``{"customers":
 [Customer + customer_source_records + property_records + interest_records + password_set]}``). With a
 ``state_path`` customers, records, tokens and the seeded lists survive a restart.
 
@@ -134,6 +142,7 @@ from forwarder_local.sandboxes.framework import (
     Request,
     Response,
     Sandbox,
+    effect_key,
     phrase,
     serve_until_stopped,
     standalone_parser,
@@ -992,6 +1001,7 @@ class CareCloudSandbox(Sandbox):
     """CareCloud's customer-interface REST API served over real HTTP on a daemon thread."""
 
     title = "CRM CareCloud sandbox"
+    chaos_exempt = (BASE_PATH + "/tokens",)
 
     def __init__(
         self,
@@ -1362,6 +1372,7 @@ class CareCloudSandbox(Sandbox):
             self.state.put(CUSTOMERS, customer_id, customer)
             for property_id, value in parsed.property_records:
                 self._put_property(customer_id, property_id, value, now)
+            self.record_effect("upsert", effect_key(_who(customer), body))
         self._index_email(None, parsed.personal_information, customer_id)
         return Response(201, {"data": {"customer_id": customer_id}})
 
@@ -1454,6 +1465,7 @@ class CareCloudSandbox(Sandbox):
             self.state.put(CUSTOMERS, customer_id, customer)
             for property_id, value in parsed.property_records:
                 self._put_property(customer_id, property_id, value, now)
+            self.record_effect("upsert", effect_key(_who(customer), body))
         self._index_email(old_info, info, customer_id)
         return Response(204)
 
@@ -1647,6 +1659,12 @@ class CareCloudSandbox(Sandbox):
 
 
 # -- request helpers ---------------------------------------------------------------------------------------
+
+
+def _who(customer: JsonObject) -> str:
+    """Who a ledger effect is about: the customer's e-mail (lower case), else its id."""
+    email = customer["personal_information"].get("email")
+    return str(email).lower() if email else f"id:{customer['customer_id']}"
 
 
 def _device_key(device_id: str, application_id: str) -> str:

@@ -95,11 +95,18 @@ Choices where the documents are silent (each one strict, so a forwarder is hones
 * Timestamps have second resolution, UTC, ``2017-06-07T12:20:20Z``; a membership's ``lastUpdated`` equals
   its ``dateCreated``.
 
-Admin routes come from the shared framework (faults, latency, reset, request log, token expiry, paged
-state under ``/_sandbox/state/{tokens|customers|identities|lists|members|events}``); this sandbox adds
-``GET /_sandbox/customers`` (each customer with its ``identities`` and ``lists``), ``GET /_sandbox/lists``
-(each list with its ``members`` count) and ``GET /_sandbox/events``. With a ``state_path`` everything,
-tokens included, survives a restart.
+Effects ledger (``framework.py``; ``GET /_sandbox/state/effects``): ``upsert`` once per
+``POST /v1/customerandidentities`` applied, keyed ``<first identity value>|<op marker of the body>`` (a
+customer field or attribute whose value starts with ``op:``, e.g. ``source``; else a digest of the body, which
+a retried delivery sends unchanged); ``delete`` per customer deleted, keyed by identity and the op marker of
+the deleted data; ``event`` per event recorded, keyed by ``externalId``; ``membership`` per list membership
+newly created, keyed ``<listId>/<customerId>``. Random faults spare the two token routes.
+
+Admin routes come from the shared framework (faults, chaos, outages, counters, latency, reset, request log,
+token expiry, paged state under ``/_sandbox/state/{tokens|customers|identities|lists|members|events|effects}``);
+this sandbox adds ``GET /_sandbox/customers`` (each customer with its ``identities`` and ``lists``),
+``GET /_sandbox/lists`` (each list with its ``members`` count) and ``GET /_sandbox/events``. With a
+``state_path`` everything, tokens included, survives a restart.
 
 Standalone: ``python -m forwarder_local.sandboxes.dmhub --port 8702 --app-id X --secret Y [--api-version v2]``.
 """
@@ -126,6 +133,8 @@ from forwarder_local.sandboxes.framework import (
     Request,
     Response,
     Sandbox,
+    digest,
+    effect_key,
     serve_until_stopped,
     standalone_parser,
 )
@@ -350,6 +359,7 @@ class DmHubSandbox(Sandbox):
     """Convertlab DM Hub API (tokens, customers, identities, events, lists) over real HTTP."""
 
     title = "Convertlab DM Hub sandbox"
+    chaos_exempt = ("/security/accesstoken", "/v2/oauth2/token")
 
     def __init__(
         self,
@@ -747,6 +757,7 @@ class DmHubSandbox(Sandbox):
             self._index_fields(customer, add=True)
             for identity in identities:
                 self._bind(customer["id"], identity, now)
+            self.record_effect("upsert", effect_key(_who(identities, customer), request.body))
         return Response(201 if target is None else 200, copy.deepcopy(customer))
 
     def _upsert_target(self, fields: JsonObject, identities: list[_Identity]) -> int | None:
@@ -837,6 +848,11 @@ class DmHubSandbox(Sandbox):
                 self._member_index.pop((member["listId"], member["customerId"]), None)
             self.state.delete(CUSTOMERS, str(customer_id))
             self._index_fields(customer, add=False)
+            who = _who(
+                [_Identity(item["identityType"], item["identityValue"], None) for item in identities],
+                customer,
+            )
+            self.record_effect("delete", effect_key(who, customer))
         return Response(204)
 
     # -- events ----------------------------------------------------------------------------------------------
@@ -858,6 +874,7 @@ class DmHubSandbox(Sandbox):
             event_id = self._new_id(EVENTS)
             stored = {"id": event_id, **{name: event[name] for name in EVENT_ORDER if name in event}}
             self.state.put(EVENTS, str(event_id), stored)
+            self.record_effect("event", str(external_id) if external_id is not None else digest(request.body))
         if external_id is not None:
             self._event_index[(customer_id, external_id)] = event_id
         return Response(201, copy.deepcopy(stored))
@@ -942,6 +959,7 @@ class DmHubSandbox(Sandbox):
         }
         self.state.put(MEMBERS, str(member_id), member)
         self._member_index[(list_id, customer_id)] = member_id
+        self.record_effect("membership", f"{list_id}/{customer_id}")
         return member, True
 
     def _post_member(self, request: Request, match: re.Match[str]) -> Response:
@@ -1238,6 +1256,17 @@ def _parse_event(body: object) -> JsonObject:
                 parsed[key] = value
     checks.raise_if_any()
     return parsed
+
+
+def _who(identities: Sequence[_Identity], customer: JsonObject) -> str:
+    """Who a ledger effect is about: the first identity's value (e-mail in lower case), else the customer's
+    e-mail or mobile field, else its id."""
+    if identities:
+        return _identity_key(identities[0].type, identities[0].value)[1]
+    for name in ("email", "mobile"):
+        if customer.get(name):
+            return _field_key(name, str(customer[name]))
+    return f"id:{customer['id']}"
 
 
 def _customer_view(customer: JsonObject) -> JsonObject:

@@ -37,8 +37,13 @@ Choices where the document is silent (each one strict, so a forwarder is honestl
 * ``GET /customers/id/abc`` answers 404; ``DELETE /customers/id/abc`` answers 400 (the document types
   that path parameter as int32 for DELETE only).
 
-Test hooks and admin routes come from the shared framework (``framework.py``: faults, latency, reset, the
-request log, a paged read of the state under ``/_sandbox/state/customers``); this sandbox adds
+Effects ledger (``framework.py``; ``GET /_sandbox/state/effects``): ``upsert`` once per customer record a
+``POST /customers`` applies, keyed ``<email>|<op marker of the record>`` (the value of a custom attribute such
+as ``op`` that starts with ``op:``; else a digest of the record); ``delete`` once per customer a ``DELETE``
+removes, keyed ``<email>|<op marker of the data it removed>``. No random faults are spared (no token route).
+
+Test hooks and admin routes come from the shared framework (``framework.py``: faults, chaos, outages,
+latency, reset, the request log, counters, a paged read of the state under ``/_sandbox/state/customers``); this sandbox adds
 ``GET /_sandbox/customers`` (``{"customers": [...], "deleted": [...]}``). With a ``state_path`` the customers
 survive a restart.
 
@@ -63,6 +68,7 @@ from forwarder_local.sandboxes.framework import (
     Request,
     Response,
     Sandbox,
+    effect_key,
     phrase,
     serve_until_stopped,
     standalone_parser,
@@ -487,6 +493,7 @@ class ExpertSenderSandbox(Sandbox):
         next_id = self.state.counter(CUSTOMER_ID) + 1
         errors: list[str] = []
         results: list[JsonObject] = []
+        applied: list[tuple[JsonObject, JsonObject]] = []  # (customer, record) per record, for the ledger
         for position, record in enumerate(records):
             where = f"data[{position}]"
             key_value = record[key_field]
@@ -522,6 +529,7 @@ class ExpertSenderSandbox(Sandbox):
                     customers[existing_id] = copy.deepcopy(stored[str(existing_id)])
                 customer = customers[existing_id]
             _merge(customer, record, index)
+            applied.append((customer, record))
             results.append(
                 {
                     "id": customer["id"],
@@ -534,6 +542,8 @@ class ExpertSenderSandbox(Sandbox):
             self.state.set_counter(CUSTOMER_ID, next_id - 1)
             for customer_id, customer in customers.items():
                 self.state.put(CUSTOMERS, str(customer_id), customer)
+            for customer, record in applied:
+                self.record_effect("upsert", effect_key(_identity(customer), record))
         self._index = index
         return [], copy.deepcopy(results)
 
@@ -584,6 +594,7 @@ class ExpertSenderSandbox(Sandbox):
                 self.state.delete(CUSTOMERS, str(customer_id))
                 sequence = self.state.next_id(DELETION)
                 self.state.put(DELETED, str(sequence), {"id": customer_id, "anonymized": anonymize})
+                self.record_effect("delete", effect_key(_identity(customer), customer))
             for name in (*IDENTIFIER_FIELDS, "id"):
                 if name in customer:
                     self._index[name].pop(_index_key(name, customer[name]), None)
@@ -594,6 +605,12 @@ class ExpertSenderSandbox(Sandbox):
 
     def _admin_customers(self, request: Request) -> Response:
         return Response(200, {"customers": self.customers(), "deleted": self.deleted})
+
+
+def _identity(customer: JsonObject) -> str:
+    """Who a ledger effect is about: the customer's e-mail (lower case), else its platform id."""
+    email = customer.get("email")
+    return str(email).lower() if email else f"id:{customer['id']}"
 
 
 def _problem_response(status: int, body: JsonObject, headers: dict[str, str] | None = None) -> Response:

@@ -9,11 +9,32 @@ Admin routes (no credentials; never logged, delayed nor faulted), common to ever
 
 * ``POST /_sandbox/faults`` ``{"status", "times", "retry_after", "method", "path_prefix", "body"}``
 * ``POST /_sandbox/latency`` ``{"seconds": 0.5}``
+* ``POST /_sandbox/chaos`` ``{"rate": 0.2, "statuses": [503, 429], "retry_after": 2, "slow_rate": 0.01,
+  "slow_seconds": 3, "slow_methods": ["POST", ...], "exempt": ["/tokens"], "seed": 7}``: random faults
+  (``{"rate": 0}`` turns them off); ``GET /_sandbox/chaos`` shows the settings and the outage left
+* ``POST /_sandbox/outage`` ``{"seconds": 60, "retry_after": null}``: every vendor request answers 503 until then
+* ``GET /_sandbox/counters``: vendor requests answered since the state began (persisted), by route and fault
 * ``POST /_sandbox/reset``
 * ``POST /_sandbox/tokens/expire`` (sandboxes with tokens): every token issued so far stops working
 * ``GET /_sandbox/requests`` ``{"requests": [...]}`` (credentials redacted)
 * ``GET /_sandbox/state/{collection}?offset=0&limit=100`` ``{"items", "total", "offset", "next_offset"}``:
   a paged read of the persisted state (``GET /_sandbox/state`` lists the collections).
+
+Chaos, for proving delivery guarantees (``make chaos``). A vendor request (admin routes never) is answered,
+in this order of precedence: by an injected fault (``inject``: explicit, counted down); during an outage,
+503 before anything is applied; with probability ``slow_rate`` (for ``slow_methods``, by default the writes),
+**applied normally and answered only after** ``slow_seconds`` (past the client's read timeout, the vendor did
+the work and the client does not know it: the case that tests exactly-once); with probability ``rate``, one
+of ``statuses`` before anything is applied (a 429 with ``Retry-After: retry_after``). Paths starting with a
+sandbox's :attr:`Sandbox.chaos_exempt` prefixes (its token endpoints) get no random faults, so the chaos is
+about deliveries; an outage spares nothing.
+
+The effects ledger: a vendor module calls :meth:`Sandbox.record_effect` (``kind``, ``key``) in the same state
+batch as the change it applies, so it persists with the change and survives a kill. A (kind, key) counted
+twice is one request applied twice. Keys end in the request's op marker (:func:`op_marker`: the first string
+of the applied document starting with ``op:``, which a test harness puts in every record), else a digest of
+the applied document. The ledger reads back as the ``effects`` collection (``GET /_sandbox/state/effects``,
+items ``{"kind", "key", "count"}``) and through :meth:`Sandbox.effects`.
 """
 
 from __future__ import annotations
@@ -22,9 +43,12 @@ import abc
 import argparse
 import contextlib
 import copy
+import hashlib
 import json
 import math
 import os
+import random
+import re
 import signal
 import threading
 import time
@@ -42,6 +66,18 @@ JsonObject = dict[str, Any]
 REDACTED: Final = "***"
 MAX_BODY_BYTES: Final = 10 * 1024 * 1024
 FAULT_FIELDS: Final = frozenset({"status", "times", "retry_after", "method", "path_prefix", "body"})
+CHAOS_FIELDS: Final = frozenset(
+    {"rate", "statuses", "retry_after", "slow_rate", "slow_seconds", "slow_methods", "exempt", "seed"}
+)
+OUTAGE_FIELDS: Final = frozenset({"seconds", "retry_after"})
+WRITE_METHODS: Final = ("POST", "PUT", "PATCH", "DELETE")
+#: The collection of the effects ledger, and the prefix of an op marker in an applied document.
+EFFECTS: Final = "effects"
+OP_PREFIX: Final = "op:"
+#: Persisted counters of answered vendor requests (``<prefix>`` total, ``<prefix>:<fault>``, by route).
+REQUESTS_COUNTER: Final = "sandbox.requests"
+ROUTE_COUNTER: Final = "sandbox.route."
+_ID_SEGMENT: Final = re.compile(r"[0-9]+|.*[@%].*|[0-9a-fA-F-]{16,}|.*[0-9]{6,}.*")
 #: Header names and query parameters whose values the request log never keeps.
 SECRET_HEADERS: Final = frozenset({"authorization", "x-api-key", "cookie"})
 SECRET_PARAMS: Final = frozenset({"access_token", "secret", "app_id", "appid", "password", "token"})
@@ -127,6 +163,67 @@ class Fault:
         if self.method is not None and self.method.upper() != method.upper():
             return False
         return self.path_prefix is None or path.startswith(self.path_prefix)
+
+
+@dataclass(frozen=True)
+class Chaos:
+    """Random faults (see the module docstring); ``rate`` and ``slow_rate`` are probabilities per request."""
+
+    rate: float = 0.0
+    statuses: tuple[int, ...] = (503, 429)
+    retry_after: int | None = 2
+    slow_rate: float = 0.0
+    slow_seconds: float = 0.0
+    slow_methods: frozenset[str] = frozenset(WRITE_METHODS)
+    exempt: tuple[str, ...] = ()
+
+    @property
+    def active(self) -> bool:
+        return self.rate > 0 or self.slow_rate > 0
+
+    def to_dict(self) -> JsonObject:
+        return {
+            "rate": self.rate,
+            "statuses": list(self.statuses),
+            "retry_after": self.retry_after,
+            "slow_rate": self.slow_rate,
+            "slow_seconds": self.slow_seconds,
+            "slow_methods": sorted(self.slow_methods),
+            "exempt": list(self.exempt),
+        }
+
+
+def op_marker(document: Any) -> str | None:
+    """The first string in ``document`` (depth first, in order) that starts with ``op:``, or None."""
+    if isinstance(document, str):
+        return document if document.startswith(OP_PREFIX) else None
+    if isinstance(document, dict):
+        values: list[Any] | tuple[Any, ...] = list(document.values())
+    elif isinstance(document, list | tuple):
+        values = document
+    else:
+        return None
+    for value in values:
+        found = op_marker(value)
+        if found is not None:
+            return found
+    return None
+
+
+def digest(document: Any) -> str:
+    """A short, stable digest of a JSON document (key order does not matter)."""
+    text = json.dumps(document, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+    return "#" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def effect_key(identity: str, applied: Any) -> str:
+    """``<identity>|<op marker of applied>``, or ``<identity>|#<digest of applied>`` when it has none."""
+    return f"{identity}|{op_marker(applied) or digest(applied)}"
+
+
+def route_of(path: str) -> str:
+    """``/v1/customers/12`` -> ``/v1/customers/{id}``: count requests by route, not by record."""
+    return "/".join("{id}" if _ID_SEGMENT.fullmatch(part) else part for part in path.split("/"))
 
 
 class SandboxState:
@@ -234,6 +331,9 @@ class SandboxState:
 
     def counter(self, name: str) -> int:
         return self._counters.get(name, 0)
+
+    def counters(self) -> dict[str, int]:
+        return dict(self._counters)
 
     def set_counter(self, name: str, value: int) -> None:
         self._counters[name] = value
@@ -369,6 +469,8 @@ class Sandbox(abc.ABC):
     is given), faults, latency and a request log. Subclasses hold ``self.lock`` while they touch state."""
 
     title: ClassVar[str] = "sandbox"
+    #: Path prefixes that random faults spare by default (a sandbox's token endpoints).
+    chaos_exempt: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, state_path: str | Path | None = None) -> None:
         self._host = host
@@ -380,6 +482,10 @@ class Sandbox(abc.ABC):
         self._faults: list[Fault] = []
         self._latency = 0.0
         self._requests: list[RecordedRequest] = []
+        self._chaos = Chaos(exempt=self.chaos_exempt)
+        self._rng = random.Random()
+        self._outage_until = 0.0
+        self._outage_retry_after: int | None = None
         with self.lock:
             self.load()
 
@@ -503,13 +609,130 @@ class Sandbox(abc.ABC):
         with self.lock:
             self._latency = float(seconds)
 
+    def set_chaos(
+        self,
+        rate: float = 0.0,
+        *,
+        statuses: tuple[int, ...] | list[int] = (503, 429),
+        retry_after: int | None = 2,
+        slow_rate: float = 0.0,
+        slow_seconds: float = 0.0,
+        slow_methods: tuple[str, ...] | list[str] = WRITE_METHODS,
+        exempt: tuple[str, ...] | list[str] | None = None,
+        seed: int | None = None,
+    ) -> None:
+        """Random faults from now on (see the module docstring); ``set_chaos(0)`` turns them off.
+
+        ``rate``: probability that a vendor request is answered with one of ``statuses`` (drawn evenly) before
+        anything is applied, 429s with ``Retry-After: retry_after``. ``slow_rate``: probability that a request
+        whose method is in ``slow_methods`` is applied and answered only after ``slow_seconds``. ``exempt``:
+        path prefixes spared (default :attr:`chaos_exempt`). ``seed`` makes the draws repeatable."""
+        for name, value in (("rate", rate), ("slow_rate", slow_rate)):
+            if not _is_number(value) or not 0 <= value <= 1:
+                raise ValueError(f"{name} must be a number between 0 and 1")
+        if rate + slow_rate > 1:
+            raise ValueError("rate + slow_rate must not exceed 1")
+        if not isinstance(statuses, list | tuple) or not statuses:
+            raise ValueError("statuses must be a non-empty list of HTTP statuses")
+        for status in statuses:
+            if not isinstance(status, int) or isinstance(status, bool) or not 400 <= status <= 599:
+                raise ValueError("statuses must be integer HTTP error statuses (400-599)")
+        if retry_after is not None and (
+            not isinstance(retry_after, int) or isinstance(retry_after, bool) or retry_after < 0
+        ):
+            raise ValueError("retry_after must be a non-negative integer (seconds) or null")
+        if not _is_number(slow_seconds) or slow_seconds < 0:
+            raise ValueError("slow_seconds must be a finite, non-negative number")
+        if slow_rate > 0 and slow_seconds <= 0:
+            raise ValueError("slow_seconds must be positive when slow_rate is")
+        if not isinstance(slow_methods, list | tuple) or not all(
+            isinstance(method, str) and method for method in slow_methods
+        ):
+            raise ValueError("slow_methods must be a list of HTTP methods")
+        if exempt is not None and (
+            not isinstance(exempt, list | tuple)
+            or not all(isinstance(prefix, str) and prefix.startswith("/") for prefix in exempt)
+        ):
+            raise ValueError("exempt must be a list of path prefixes starting with '/'")
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+            raise ValueError("seed must be an integer")
+        chaos = Chaos(
+            rate=float(rate),
+            statuses=tuple(statuses),
+            retry_after=retry_after,
+            slow_rate=float(slow_rate),
+            slow_seconds=float(slow_seconds),
+            slow_methods=frozenset(method.upper() for method in slow_methods),
+            exempt=tuple(exempt) if exempt is not None else self.chaos_exempt,
+        )
+        with self.lock:
+            self._chaos = chaos
+            if seed is not None:
+                self._rng = random.Random(seed)
+
+    @property
+    def chaos(self) -> Chaos:
+        with self.lock:
+            return self._chaos
+
+    def outage(self, seconds: float, *, retry_after: int | None = None) -> None:
+        """Answer every vendor request (token endpoints included) with 503 for ``seconds`` from now, before
+        anything is applied; ``outage(0)`` ends it. Not persisted: a restarted sandbox is up again."""
+        if not _is_number(seconds) or seconds < 0:
+            raise ValueError("seconds must be a finite, non-negative number")
+        if retry_after is not None and (
+            not isinstance(retry_after, int) or isinstance(retry_after, bool) or retry_after < 0
+        ):
+            raise ValueError("retry_after must be a non-negative integer (seconds) or null")
+        with self.lock:
+            self._outage_until = time.monotonic() + float(seconds)
+            self._outage_retry_after = retry_after
+
+    def outage_left(self) -> float:
+        """Seconds of the current outage still to come (0: none)."""
+        with self.lock:
+            return max(0.0, self._outage_until - time.monotonic())
+
+    def record_effect(self, kind: str, key: str) -> int:
+        """Count one change the vendor applied (``kind``: upsert, delete, event, ...; ``key``: what it was
+        applied for, see :func:`effect_key`) and return the count so far. Call it with ``self.lock`` held,
+        inside the state batch of the change, so the two are persisted together."""
+        entry_key = f"{kind}:{key}"
+        found = self.state.get(EFFECTS, entry_key)
+        count = (int(found["count"]) if found else 0) + 1
+        self.state.put(EFFECTS, entry_key, {"kind": kind, "key": key, "count": count})
+        return count
+
+    def effects(self) -> list[JsonObject]:
+        """The effects ledger: ``{"kind", "key", "count"}`` per change applied, in first-applied order."""
+        with self.lock:
+            return copy.deepcopy(list(self.state.items(EFFECTS).values()))
+
+    def request_counts(self) -> JsonObject:
+        """Vendor requests answered since the state began (persisted, so a kill does not reset them):
+        ``{"requests", "faulted", "injected", "outage", "chaos", "slow", "by_route": {"POST /x": n}}``."""
+        with self.lock:
+            counters = self.state.counters()
+        counts: JsonObject = {"requests": counters.get(REQUESTS_COUNTER, 0)}
+        for kind in ("injected", "outage", "chaos", "slow"):
+            counts[kind] = counters.get(f"{REQUESTS_COUNTER}:{kind}", 0)
+        counts["faulted"] = counts["injected"] + counts["outage"] + counts["chaos"]
+        counts["by_route"] = {
+            name[len(ROUTE_COUNTER) :]: value
+            for name, value in sorted(counters.items())
+            if name.startswith(ROUTE_COUNTER)
+        }
+        return counts
+
     def reset(self) -> None:
-        """Forget the state, faults, latency and the request log."""
+        """Forget the state (effects and counters too), faults, chaos, outage, latency and the request log."""
         with self.lock:
             self.state.clear()
             self._faults = []
             self._latency = 0.0
             self._requests = []
+            self._chaos = Chaos(exempt=self.chaos_exempt)
+            self._outage_until = 0.0
             self.load()
 
     # -- request handling ----------------------------------------------------------------------------------
@@ -540,7 +763,11 @@ class Sandbox(abc.ABC):
         if latency > 0:
             time.sleep(latency)
         fault = self._take_fault(method, split.path)
-        response = self._fault_response(fault, split.path) if fault is not None else self.vendor(request)
+        kind: str | None = "injected"
+        faulted: Response | None = self._fault_response(fault, split.path) if fault is not None else None
+        if faulted is None:
+            faulted, kind = self._chaos_response(method, split.path)
+        response = faulted if faulted is not None else self.vendor(request)
         recorded = RecordedRequest(
             method,
             split.path,
@@ -555,7 +782,38 @@ class Sandbox(abc.ABC):
         )
         with self.lock:
             self._requests.append(recorded)
+            with self.state.batch():
+                self.state.next_id(REQUESTS_COUNTER)
+                self.state.next_id(f"{ROUTE_COUNTER}{method} {route_of(split.path)}")
+                if kind is not None:
+                    self.state.next_id(f"{REQUESTS_COUNTER}:{kind}")
+            slow = self._chaos.slow_seconds if kind == "slow" else 0.0
+        if slow > 0:
+            time.sleep(slow)  # applied already: the answer comes after the client's read timeout
         return response
+
+    def _chaos_response(self, method: str, path: str) -> tuple[Response | None, str | None]:
+        """An outage's or a random fault's answer (``None``: let the vendor answer), and the fault's kind."""
+        with self.lock:
+            if time.monotonic() < self._outage_until:
+                response = self.error(503, "Outage: the service is unavailable (sandbox outage).", path)
+                if self._outage_retry_after is not None:
+                    response.headers["Retry-After"] = str(self._outage_retry_after)
+                return response, "outage"
+            chaos = self._chaos
+            if not chaos.active or path.startswith(chaos.exempt):
+                return None, None
+            draw = self._rng.random()
+            if draw < chaos.slow_rate and method.upper() in chaos.slow_methods:
+                return None, "slow"
+            if chaos.slow_rate <= draw < chaos.slow_rate + chaos.rate:
+                status = chaos.statuses[self._rng.randrange(len(chaos.statuses))]
+            else:
+                return None, None
+        response = self.error(status, f"Chaos: a random {status} (sandbox chaos).", path)
+        if status == 429 and chaos.retry_after is not None:
+            response.headers["Retry-After"] = str(chaos.retry_after)
+        return response, "chaos"
 
     def _take_fault(self, method: str, path: str) -> Fault | None:
         with self.lock:
@@ -589,6 +847,9 @@ class Sandbox(abc.ABC):
             "/_sandbox/requests": (("GET",), self._admin_requests),
             "/_sandbox/tokens/expire": (("POST",), self._admin_expire),
             "/_sandbox/state": (("GET",), self._admin_state),
+            "/_sandbox/chaos": (("GET", "POST"), self._admin_chaos),
+            "/_sandbox/outage": (("POST",), self._admin_outage),
+            "/_sandbox/counters": (("GET",), self._admin_counters),
             **self.admin(),
         }
         route = request.path.rstrip("/")
@@ -638,6 +899,26 @@ class Sandbox(abc.ABC):
         self.set_latency(body["seconds"])
         return Response(200, {"ok": True})
 
+    def _admin_chaos(self, request: Request) -> Response:
+        if request.method == "POST":
+            body = self._json_object(request)
+            unknown = sorted(set(body) - CHAOS_FIELDS)
+            if unknown:
+                raise ValueError(f"unknown fields {unknown}; expected {sorted(CHAOS_FIELDS)}")
+            self.set_chaos(**body)
+        return Response(200, {**self.chaos.to_dict(), "outage_seconds_left": round(self.outage_left(), 1)})
+
+    def _admin_outage(self, request: Request) -> Response:
+        body = self._json_object(request)
+        unknown = sorted(set(body) - OUTAGE_FIELDS)
+        if unknown or "seconds" not in body:
+            raise ValueError('expected {"seconds": <number>} and optionally "retry_after"')
+        self.outage(body["seconds"], retry_after=body.get("retry_after"))
+        return Response(200, {"ok": True, "outage_seconds_left": round(self.outage_left(), 1)})
+
+    def _admin_counters(self, request: Request) -> Response:
+        return Response(200, self.request_counts())
+
     def _admin_reset(self, request: Request) -> Response:
         self.reset()
         return Response(200, {"ok": True})
@@ -665,6 +946,10 @@ class Sandbox(abc.ABC):
             items, total = self.state.page(name, offset, limit)
         next_offset = offset + len(items) if offset + len(items) < total else None
         return Response(200, {"items": items, "total": total, "offset": offset, "next_offset": next_offset})
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _non_negative(value: str | None, name: str, default: int) -> int:
