@@ -79,6 +79,12 @@ def main() -> None:
     default=None,
     help="how often an integration's open circuit lets one probe through (default 60)",
 )
+@click.option(
+    "--deliver-workers",
+    type=click.IntRange(min=1, max=32),
+    default=None,
+    help="deliver batches handled at once, like concurrent Lambda invocations (default 4)",
+)
 def run(
     config_path: Path | None,
     state_dir: Path,
@@ -90,6 +96,7 @@ def run(
     retry_base_seconds: float | None,
     retry_max_seconds: float | None,
     circuit_probe_seconds: float | None,
+    deliver_workers: int | None,
 ) -> None:
     """Start the embedded stack: gateway, durable queues, pollers, secret store, scheduler, sandboxes."""
     os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "INFO" if verbose else "WARNING")
@@ -112,6 +119,8 @@ def run(
         options.retry_max_seconds = retry_max_seconds
     if circuit_probe_seconds is not None:
         options.circuit_probe_seconds = circuit_probe_seconds
+    if deliver_workers is not None:
+        options.deliver_workers = deliver_workers
     try:
         stack = EmbeddedStack(options).start()
     except ConfigError as error:

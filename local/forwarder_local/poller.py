@@ -128,9 +128,12 @@ class SqsPoller:
         on_error: Callable[[BaseException], None] | None = None,
         memory_limit_in_mb: int = 128,
         region: str = REGION,
+        concurrency: int = 1,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
         if max_batching_window < 0 or timeout_seconds <= 0:
             raise ValueError("max_batching_window must be >= 0 and timeout_seconds > 0")
         self.store = store
@@ -144,8 +147,9 @@ class SqsPoller:
         self.on_error = on_error
         self.memory_limit_in_mb = memory_limit_in_mb
         self.region = region
+        self.concurrency = concurrency
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
 
     # -- one batch --------------------------------------------------------------------------------
 
@@ -240,29 +244,33 @@ class SqsPoller:
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return any(thread.is_alive() for thread in self._threads)
 
     def start(self) -> None:
-        """Start polling in a daemon thread (no-op when already running)."""
+        """Start polling in ``concurrency`` daemon threads, like as many concurrent invocations of the
+        function (no-op when already running). On a FIFO queue they never hold two batches of one group."""
         if self.running:
             return
         self._stop.clear()
-        self._thread = threading.Thread(
-            target=self._run, name=f"sqs-poller-{self.function_name}-{self.queue}", daemon=True
-        )
-        self._thread.start()
+        self._threads = [
+            threading.Thread(
+                target=self._run, name=f"sqs-poller-{self.function_name}-{self.queue}-{index}", daemon=True
+            )
+            for index in range(self.concurrency)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def stop(self, timeout: float | None = None) -> None:
-        """Stop the loop and wait for the batch in progress (by default up to the function timeout)."""
+        """Stop the loops and wait for the batches in progress (by default up to the function timeout)."""
         self._stop.set()
-        thread, self._thread = self._thread, None
-        if thread is not None and thread is not threading.current_thread():
-            wait = (
-                timeout
-                if timeout is not None
-                else self.timeout_seconds + self.max_batching_window + IDLE_WAIT
-            )
-            thread.join(wait)
+        threads, self._threads = self._threads, []
+        deadline = time.monotonic() + (
+            timeout if timeout is not None else self.timeout_seconds + self.max_batching_window + IDLE_WAIT
+        )
+        for thread in threads:
+            if thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -100,6 +100,8 @@ class StackOptions:
     retry_max_seconds: float = 60.0
     retry_horizon_seconds: float = 4 * 3600
     circuit_probe_seconds: float = 60.0
+    #: deliver batches handled at once (threads sharing one rate limiter and circuit breaker per integration)
+    deliver_workers: int = 4
     delivery_visibility_seconds: float = 180
     refresh_interval_seconds: float = 900
     poll_window_seconds: float = 0.2
@@ -190,6 +192,7 @@ class EmbeddedStack:
                 max_batching_window=self.options.poll_window_seconds,
                 timeout_seconds=30,
                 on_error=self.errors.append,
+                concurrency=self.options.deliver_workers,
             ),
         ]
         for poller in self.pollers:

@@ -943,3 +943,49 @@ def test_a_standard_queue_turned_fifo_keeps_its_messages(db: Path) -> None:
         # then the message is still there, in a group of its own
         [message] = new.receive("delivery")
         assert message.body == "waiting since the last run" and message.group_id
+
+
+def test_concurrent_pollers_on_a_fifo_queue_keep_each_group_in_order_and_never_share_it(
+    tmp_path: Path,
+) -> None:
+    # given a FIFO queue with 4 groups of 15 messages each, interleaved
+    store = DurableQueueStore(tmp_path / "fifo.db")
+    store.create_queue(QueueSpec("lanes", fifo=True, visibility_timeout=30))
+    for index in range(15):
+        for group in "abcd":
+            store.send("lanes", f"{group}{index}", group_id=group, dedup_id=f"{group}{index}")
+    seen: dict[str, list[int]] = {group: [] for group in "abcd"}
+    holding: set[str] = set()
+    shared: list[str] = []
+    threads: set[str] = set()
+    lock = threading.Lock()
+    done = threading.Event()
+
+    def handler(event: dict[str, Any], context: Any) -> None:
+        groups = {record["attributes"]["MessageGroupId"] for record in event["Records"]}
+        with lock:
+            threads.add(threading.current_thread().name)
+            shared.extend(groups & holding)
+            holding.update(groups)
+        time.sleep(0.02)  # long enough for the other workers to try for the same groups
+        with lock:
+            for record in event["Records"]:
+                seen[record["body"][0]].append(int(record["body"][1:]))
+            holding.difference_update(groups)
+            if sum(len(values) for values in seen.values()) == 60:
+                done.set()
+
+    # when 3 workers poll it at once, 2 messages per batch
+    poller = make_poller(store, "lanes", handler, batch_size=2, concurrency=3)
+    poller.start()
+    try:
+        assert done.wait(10)
+    finally:
+        poller.stop()
+        store.close()
+
+    # then more than one worker took batches, no group was held by two at once, and each group kept its order
+    assert len(threads) > 1
+    assert shared == []
+    assert seen == {group: list(range(15)) for group in "abcd"}
+    assert not poller.running
