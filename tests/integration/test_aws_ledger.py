@@ -301,3 +301,17 @@ def test_throttled_writes_raise_ledger_error_with_the_code(aws: None) -> None:
         with pytest.raises(LedgerError, match="'ledger': ProvisionedThroughputExceededException") as raised:
             deletions.record_deletes({JANE: T0})
     assert "jane@example.com" not in str(raised.value)
+
+
+def test_delivered_upserts_are_kept_apart_from_deletes(ledger: Ledger) -> None:
+    # given Jane's delete at T0 and her newer upsert, delivered, recorded at AFTER_T0
+    deletions = DynamoDbDeletionLedger(ledger.table, ledger.dynamodb)
+    deletions.record_deletes({JANE: T0})
+    deletions.record_upserts({JANE: AFTER_T0})
+    deletions.record_upserts({JANE: BEFORE_T0})  # an older one never lowers it
+
+    # then the delete, replayed, sees the newer upsert; upserts after the delete are still not superseded
+    assert deletions.upserted_since([JOHN, JANE], T0) == JANE
+    assert deletions.upserted_since([JANE], AFTER_T0) is None
+    assert deletions.deleted_since([JANE], BEFORE_T0) == JANE
+    assert deletions.deleted_since([JANE], T0) is None

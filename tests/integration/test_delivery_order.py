@@ -161,6 +161,59 @@ def test_a_retrying_delete_never_erases_a_newer_upsert(world: World) -> None:
     assert customer is not None and customer["firstName"] == "V2"
 
 
+def replay_dead_letters(world: World) -> None:
+    """What ``forwarder replay dead-letters`` (an SQS DLQ redrive on AWS) does: back into their group."""
+    for message in world.store.receive("delivery-dlq", max_messages=10):
+        world.store.send(
+            "delivery", message.body, group_id=message.group_id, dedup_id=f"replay-{message.message_id}"
+        )
+        world.store.delete("delivery-dlq", message.receipt_handle)
+
+
+def test_a_replayed_dead_delete_never_erases_a_newer_upsert(world: World) -> None:
+    # given x exists, and the client's DELETE x failed until its retries were over (dead-lettered)
+    world.accept(Action.UPSERT_CONTACT, {"email": "x@example.com", "first_name": "Old"})
+    world.validate()
+    world.drain()
+    world.settings.retry_horizon_seconds = 0.3
+    world.sandbox.inject(status=503, times=1000, method="DELETE")
+    world.accept(Action.DELETE_CONTACT, {"email": "x@example.com"})
+    world.validate()
+    world.drain()
+    world.sandbox.clear_faults()
+    assert len(world.store.peek("delivery-dlq")) == 1
+    # and then the client's POST x (v2) was delivered
+    world.accept(Action.UPSERT_CONTACT, {"email": "x@example.com", "first_name": "V2"})
+    world.validate()
+    world.drain()
+    # when an operator replays the dead-lettered delete
+    replay_dead_letters(world)
+    world.drain()
+    # then it is not sent: the customer's newer upsert stands, as the client's order says
+    assert world.calls()[-1] == ("POST", 201)
+    customer = world.sandbox.find(email="x@example.com")
+    assert customer is not None and customer["firstName"] == "V2"
+    assert world.store.peek("delivery-dlq") == []
+
+
+def test_a_replayed_dead_delete_with_no_newer_upsert_erases_the_customer(world: World) -> None:
+    # given x's DELETE dead-lettered, and nothing newer for x
+    world.accept(Action.UPSERT_CONTACT, {"email": "x@example.com", "first_name": "Old"})
+    world.validate()
+    world.drain()
+    world.settings.retry_horizon_seconds = 0.3
+    world.sandbox.inject(status=503, times=1000, method="DELETE")
+    world.accept(Action.DELETE_CONTACT, {"email": "x@example.com"})
+    world.validate()
+    world.drain()
+    world.sandbox.clear_faults()
+    # when it is replayed, then it is sent and x is erased
+    replay_dead_letters(world)
+    world.drain()
+    assert world.calls()[-1] == ("DELETE", 200)
+    assert world.sandbox.find(email="x@example.com") is None
+
+
 def test_an_upsert_then_a_delete_end_with_the_customer_erased(world: World) -> None:
     world.sandbox.inject(status=503, times=2, method="POST")
     world.accept(Action.UPSERT_CONTACT, {"email": "x@example.com", "first_name": "Jane"})

@@ -36,3 +36,13 @@ def test_entries_expire_and_survive_a_reopen(tmp_path: Path) -> None:
     assert reopened.deleted_since([KEY], "2026-11-25T09:00:00.000Z") == KEY
     now[0] += 86_401
     assert reopened.deleted_since([KEY], "2026-11-25T09:00:00.000Z") is None
+
+
+def test_delivered_upserts_are_kept_apart_from_deletes(tmp_path: Path) -> None:
+    ledger = LocalDeletionLedger(tmp_path / "ledger.db")
+    ledger.record_deletes({KEY: "2026-11-25T10:00:00.000Z"})
+    ledger.record_upserts({KEY: "2026-11-25T11:00:00.000Z"})
+    assert ledger.upserted_since([KEY], "2026-11-25T10:00:00.000Z") == KEY
+    assert ledger.upserted_since([KEY], "2026-11-25T11:00:00.000Z") is None
+    # the upsert is not a delete: what is received after the delete is not superseded by it
+    assert ledger.deleted_since([KEY], "2026-11-25T10:30:00.000Z") is None

@@ -597,6 +597,11 @@ class Sandbox(abc.ABC):
         with self.lock:
             self._faults.append(fault)
 
+    def clear_faults(self) -> None:
+        """Drop the injected faults not used up yet."""
+        with self.lock:
+            self._faults = []
+
     def set_latency(self, seconds: float) -> None:
         """Sleep ``seconds`` before answering every vendor request."""
         if (

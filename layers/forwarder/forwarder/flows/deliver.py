@@ -211,6 +211,10 @@ def _integration_config(config: ForwarderConfig, group_key: str, name: str) -> I
 
 
 SUPERSEDED = Outcome(Verdict.SUPERSEDED, "superseded: a later delete of the same customer was delivered")
+SUPERSEDED_DELETE = Outcome(
+    Verdict.SUPERSEDED,
+    "superseded: a later upsert of the same customer was delivered (this delete was replayed)",
+)
 
 
 def _ledger_keys(
@@ -225,52 +229,112 @@ def _ledger_keys(
 def _send_in_order(
     services: Services, config: IntegrationConfig, operation: str, items: list[_Item], budget: Budget
 ) -> list[Outcome]:
-    """Send, keeping deletes final. A delete is recorded in the deletion ledger *before* it is sent (the
-    customer's request, from its receipt time on, outranks older upserts even while the delete retries); an
-    upsert received before a recorded delete of any identifier it carries is not sent (superseded). Upserts are
-    checked against the ledger chunk by chunk, just before each request."""
+    """Send, keeping deletes final and a customer's requests in the order received, also across DLQ replays.
+
+    A delete is recorded in the deletion ledger *before* it is sent (the customer's request, from its receipt
+    time on, outranks older upserts even while the delete retries); an upsert received before a recorded delete
+    of any identifier it carries is not sent (superseded). Upserts are checked chunk by chunk, just before each
+    request. A delivered upsert of a customer with a recorded delete is recorded too, so that the delete, if it
+    was dead-lettered and is replayed after that newer upsert, is not sent (superseded)."""
     ledger = services.ledger
     if ledger is None:
         return _send(services, config, operation, items, budget)
     keys = [_ledger_keys(config, item.delivery.group_key, operation, item.delivery.payload) for item in items]
     if items[0].delivery.action is Action.DELETE_CONTACT:
-        latest: dict[str, str] = {}
-        for item, item_keys in zip(items, keys, strict=True):
-            for key in item_keys:
-                latest[key] = max(latest.get(key, ""), item.delivery.received_at)
-        try:
-            if latest:
-                ledger.record_deletes(latest)
-        except LedgerError as error:
-            return [Outcome.retry(f"the deletion ledger is unavailable: {error}")] * len(items)
-        return _send(services, config, operation, items, budget)
+        return _send_deletes(services, config, operation, items, keys, ledger, budget)
     size = max(1, config.integration.batch_size(operation, config.parsed_settings))
     outcomes: list[Outcome] = []
     for start in range(0, len(items), size):
         chunk, chunk_keys = items[start : start + size], keys[start : start + size]
         try:
-            superseded = _superseded(ledger, chunk, chunk_keys)
+            superseded, tracked = _against_deletes(ledger, chunk, chunk_keys)
         except LedgerError as error:
             outcomes.extend([Outcome.retry(f"the deletion ledger is unavailable: {error}")] * len(chunk))
             continue
         pending = [index for index in range(len(chunk)) if index not in superseded]
-        sent = iter(
+        sent = (
             _send(services, config, operation, [chunk[index] for index in pending], budget) if pending else []
         )
-        outcomes.extend(SUPERSEDED if index in superseded else next(sent) for index in range(len(chunk)))
+        answers = dict(zip(pending, sent, strict=True))
+        _record_upserts(
+            ledger, chunk, chunk_keys, [i for i in tracked if answers[i].verdict is Verdict.DELIVERED]
+        )
+        outcomes.extend(SUPERSEDED if index in superseded else answers[index] for index in range(len(chunk)))
     return outcomes
 
 
-def _superseded(ledger: DeletionLedger, chunk: list[_Item], keys: list[list[str]]) -> set[int]:
-    """Indexes of the chunk's upserts that a later recorded delete supersedes (one look-up when none is)."""
-    oldest = min(item.delivery.received_at for item in chunk)
-    if not ledger.deleted_since([key for item_keys in keys for key in item_keys], oldest):
-        return set()
-    return {
-        index
-        for index, item in enumerate(chunk)
-        if keys[index] and ledger.deleted_since(keys[index], item.delivery.received_at)
-    }
+def _send_deletes(
+    services: Services,
+    config: IntegrationConfig,
+    operation: str,
+    items: list[_Item],
+    keys: list[list[str]],
+    ledger: DeletionLedger,
+    budget: Budget,
+) -> list[Outcome]:
+    try:
+        oldest = min(item.delivery.received_at for item in items)
+        newer = (
+            {
+                index
+                for index, item in enumerate(items)
+                if keys[index] and ledger.upserted_since(keys[index], item.delivery.received_at)
+            }
+            if ledger.upserted_since([key for item_keys in keys for key in item_keys], oldest)
+            else set()
+        )
+        latest: dict[str, str] = {}
+        for index, (item, item_keys) in enumerate(zip(items, keys, strict=True)):
+            if index not in newer:
+                for key in item_keys:
+                    latest[key] = max(latest.get(key, ""), item.delivery.received_at)
+        if latest:
+            ledger.record_deletes(latest)
+    except LedgerError as error:
+        return [Outcome.retry(f"the deletion ledger is unavailable: {error}")] * len(items)
+    pending = [index for index in range(len(items)) if index not in newer]
+    sent = iter(
+        _send(services, config, operation, [items[index] for index in pending], budget) if pending else []
+    )
+    return [SUPERSEDED_DELETE if index in newer else next(sent) for index in range(len(items))]
+
+
+def _against_deletes(
+    ledger: DeletionLedger, chunk: list[_Item], keys: list[list[str]]
+) -> tuple[set[int], set[int]]:
+    """Indexes of the chunk's upserts that a later recorded delete supersedes, and of those whose customer has
+    an earlier recorded delete (their delivery is recorded). One look-up when no customer has a delete."""
+    if not ledger.deleted_since([key for item_keys in keys for key in item_keys], ""):
+        return set(), set()
+    superseded: set[int] = set()
+    tracked: set[int] = set()
+    for index, item in enumerate(chunk):
+        if not keys[index] or not ledger.deleted_since(keys[index], ""):
+            continue
+        if ledger.deleted_since(keys[index], item.delivery.received_at):
+            superseded.add(index)
+        else:
+            tracked.add(index)
+    return superseded, tracked
+
+
+def _record_upserts(
+    ledger: DeletionLedger, chunk: list[_Item], keys: list[list[str]], delivered: list[int]
+) -> None:
+    latest: dict[str, str] = {}
+    for index in delivered:
+        for key in keys[index]:
+            latest[key] = max(latest.get(key, ""), chunk[index].delivery.received_at)
+    if not latest:
+        return
+    try:
+        ledger.record_upserts(latest)
+    except LedgerError as error:
+        # delivered already: sending it again would not help; only a replay of an older delete could now erase it
+        logger.error(
+            "could not record delivered upserts in the deletion ledger",
+            extra={"integration": chunk[0].delivery.integration, "error": str(error)},
+        )
 
 
 def _send(
@@ -491,7 +555,7 @@ def _settle(
             return "delivered", 0
         if outcome.verdict is Verdict.SUPERSEDED:
             _record(written, item, DeliveryState.SUPERSEDED, outcome.reason)
-            logger.info("not sent: a later delete of the same customer was delivered", extra=log)
+            logger.info("not sent", extra={**log, "reason": outcome.reason})
             return "superseded", 0
         if outcome.verdict is Verdict.REJECTED:
             rejection = Rejection(
