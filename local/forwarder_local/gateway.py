@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import threading
 import time
 import uuid
@@ -20,6 +21,8 @@ from forwarder_local.poller import LambdaContext
 
 ACCOUNT_ID = "000000000000"
 MAX_PAYLOAD = 10 * 1024 * 1024  # API Gateway's payload limit
+BODY_TIMEOUT_SECONDS = 30.0
+logger = logging.getLogger(__name__)
 Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
 
 
@@ -115,6 +118,8 @@ class LocalGateway:
             protocol_version = "HTTP/1.1"
             disable_nagle_algorithm = True  # no 40 ms Nagle/delayed-ACK stall between headers and body
 
+            timeout = BODY_TIMEOUT_SECONDS  # a client that announces more body than it sends is answered
+
             def log_message(self, format: str, *args: Any) -> None:
                 return
 
@@ -143,11 +148,58 @@ class LocalGateway:
         self._server.server_close()
 
     def _serve(self, request: BaseHTTPRequestHandler) -> None:
-        length = int(request.headers.get("Content-Length") or 0)
+        request_id = str(uuid.uuid4())
+        try:
+            self._serve_checked(request, request_id)
+        except Exception:  # a bug here, never the client's input: logged with the request id, answered 500
+            logger.exception("gateway: unexpected error (request id %s)", request_id)
+            self._reply(request, 500, {"message": f"Internal server error (request id {request_id})"}, None)
+
+    def _read_body(self, request: BaseHTTPRequestHandler) -> bytes | None:
+        """The body, or None after answering the request: a Content-Length that is not one decimal number,
+        a chunked body (send its length), more than API Gateway's 10 MB, or fewer bytes than announced."""
+        values = request.headers.get_all("Content-Length") or []
+        chunked = "chunked" in (request.headers.get("Transfer-Encoding") or "").lower()
+        if chunked:
+            self._reply(
+                request, 411, {"message": "Length Required: send the body with a Content-Length"}, None
+            )
+            request.close_connection = True
+            return None
+        if not values:
+            return b""
+        if len(set(values)) != 1 or not values[0].strip().isdigit() or not values[0].strip().isascii():
+            self._reply(
+                request, 400, {"message": "Invalid Content-Length: send the body's length in bytes"}, None
+            )
+            request.close_connection = True
+            return None
+        length = int(values[0])
         if length > MAX_PAYLOAD:
             self._reply(request, 413, {"message": "Request Too Long"}, "RequestTooLongException")
+            request.close_connection = True
+            return None
+        try:
+            body = request.rfile.read(length) if length else b""
+        except TimeoutError:
+            body = b""
+        if len(body) < length:
+            self._reply(
+                request,
+                400,
+                {
+                    "message": f"the body ended after {len(body)} of the {length} bytes its Content-Length announced"
+                },
+                None,
+            )
+            request.close_connection = True
+            return None
+        return body
+
+    def _serve_checked(self, request: BaseHTTPRequestHandler, request_id: str) -> None:
+        body = self._read_body(request)
+        if body is None:
             return
-        body = request.rfile.read(length) if length else b""
         split = urlsplit(request.path)
         route = (request.command, split.path)
         headers = list(request.headers.items())
@@ -183,9 +235,11 @@ class LocalGateway:
             user_arn=self.lookup_user(caller.access_key_id),
             source_ip=request.client_address[0],
         )
+        event["requestContext"]["requestId"] = request_id
         try:
             response = self.handler(event, LambdaContext(function_name="IngestFunction"))
         except Exception:  # the Lambda failed: API Gateway answers 502
+            logger.exception("gateway: the ingest function failed (request id %s)", request_id)
             self._reply(request, 502, {"message": "Internal server error"}, None)
             return
         self._write(request, response)

@@ -180,7 +180,8 @@ def test_group_key_rules(stack: EmbeddedStack, client: tuple[str, str, str]) -> 
     group_key, access_key, secret_key = client
     auth = AWS4Auth(access_key, secret_key, "us-east-1", "execute-api")
     unknown = post(stack, auth, {"data": {"email": "a@b.co"}, "group_key": "nope"})
-    assert unknown.status_code == 404 and unknown.json()["code"] == "UNKNOWN_GROUP_KEY"
+    # a key that does not exist answers like one the client may not use: existence is not revealed
+    assert unknown.status_code == 403 and unknown.json()["code"] == "GROUP_KEY_FORBIDDEN"
     missing = post(stack, auth, {"data": {"email": "a@b.co"}})
     assert missing.status_code == 400 and missing.json()["attribute"] == "group_key"
     not_json = requests.post(

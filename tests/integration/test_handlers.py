@@ -288,11 +288,11 @@ def test_validate_sends_a_batch_of_records_together(world: World) -> None:
 
 
 def test_ingest_refuses_a_record_that_would_not_fit_one_queue_message(world: World) -> None:
-    # given a body under the request limit whose numbers grow when re-serialised (1E9 -> 1000000000.0)
+    # given a body under the request limit whose numbers grow when re-serialised (1E15 -> 1000000000000000.0),
+    # within the attribute limits (199 lists of 100 numbers)
     event = load_event("api_post_contacts.json")
-    event["body"] = (
-        '{"group_key": "demo", "data": {"email": "a@b.co", "scores": [' + ",".join(["1E9"] * 55_000) + "]}}"
-    )
+    scores = ", ".join(f'"s{index}": [' + ",".join(["1E15"] * 100) + "]" for index in range(199))
+    event["body"] = '{"group_key": "demo", "data": {"email": "a@b.co", ' + scores + "}}"
     assert len(event["body"]) < 240 * 1024
     # when it is sent, then it is refused with 413 and nothing is queued
     response = invoke("ingest", event)

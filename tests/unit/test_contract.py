@@ -84,10 +84,11 @@ def test_a_body_that_is_not_json_is_refused_with_where_it_breaks() -> None:
     assert "line 2" in error.message
 
 
-def test_a_body_that_is_not_utf8_is_refused_as_invalid_json() -> None:
+def test_a_body_that_is_not_utf8_is_refused_as_invalid_encoding() -> None:
     error = refused(b'{"group_key": "\xff\xfe", "data": {}}')
 
-    assert (error.status, error.code) == (400, "INVALID_JSON")
+    assert (error.status, error.code) == (400, "INVALID_ENCODING")
+    assert "UTF-8" in error.message
 
 
 def test_an_empty_body_is_refused() -> None:

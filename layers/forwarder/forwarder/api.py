@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 from typing import Any
 
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
@@ -33,7 +35,16 @@ def _json(
 def _accept(action: Action) -> Response[Any]:
     event = app.current_event
     identity = event.request_context.identity
-    body: str | bytes | None = event.decoded_body if event.is_base64_encoded else event.body
+    body: str | bytes | None = event.body
+    if event.is_base64_encoded and event.body is not None:
+        try:
+            body = base64.b64decode(event.body, validate=True)
+        except (binascii.Error, ValueError):
+            raise ContractError(
+                400,
+                "INVALID_ENCODING",
+                "the body could not be read (bad base64 from the gateway); send UTF-8 JSON",
+            ) from None
     accepted: Accepted = accept(
         services(),
         action=action,
@@ -96,6 +107,30 @@ def idempotency_key_in_progress(_: IdempotencyKeyInProgress) -> Response[Any]:
 @app.exception_handler(ServiceUnavailable)  # type: ignore[untyped-decorator]
 def unavailable(_: ServiceUnavailable) -> Response[Any]:
     return _json(503, {"code": "UNAVAILABLE", "message": "the request could not be queued; retry it"})
+
+
+@app.exception_handler(Exception)  # type: ignore[untyped-decorator]
+def unexpected(error: Exception) -> Response[Any]:
+    """A bug or an outage below the API: logged with the request id, answered 500 quoting it."""
+    request_id = _request_id()
+    logger.exception("unexpected error in ingest", extra={"api_request_id": request_id})
+    return _json(
+        500,
+        {
+            "code": "INTERNAL_ERROR",
+            "message": f"the request could not be handled; nothing was accepted: retry it, and quote request id "
+            f"{request_id} if it persists",
+            "request_id": request_id,
+        },
+    )
+
+
+def _request_id() -> str:
+    try:
+        found = app.current_event.request_context.request_id
+    except (AttributeError, KeyError, TypeError):
+        found = None
+    return str(found or (app.lambda_context.aws_request_id if app.lambda_context else "unknown"))
 
 
 @app.not_found

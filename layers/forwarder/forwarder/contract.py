@@ -9,6 +9,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+#: The front door's limits (a vendor's own field rules are checked later, per integration).
+MAX_ATTRIBUTES = 200
+MAX_ATTRIBUTE_NAME = 128
+MAX_VALUE_CHARS = 10_000
+MAX_LIST_ITEMS = 100
+
 # A flat value: string, number, boolean, null, or a list of those.
 Scalar = str | int | float | bool | None
 FlatValue = Scalar | list[Scalar]
@@ -70,9 +76,46 @@ def _type_name(value: Any) -> str:
     return type(value).__name__
 
 
+def _check_name(name: str) -> None:
+    where = f"data.{name}"
+    if not name or any(ord(char) < 32 or ord(char) == 127 for char in name):
+        raise ContractError(
+            400,
+            "INVALID_ATTRIBUTE_NAME",
+            f"attribute name {json.dumps(name)} is empty or holds control characters; use a plain name",
+            attribute=where,
+        )
+    if len(name) > MAX_ATTRIBUTE_NAME:
+        raise ContractError(
+            400,
+            "ATTRIBUTE_NAME_TOO_LONG",
+            f"attribute name '{name[:40]}...' has {len(name)} characters; at most {MAX_ATTRIBUTE_NAME}",
+            attribute=where,
+        )
+
+
+def _check_length(value: Any, where: str) -> None:
+    if isinstance(value, str) and len(value) > MAX_VALUE_CHARS:
+        raise ContractError(
+            400,
+            "VALUE_TOO_LONG",
+            f"attribute '{where}' has {len(value)} characters; at most {MAX_VALUE_CHARS}",
+            attribute=where,
+        )
+
+
 def check_flat(data: dict[str, Any]) -> FlatData:
-    """Return ``data`` when every value is a scalar or a list of scalars; otherwise name the attribute."""
+    """Return ``data`` when every value is a scalar or a list of scalars, within the front door's limits;
+    otherwise say what to fix, naming the attribute."""
+    if len(data) > MAX_ATTRIBUTES:
+        raise ContractError(
+            400,
+            "TOO_MANY_ATTRIBUTES",
+            f"'data' has {len(data)} attributes; at most {MAX_ATTRIBUTES}: send only what the integrations map",
+            attribute="data",
+        )
     for name, value in data.items():
+        _check_name(name)
         if not _encodable(name) or any(
             isinstance(item, str) and not _encodable(item)
             for item in (value if isinstance(value, list) else [value])
@@ -84,7 +127,15 @@ def check_flat(data: dict[str, Any]) -> FlatData:
                 attribute=f"data.{name}",
             )
         if isinstance(value, list):
+            if len(value) > MAX_LIST_ITEMS:
+                raise ContractError(
+                    400,
+                    "LIST_TOO_LONG",
+                    f"attribute 'data.{name}' holds {len(value)} items; at most {MAX_LIST_ITEMS}",
+                    attribute=f"data.{name}",
+                )
             for index, item in enumerate(value):
+                _check_length(item, f"data.{name}[{index}]")
                 if isinstance(item, dict | list):
                     raise ContractError(
                         400,
@@ -101,6 +152,8 @@ def check_flat(data: dict[str, Any]) -> FlatData:
                 "boolean, null or a list of those",
                 attribute=f"data.{name}",
             )
+        else:
+            _check_length(value, f"data.{name}")
     return data
 
 
@@ -127,6 +180,27 @@ def _encodable(text: str) -> bool:
     return True
 
 
+def _charset(content_type: str) -> str | None:
+    for parameter in content_type.split(";")[1:]:
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset":
+            return value.strip().strip('"').lower()
+    return None
+
+
+def _utf8(raw: bytes) -> str:
+    """The body as text: it must be UTF-8 (RFC 8259); a leading byte order mark is dropped."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ContractError(
+            400,
+            "INVALID_ENCODING",
+            f"the body is not UTF-8 text (an invalid byte at offset {error.start}); send JSON encoded as UTF-8",
+        ) from None
+    return text.removeprefix("\ufeff")
+
+
 def parse_envelope(body: bytes | str | None, content_type: str | None, max_bytes: int) -> Envelope:
     """Check a raw request body against the contract. Raises ContractError saying what to fix."""
     if content_type is not None:
@@ -137,7 +211,14 @@ def parse_envelope(body: bytes | str | None, content_type: str | None, max_bytes
                 "UNSUPPORTED_MEDIA_TYPE",
                 f"Content-Type '{media_type}' is not supported; send the body as application/json",
             )
-    raw = body.encode("utf-8") if isinstance(body, str) else (body or b"")
+        charset = _charset(content_type)
+        if charset is not None and charset not in ("utf-8", "utf8"):
+            raise ContractError(
+                415,
+                "UNSUPPORTED_CHARSET",
+                f"charset '{charset[:40]}' is not supported; send the body as UTF-8 (charset=utf-8)",
+            )
+    raw = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else (body or b"")
     if len(raw) > max_bytes:
         raise ContractError(
             413,
@@ -146,8 +227,13 @@ def parse_envelope(body: bytes | str | None, content_type: str | None, max_bytes
         )
     if not raw.strip():
         raise ContractError(400, "EMPTY_BODY", 'the body is empty; send {"data": {...}, "group_key": "..."}')
+    text = _utf8(raw)
     try:
-        document = json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
+        document = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise ContractError(
+            400, "NESTED_TOO_DEEP", "the body is nested too deeply; data must be flat"
+        ) from None
     except _NotJson as error:
         raise ContractError(400, "INVALID_JSON", f"the body is not valid JSON: {error}") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as error:

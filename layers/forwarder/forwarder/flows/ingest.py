@@ -74,18 +74,20 @@ def accept(
             403, "ACCESS_DENIED", "these credentials are not registered for any group key; ask for access"
         )
     group = config.group_keys.get(envelope.group_key)
+    if not client.allows(envelope.group_key) or (group is None and client.group_keys != ["*"]):
+        # The same answer whether the key exists or not: a caller cannot list other brands' group keys.
+        raise ContractError(
+            403,
+            "GROUP_KEY_FORBIDDEN",
+            f"client '{client.name}' may not use group key '{envelope.group_key}' (or it does not exist); "
+            "check the key, or ask for access to it",
+            attribute="group_key",
+        )
     if group is None:
         raise ContractError(
             404,
             "UNKNOWN_GROUP_KEY",
             f"group key '{envelope.group_key}' does not exist",
-            attribute="group_key",
-        )
-    if not client.allows(envelope.group_key):
-        raise ContractError(
-            403,
-            "GROUP_KEY_FORBIDDEN",
-            f"client '{client.name}' may not use group key '{envelope.group_key}'",
             attribute="group_key",
         )
     if not any(item.enabled and item.operation(action) for item in group.integrations):

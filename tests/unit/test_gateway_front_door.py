@@ -1,0 +1,114 @@
+"""The embedded gateway's HTTP front door: a malformed Content-Length, a body shorter than announced or a
+chunked body is answered with a 4xx saying what to fix, never left hanging or answered 5xx; a failure of its
+own is logged with a request id."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from forwarder_local.gateway import LocalGateway
+
+
+def refuse_everything(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    raise AssertionError("the handler must not be reached")
+
+
+@pytest.fixture
+def gateway() -> Iterator[LocalGateway]:
+    running = LocalGateway(refuse_everything, lambda key: None, lambda key: None).start()
+    yield running
+    running.stop()
+
+
+def exchange(
+    gateway: LocalGateway, head: str, body: bytes = b"", *, close_write: bool = False
+) -> tuple[int, str]:
+    """Send raw bytes; returns the status and the whole answer."""
+    host, port = gateway.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(head.encode("latin-1") + b"\r\n" + body)
+        if close_write:
+            conn.shutdown(socket.SHUT_WR)
+        answer = b""
+        while b"\r\n\r\n" not in answer or not _complete(answer):
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    text = answer.decode("latin-1")
+    return int(text.split(" ", 2)[1]), text
+
+
+def _complete(answer: bytes) -> bool:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            return len(body) >= int(line.split(b":", 1)[1])
+    return True
+
+
+def request_head(*headers: str) -> str:
+    return "\r\n".join(["POST /v1/contacts HTTP/1.1", "Host: localhost", *headers, ""])
+
+
+@pytest.mark.parametrize("value", ["abc", "-5", "1e3", "12, 13", " ", "0x10"])
+def test_a_content_length_that_is_not_a_number_is_refused_with_400(gateway: LocalGateway, value: str) -> None:
+    status, answer = exchange(gateway, request_head(f"Content-Length: {value}"))
+    assert status == 400
+    assert "Content-Length" in answer
+
+
+def test_two_different_content_lengths_are_refused(gateway: LocalGateway) -> None:
+    status, _ = exchange(gateway, request_head("Content-Length: 2", "Content-Length: 3"), b"{}")
+    assert status == 400
+
+
+def test_a_body_shorter_than_its_content_length_is_refused_not_waited_for_forever(
+    gateway: LocalGateway,
+) -> None:
+    status, answer = exchange(gateway, request_head("Content-Length: 100"), b'{"data": 1}', close_write=True)
+    assert status == 400
+    assert "11 of the 100 bytes" in answer
+
+
+def test_a_chunked_body_is_asked_for_its_length(gateway: LocalGateway) -> None:
+    status, answer = exchange(gateway, request_head("Transfer-Encoding: chunked"), b"2\r\n{}\r\n0\r\n\r\n")
+    assert status == 411
+    assert "Content-Length" in answer
+
+
+def test_a_body_over_api_gateways_limit_is_refused_with_413(gateway: LocalGateway) -> None:
+    status, _ = exchange(gateway, request_head(f"Content-Length: {10 * 1024 * 1024 + 1}"))
+    assert status == 413
+
+
+def test_a_failure_of_the_gateway_itself_is_logged_with_a_request_id_and_answered_500(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def broken_lookup(key: str) -> str | None:
+        raise RuntimeError("credential store broke")
+
+    running = LocalGateway(refuse_everything, broken_lookup, lambda key: None).start()
+    try:
+        now = datetime.now(UTC)
+        head = request_head(
+            "Content-Length: 2",
+            f"X-Amz-Date: {now:%Y%m%dT%H%M%SZ}",
+            f"Authorization: AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/{now:%Y%m%d}/us-east-1/execute-api/aws4_request, "
+            "SignedHeaders=host;x-amz-date, Signature=" + "0" * 64,
+        )
+        with caplog.at_level(logging.ERROR, logger="forwarder_local.gateway"):
+            status, answer = exchange(running, head, b"{}")
+    finally:
+        running.stop()
+    assert status == 500
+    [record] = [record for record in caplog.records if "unexpected error" in record.getMessage()]
+    request_id = record.getMessage().split("request id ")[1].rstrip(")")
+    assert request_id in answer
+    assert record.exc_info is not None
