@@ -18,10 +18,12 @@ import pytest
 import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from requests_aws4auth import AWS4Auth
 
 from forwarder import runtime
 from forwarder.contract import MAX_ATTRIBUTE_NAME, MAX_ATTRIBUTES, MAX_LIST_ITEMS, MAX_VALUE_CHARS
 from forwarder.runtime import RuntimeSettings, Services
+from forwarder_local.gateway import LocalGateway
 from forwarder_local.poller import LambdaContext
 from forwarder_local.queue import DurableQueueStore
 from forwarder_local.stack import QUEUES, load_handler
@@ -296,3 +298,47 @@ def test_no_bytes_and_headers_get_a_5xx(
     assert response["statusCode"] < 500, response
     if response["statusCode"] != 202:
         refusal(response)
+
+
+# --- through the embedded gateway, signed, with random headers ---------------------------------------------
+
+ACCESS_KEY, SECRET_KEY = "AKIDFRONTDOOR0000000", "front-door-secret"
+DEMO_ARN = "arn:aws:iam::000000000000:user/forwarder-demo"
+_header_names = st.text(alphabet="abcdefghijklmnopqrstuvwxyz-", min_size=1, max_size=20).filter(
+    lambda name: (
+        name.lower() not in {"host", "content-length", "authorization", "transfer-encoding", "expect"}
+        and not name.lower().startswith("x-amz")
+    )
+)
+_header_values = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=60)
+
+
+@pytest.fixture
+def gateway(door: Door) -> Iterator[LocalGateway]:
+    running = LocalGateway(door.handler, {ACCESS_KEY: SECRET_KEY}.get, {ACCESS_KEY: DEMO_ARN}.get).start()
+    yield running
+    running.stop()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    raw=st.binary(max_size=200)
+    | st.builds(lambda data: json.dumps({"group_key": "demo", "data": data}).encode(), _json),
+    headers=st.dictionaries(_header_names, _header_values, max_size=5),
+    content_type=st.sampled_from(
+        ["application/json", "text/plain; charset=utf-16", "multipart/form-data", ""]
+    ),
+)
+def test_signed_requests_with_random_headers_and_bodies_never_get_a_5xx(
+    door: Door, gateway: LocalGateway, raw: bytes, headers: dict[str, str], content_type: str
+) -> None:
+    response = requests.post(
+        gateway.url + "/v1/contacts",
+        data=raw,
+        headers={**headers, "Content-Type": content_type},
+        auth=AWS4Auth(ACCESS_KEY, SECRET_KEY, "us-east-1", "execute-api"),
+        timeout=10,
+    )
+    assert response.status_code < 500, response.text
+    if response.status_code == 202:
+        assert _is_flat(door.queued()[-1]["data"])
