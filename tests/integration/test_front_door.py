@@ -16,9 +16,11 @@ from typing import Any
 
 import pytest
 import requests
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from requests_aws4auth import AWS4Auth
 
 from forwarder import runtime
 from forwarder.contract import MAX_ATTRIBUTE_NAME, MAX_ATTRIBUTES, MAX_LIST_ITEMS, MAX_VALUE_CHARS
@@ -310,7 +312,10 @@ _header_names = st.text(alphabet="abcdefghijklmnopqrstuvwxyz-", min_size=1, max_
         and not name.lower().startswith("x-amz")
     )
 )
-_header_values = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=60)
+# printable ASCII; HTTP clients refuse leading or trailing whitespace in a value
+_header_values = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=60).map(
+    str.strip
+)
 
 
 @pytest.fixture
@@ -332,12 +337,15 @@ def gateway(door: Door) -> Iterator[LocalGateway]:
 def test_signed_requests_with_random_headers_and_bodies_never_get_a_5xx(
     door: Door, gateway: LocalGateway, raw: bytes, headers: dict[str, str], content_type: str
 ) -> None:
-    response = requests.post(
-        gateway.url + "/v1/contacts",
+    signed = AWSRequest(
+        method="POST",
+        url=gateway.url + "/v1/contacts",
         data=raw,
         headers={**headers, "Content-Type": content_type},
-        auth=AWS4Auth(ACCESS_KEY, SECRET_KEY, "us-east-1", "execute-api"),
-        timeout=10,
+    )
+    SigV4Auth(Credentials(ACCESS_KEY, SECRET_KEY), "execute-api", "us-east-1").add_auth(signed)
+    response = requests.post(
+        gateway.url + "/v1/contacts", data=raw, headers=dict(signed.headers.items()), timeout=10
     )
     assert response.status_code < 500, response.text
     if response.status_code == 202:
