@@ -308,11 +308,16 @@ def replay(which: str, state_dir: Path, integration: str | None, limit: int) -> 
 # --- send --------------------------------------------------------------------------------------------------
 
 
-def _parse_value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
+def parse_set_value(text: str) -> Any:
+    """A ``--set`` value: a JSON list, ``true``, ``false`` or ``null`` as such; anything else is text, so that
+    a phone number or a zip code with a leading zero stays exactly as typed (never a number)."""
+    stripped = text.strip()
+    if stripped in ("true", "false", "null") or stripped.startswith("["):
+        try:
+            return json.loads(stripped)
+        except json.JSONDecodeError:
+            return text
+    return text
 
 
 @main.command()
@@ -331,7 +336,7 @@ def _parse_value(text: str) -> Any:
     "pairs",
     multiple=True,
     metavar="ATTR=VALUE",
-    help='a data attribute; VALUE is parsed as JSON when it can be (e.g. tags=\'["a","b"]\')',
+    help='a data attribute; VALUE is text, except a JSON list (tags=\'["a","b"]\'), true, false or null',
 )
 @click.option("--url", default="http://127.0.0.1:8080", show_default=True, help="the API's base URL")
 @click.option(
@@ -380,7 +385,7 @@ def send(
         name, sep, value = pair.partition("=")
         if not sep or not name:
             raise click.BadParameter(f"'{pair}' is not ATTR=VALUE", param_hint="--set")
-        data[name] = _parse_value(value)
+        data[name] = parse_set_value(value)
     group_key = group_key or document.get("group_key")
     if not group_key:
         raise click.UsageError("give --group-key (or group_key in --file)")
@@ -512,7 +517,7 @@ def config_preview(path: Path, group_key: str, kind: str, pairs: tuple[str, ...]
     data = data.get("data", data) if isinstance(data, dict) else {}
     for pair in pairs:
         name, _, value = pair.partition("=")
-        data[name] = _parse_value(value)
+        data[name] = parse_set_value(value)
     action = {"contacts": "upsert_contact", "delete": "delete_contact", "event": "event"}[kind]
     try:
         message = IngestMessage(

@@ -359,7 +359,7 @@ def test_a_principal_shared_by_two_clients_is_refused() -> None:
 def test_matching_by_a_field_no_mapping_fills_is_refused(example_text: str) -> None:
     text = edit(example_text, "match_by: Email", "match_by: CrmId")
     text = edit(text, "            - {kind: string, from: crm_id, to: crmId, transforms: [string]}\n", "")
-    (problem,) = problems_of(text)
+    [problem] = [found for found in problems_of(text) if "no mapping fills 'crmId'" in found]
     assert problem.startswith(f"{ITEM}.contacts.mapping (line ")
     assert "match_by is CrmId but no mapping fills 'crmId'" in problem
 
@@ -372,9 +372,48 @@ def test_a_consent_renamed_to_a_non_numeric_id_points_at_the_attribute(example_t
     assert "numeric consent ids" in problem
 
 
+def test_every_problem_of_an_integration_is_reported_at_once(example_text: str) -> None:
+    # given five independent mistakes in one integration (before: one per run, five runs)
+    text = edit(example_text, "match_by: Email", "match_by: Emial")
+    text = edit(text, "batch_size: 100", "batch_size: 0")
+    text = edit(text, 'newsletter_consent: "1"', "newsletter_consent: marketing")
+    text = edit(text, "from: last_name, to: lastName", "from: last_name, to: surname")
+    text = edit(text, "delete_by: email", "delete_by: phone")
+    # when it is checked, then each is reported, with its path
+    problems = problems_of(text)
+    joined = "\n".join(problems)
+    assert len(problems) >= 3, joined
+    assert "settings.match_by" in joined
+    assert "settings.batch_size" in joined
+    assert "'surname' is not a field" in joined
+
+
+def test_every_problem_across_clients_and_group_keys_is_reported_at_once() -> None:
+    text = CLIENTS.replace("group_keys: [pl]", "group_keys: [pl, xx, yy]", 1)
+    problems = problems_of(text)
+    assert sum("unknown group key" in problem for problem in problems) == 2, problems
+
+
+def test_a_consent_id_beyond_int32_is_refused(example_text: str) -> None:
+    # ExpertSender's consent ids are 32-bit integers: before, config check passed and every record was refused
+    text = edit(example_text, 'newsletter_consent: "1"', 'newsletter_consent: "2147483648"')
+    (problem,) = problems_of(text)
+    assert problem.startswith(f"{ITEM}.contacts.mapping[8].fields.newsletter_consent (line ")
+    assert "2147483647" in problem
+
+
+def test_a_confirmation_message_id_beyond_int32_is_refused(example_text: str) -> None:
+    text = edit(
+        example_text, "match_by: Email", "match_by: Email\n          confirmation_message_id: 2147483648"
+    )
+    (problem,) = problems_of(text)
+    assert "confirmation_message_id" in problem
+    assert "2147483647" in problem
+
+
 def test_deleting_by_a_field_the_delete_mapping_lacks_is_refused(example_text: str) -> None:
     text = edit(example_text, "delete_by: email", "delete_by: phone")
-    (problem,) = problems_of(text)
+    [problem] = [found for found in problems_of(text) if "no mapping fills 'phone'" in found]
     assert problem.startswith(f"{ITEM}.delete.mapping (line ")
     assert "delete_by is phone but no mapping fills 'phone'" in problem
 
@@ -382,6 +421,6 @@ def test_deleting_by_a_field_the_delete_mapping_lacks_is_refused(example_text: s
 def test_a_delete_identifier_normalised_unlike_the_stored_one_is_refused(example_text: str) -> None:
     text = edit(example_text, "delete_by: email", "delete_by: phone")
     text = text.rstrip("\n") + "\n            - {kind: string, from: phone, to: phone}\n"
-    (problem,) = problems_of(text)
+    [problem] = [found for found in problems_of(text) if "normalised as contacts" in found]
     assert problem.startswith(f"{ITEM}.delete.mapping[1] (line ")
     assert "must be normalised as contacts normalises it" in problem

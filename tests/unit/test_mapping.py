@@ -14,6 +14,7 @@ from forwarder.mapping import (
     MappingRule,
     StringMapping,
     TransformValueError,
+    as_text,
     compile_mapping,
     compile_transform,
 )
@@ -299,6 +300,28 @@ def test_map_with_boolean_keys_matches_boolean_values() -> None:
 
     # then a boolean attribute, and its text form from a web form, both translate
     assert [translate(True), translate(False), translate("true")] == ["True", "False", "True"]
+
+
+def test_map_ignores_case_and_surrounding_spaces_when_no_key_matches_exactly() -> None:
+    # given a map written with lower-case keys
+    translate = compile_transform({"map": {"m": "Male", "f": "Female"}})
+
+    # then "M" and " f " from a web form translate too (before: "M" passed through and the vendor refused it)
+    assert [translate("M"), translate(" f "), translate("F")] == ["Male", "Female", "Female"]
+
+
+def test_map_prefers_the_exact_key_when_keys_differ_only_in_case() -> None:
+    translate = compile_transform({"map": {"a": "lower", "A": "upper"}})
+
+    assert [translate("a"), translate("A")] == ["lower", "upper"]
+
+
+def test_as_text_writes_lists_and_booleans_as_the_string_transform_does() -> None:
+    assert as_text(["a", None, "b"]) == "a,b"  # before: "a,,b"
+    assert as_text([True, False, 1.0, 2.5]) == "true,false,1,2.5"  # before: "True,False,1.0,2.5"
+    assert as_text(True) == "true"
+    assert as_text(3.0) == "3"
+    assert as_text("Oslo") == "Oslo"
 
 
 def test_truncate_cuts_strings_to_the_length() -> None:

@@ -142,11 +142,29 @@ def _default(default: Scalar) -> TransformFn:
 
 
 def _map(table: dict[str, Scalar]) -> TransformFn:
+    """The exact key first; else the key equal ignoring case and surrounding spaces; else the value as is."""
+    folded: dict[str, Scalar] = {}
+    for key, output in table.items():
+        folded.setdefault(key.strip().casefold(), output)
+
     def translate(value: Value) -> Value:
         key = _string(value)
-        return table.get(key, value) if isinstance(key, str) else value
+        if not isinstance(key, str):
+            return value
+        if key in table:
+            return table[key]
+        return folded.get(key.strip().casefold(), value)
 
     return translate
+
+
+def as_text(value: Value | list[Value]) -> str:
+    """A mapped value as a vendor's text field takes it: booleans ``true``/``false``, whole numbers without
+    ``.0`` (as the ``string`` transform writes them), a list joined with commas, its nulls and blanks left out."""
+    if isinstance(value, list):
+        return ",".join(as_text(item) for item in value if not _absent(item))
+    text = _string(value)
+    return "" if text is None else str(text)
 
 
 def _truncate(length: int) -> TransformFn:

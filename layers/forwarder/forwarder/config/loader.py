@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from forwarder.config.models import ConfigProblem, ForwarderConfig
+from forwarder.config.models import ConfigProblem, ConfigProblems, ForwarderConfig
 
 
 class ConfigError(Exception):
@@ -67,11 +67,18 @@ def _where(loc: tuple[str | int, ...], lines: dict[tuple[str | int, ...], int]) 
 
 
 def _problems(error: ValidationError, lines: dict[tuple[str | int, ...], int]) -> list[str]:
-    problems = []
+    problems: list[str] = []
     for item in error.errors(include_url=False):
         loc = tuple(item["loc"])
         message = item["msg"].removeprefix("Value error, ")
         cause = (item.get("ctx") or {}).get("error")
+        if isinstance(
+            cause, ConfigProblems
+        ):  # a model validator's problems below the model: each at its place
+            problems.extend(
+                f"{_where((*loc, *found.path), lines)}: {found.message}" for found in cause.problems
+            )
+            continue
         if isinstance(cause, ConfigProblem):  # a model validator's problem below the model: point at it
             loc, message = (*loc, *cause.path), cause.message
         problems.append(f"{_where(loc, lines)}: {message}")

@@ -34,6 +34,21 @@ class ConfigProblem(ValueError):
         self.message = message
 
 
+class ConfigProblems(ValueError):
+    """Several problems found by one validator: the loader reports each (every problem at once)."""
+
+    def __init__(self, problems: list[ConfigProblem]) -> None:
+        super().__init__("; ".join(str(problem) for problem in problems))
+        self.problems = problems
+
+
+def raise_all(problems: list[ConfigProblem]) -> None:
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise ConfigProblems(problems)
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -63,6 +78,7 @@ class IntegrationConfig(_Strict):
 
     @model_validator(mode="after")
     def _check_against_integration(self) -> IntegrationConfig:
+        problems: list[ConfigProblem] = []
         if self.type not in integrations():
             raise ConfigProblem(
                 ("type",),
@@ -70,34 +86,53 @@ class IntegrationConfig(_Strict):
             )
         integration = get_integration(self.type)
         for key in _secret_like_keys(self.settings):
-            raise ConfigProblem(
-                ("settings", key),
-                f"'{key}' looks like a credential; credentials never go in the config: store them in "
-                f"the secret store and name the secret with 'secret:'",
+            problems.append(
+                ConfigProblem(
+                    ("settings", key),
+                    f"'{key}' looks like a credential; credentials never go in the config: store them in "
+                    f"the secret store and name the secret with 'secret:'",
+                )
             )
+        settings: BaseModel | None = None
+        credentials = set(_secret_like_keys(self.settings))
         try:
-            self._settings = integration.settings_model.model_validate(self.settings)
+            settings = integration.settings_model.model_validate(
+                {key: value for key, value in self.settings.items() if key not in credentials}
+            )
         except ValidationError as error:
-            first = error.errors()[0]
-            raise ConfigProblem(("settings", *first["loc"]), first["msg"]) from None
+            problems.extend(ConfigProblem(("settings", *item["loc"]), item["msg"]) for item in error.errors())
         if integration.secret_keys and not self.secret:
-            raise ValueError(
-                f"'{self.type}' needs a secret holding {', '.join(integration.secret_keys)}: "
-                "set 'secret: <name in the secret store>'"
+            problems.append(
+                ConfigProblem(
+                    ("secret",),
+                    f"'{self.type}' needs a secret holding {', '.join(integration.secret_keys)}: "
+                    "set 'secret: <name in the secret store>'",
+                )
             )
         if not any(getattr(self, flow) for flow in FLOWS):
-            raise ValueError("configure at least one of contacts, delete, events")
+            problems.append(ConfigProblem((), "configure at least one of contacts, delete, events"))
         configured: dict[str, tuple[str, list[Any]]] = {}
         for flow in FLOWS:
             flow_config: FlowConfig | None = getattr(self, flow)
             if flow_config is None:
                 continue
-            spec = _action_for(integration, flow, flow_config.action)
-            _check_targets(flow, spec, flow_config.mapping)
-            self._mappers[flow] = compile_mapping(list(flow_config.mapping))
-            configured[flow] = (spec.name, list(flow_config.mapping))
-        for path, message in integration.check_config(self._settings, configured):
-            raise ConfigProblem(path, message)
+            try:
+                spec = _action_for(integration, flow, flow_config.action)
+            except ConfigProblem as problem:
+                problems.append(problem)
+                continue
+            found = _check_targets(flow, spec, flow_config.mapping)
+            problems.extend(found)
+            if not found:
+                self._mappers[flow] = compile_mapping(list(flow_config.mapping))
+                configured[flow] = (spec.name, list(flow_config.mapping))
+        if settings is not None:
+            self._settings = settings
+            problems.extend(
+                ConfigProblem(path, message)
+                for path, message in integration.check_config(settings, configured)
+            )
+        raise_all(problems)
         return self
 
     @property
@@ -144,25 +179,35 @@ def _action_for(integration: Integration, flow: str, name: str | None) -> Action
 
 def _check_targets(
     flow: str, spec: ActionSpec, rules: list[StringMapping | ListMapping | DynamicMapping]
-) -> None:
+) -> list[ConfigProblem]:
+    problems: list[ConfigProblem] = []
     seen: dict[str, int] = {}
     for index, rule in enumerate(rules):
         field = spec.fields.get(rule.to)
         if field is None:
-            raise ConfigProblem(
-                (flow, "mapping", index, "to"),
-                f"'{rule.to}' is not a field of {spec.name}; fields: {', '.join(spec.fields)}",
+            problems.append(
+                ConfigProblem(
+                    (flow, "mapping", index, "to"),
+                    f"'{rule.to}' is not a field of {spec.name}; fields: {', '.join(spec.fields)}",
+                )
             )
+            continue
         if field.kind != rule.kind:
-            raise ConfigProblem(
-                (flow, "mapping", index, "kind"),
-                f"field '{rule.to}' takes a {field.kind} mapping, not {rule.kind}",
+            problems.append(
+                ConfigProblem(
+                    (flow, "mapping", index, "kind"),
+                    f"field '{rule.to}' takes a {field.kind} mapping, not {rule.kind}",
+                )
             )
         if rule.to in seen and rule.kind != "dynamic":
-            raise ConfigProblem(
-                (flow, "mapping", index, "to"), f"'{rule.to}' is already mapped by mapping[{seen[rule.to]}]"
+            problems.append(
+                ConfigProblem(
+                    (flow, "mapping", index, "to"),
+                    f"'{rule.to}' is already mapped by mapping[{seen[rule.to]}]",
+                )
             )
         seen[rule.to] = index
+    return problems
 
 
 class GroupKeyConfig(_Strict):
@@ -204,22 +249,28 @@ class ForwarderConfig(_Strict):
 
     @model_validator(mode="after")
     def _references(self) -> ForwarderConfig:
+        problems: list[ConfigProblem] = []
         for index, client in enumerate(self.clients):
             for position, group_key in enumerate(client.group_keys):
                 if group_key != "*" and group_key not in self.group_keys:
-                    raise ConfigProblem(
-                        ("clients", index, "group_keys", position),
-                        f"unknown group key '{group_key}'; known: {', '.join(sorted(self.group_keys))}",
+                    problems.append(
+                        ConfigProblem(
+                            ("clients", index, "group_keys", position),
+                            f"unknown group key '{group_key}'; known: {', '.join(sorted(self.group_keys))}",
+                        )
                     )
         owners: dict[str, str] = {}
         for index, client in enumerate(self.clients):
             for position, principal in enumerate(client.principals):
                 if principal in owners:
-                    raise ConfigProblem(
-                        ("clients", index, "principals", position),
-                        f"principal '{principal}' belongs to both '{owners[principal]}' and '{client.name}'",
+                    problems.append(
+                        ConfigProblem(
+                            ("clients", index, "principals", position),
+                            f"principal '{principal}' belongs to both '{owners[principal]}' and '{client.name}'",
+                        )
                     )
-                owners[principal] = client.name
+                owners.setdefault(principal, client.name)
+        raise_all(problems)
         return self
 
     @cached_property

@@ -49,7 +49,7 @@ from forwarder.integrations.dmhub.client import (
     OutOfTime,
     fetch_token,
 )
-from forwarder.mapping import TransformValueError, convert_date
+from forwarder.mapping import TransformValueError, as_text, convert_date
 from forwarder.ports.locks import LockPort
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -751,6 +751,4 @@ def _utc_seconds(iso: str) -> str:
 
 
 def _text(value: Any) -> str:
-    if isinstance(value, list):
-        return ",".join("" if item is None else str(item) for item in value)
-    return str(value)
+    return as_text(value)

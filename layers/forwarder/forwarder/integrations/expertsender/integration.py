@@ -37,10 +37,12 @@ from forwarder.integrations.base import (
     parse_retry_after,
     unreadable,
 )
-from forwarder.mapping import TransformValueError, convert_date
+from forwarder.mapping import TransformValueError, as_text, convert_date
 from forwarder.ports.locks import LockPort
 
 MATCH_FIELD = {"Email": "email", "PhoneNumber": "phone", "CrmId": "crmId"}
+#: ExpertSender's ids (consents, messages) are 32-bit signed integers.
+INT32_MAX = 2**31 - 1
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _PHONE = re.compile(r"^\+?[0-9]{3,20}$")
 _INDEX = re.compile(r"data\[(\d+)\]")
@@ -68,7 +70,9 @@ class ExpertSenderSettings(BaseModel):
     delete_by: Literal["email", "phone", "crmId", "id"] = "email"
     with_anonymization: bool = False
     consents_force: bool | None = None
-    confirmation_message_id: int | None = None
+    confirmation_message_id: int | None = Field(
+        None, ge=1, le=INT32_MAX, description="ExpertSender message id"
+    )
     timeout_seconds: float = Field(
         10.0, gt=0, le=20, description="read timeout; with connecting it must fit the 30 s deliver invocation"
     )
@@ -204,11 +208,19 @@ class ExpertSender(Integration):
             for index, rule in enumerate(rules):
                 if rule.to == "consents":
                     for attribute, consent_id in rule.fields.items():
-                        if not str(consent_id).isdigit():
+                        if not str(consent_id).isascii() or not str(consent_id).isdigit():
                             problems.append(
                                 (
                                     ("contacts", "mapping", index, "fields", attribute),
                                     f"consents are renamed to numeric consent ids, not '{consent_id}'",
+                                )
+                            )
+                        elif not 1 <= int(str(consent_id)) <= INT32_MAX:
+                            problems.append(
+                                (
+                                    ("contacts", "mapping", index, "fields", attribute),
+                                    f"consent id {consent_id} is out of range: ExpertSender's ids are 1 to "
+                                    f"{INT32_MAX}",
                                 )
                             )
         if "delete" in flows:
@@ -345,13 +357,7 @@ class ExpertSender(Integration):
 
     @staticmethod
     def _attribute_value(value: Any) -> str:
-        if isinstance(value, bool):
-            return "true" if value else "false"
-        if isinstance(value, list):
-            return ",".join("" if item is None else str(item) for item in value)
-        if isinstance(value, float) and value.is_integer():
-            return str(int(value))
-        return str(value)
+        return as_text(value)
 
     @staticmethod
     def _consents(
