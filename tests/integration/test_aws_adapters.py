@@ -389,3 +389,17 @@ def test_access_denied_is_a_store_error_not_a_missing_secret(aws: None) -> None:
             secrets.get("forwarder/expertsender/brand-a")
 
     assert not isinstance(raised.value, SecretNotFoundError)
+
+
+def test_aws_clients_have_explicit_timeouts_and_bounded_attempts(monkeypatch: pytest.MonkeyPatch) -> None:
+    from forwarder.adapters.aws import _create_client, aws_client_config
+
+    # by default: 1 s to connect, 3 s to read, 2 attempts in all (8 s: inside a 10 s function)
+    client = _create_client("sqs")
+    assert (client.meta.config.connect_timeout, client.meta.config.read_timeout) == (1.0, 3.0)
+    assert client.meta.config.retries["total_max_attempts"] == 2
+    # as a function's environment sets them
+    monkeypatch.setenv("FORWARDER_AWS_READ_TIMEOUT_SECONDS", "2.5")
+    assert _create_client("dynamodb").meta.config.read_timeout == 2.5
+    with pytest.raises(RuntimeError, match="FORWARDER_AWS_MAX_ATTEMPTS"):
+        aws_client_config({"FORWARDER_AWS_MAX_ATTEMPTS": "many"})

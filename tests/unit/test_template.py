@@ -639,3 +639,15 @@ def test_the_deliver_concurrency_a_rate_limit_is_shared_out_by_is_the_event_sour
     (mapping,) = [m for q, m in sqs_event_sources(cfn).items() if q == "DeliveryQueue"]
     concurrency = function["Environment"]["Variables"]["FORWARDER_DELIVER_CONCURRENCY"]
     assert int(concurrency) == int(mapping["ScalingConfig"]["MaximumConcurrency"])
+
+
+def test_every_aws_sdk_call_ends_inside_its_functions_timeout(cfn: dict[str, Any]) -> None:
+    # botocore waits 60 s by default: a slow SQS call in ingest (10 s) would be a Lambda timeout (502), not
+    # the designed 503; every function's SDK calls, all attempts included, must end before its timeout.
+    from forwarder.adapters.aws import aws_client_config
+
+    for name, function in resources(cfn, "AWS::Lambda::Function").items():
+        env = function.get("Environment", {}).get("Variables", {})
+        config = aws_client_config({key: str(value) for key, value in env.items()})
+        worst = config.retries["total_max_attempts"] * (config.connect_timeout + config.read_timeout)
+        assert worst < int(function.get("Timeout", 3)), (name, worst)

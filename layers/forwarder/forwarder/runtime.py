@@ -176,10 +176,9 @@ def dynamodb_idempotency(env: Mapping[str, str]) -> Callable[[], BasePersistence
 
     def build() -> BasePersistenceLayer:
         from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
-        from botocore.config import Config
 
-        return DynamoDBPersistenceLayer(
-            table_name=table_name, boto_config=Config(retries={"mode": "standard"})
-        )
+        from forwarder.adapters.aws import aws_client_config
+
+        return DynamoDBPersistenceLayer(table_name=table_name, boto_config=aws_client_config(env))
 
     return build
