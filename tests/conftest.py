@@ -38,6 +38,11 @@ def _no_installed_services() -> Iterator[None]:
     runtime.install(None)
     yield
     runtime.install(None)
+    # The forwarder's logger keeps a thread's keys (Lambda context, correlation id) per thread; pytest runs
+    # every test in one thread, so a test's handler invocations must not leave keys on the next test's lines.
+    from aws_lambda_powertools.logging.formatter import clear_context_keys
+
+    clear_context_keys()
 
 
 @pytest.fixture

@@ -96,6 +96,11 @@ def proxy_event(
     }
 
 
+class _Server(ThreadingHTTPServer):
+    # http.server listens with a backlog of 5: a burst of clients would be reset. API Gateway takes them all.
+    request_queue_size = 1024
+
+
 class LocalGateway:
     """HTTP server on ``host:port`` (0 picks a free port) that fronts the ingest handler."""
 
@@ -128,7 +133,7 @@ class LocalGateway:
 
             do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _handle
 
-        self._server = ThreadingHTTPServer((host, port), _RequestHandler)
+        self._server = _Server((host, port), _RequestHandler)
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
 

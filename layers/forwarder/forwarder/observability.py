@@ -5,6 +5,9 @@ from __future__ import annotations
 import logging
 import re
 from collections import Counter
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
@@ -29,7 +32,44 @@ class RedactCredentials(logging.Filter):
 for _name in ("urllib3.connectionpool", "urllib3.util.retry"):
     logging.getLogger(_name).addFilter(RedactCredentials())
 
-logger = Logger(service="forwarder")
+
+class ForwarderLogger(Logger):
+    """Powertools' Logger whose appended keys (the Lambda context, the correlation id) belong to the calling
+    thread: the embedded stack runs many invocations at once in one process, and a shared key would put one
+    request's id on another's lines. On AWS (one invocation per process at a time) nothing changes."""
+
+    def append_keys(self, **additional_keys: object) -> None:
+        self.thread_safe_append_keys(**additional_keys)
+
+    def remove_keys(self, keys: Iterable[str]) -> None:
+        self.thread_safe_remove_keys(list(keys))
+
+    def get_current_keys(self) -> dict[str, Any]:
+        return {**super().get_current_keys(), **self.thread_safe_get_current_keys()}
+
+    def set_correlation_id(self, value: str | None) -> None:
+        self.thread_safe_append_keys(correlation_id=value)
+
+    def get_correlation_id(self) -> str | None:
+        found = self.thread_safe_get_current_keys().get("correlation_id")
+        return str(found) if found is not None else None
+
+
+logger = ForwarderLogger(service="forwarder")
+
+
+@contextmanager
+def request_scope(request_id: str) -> Iterator[None]:
+    """Every line logged inside carries the record's ``request_id`` as its correlation id (the id a client
+    got in its 202), in this thread only; the previous correlation id is restored after."""
+    previous = logger.get_correlation_id()
+    logger.set_correlation_id(request_id)
+    try:
+        yield
+    finally:
+        logger.set_correlation_id(previous)
+
+
 # Only the AWS SDK is traced: vendor URLs carry customer identifiers (e.g. DELETE /customers/email/{email}),
 # which X-Ray would store with every segment of an auto-patched `requests`.
 tracer = Tracer(service="forwarder", patch_modules=["boto3", "botocore"])

@@ -35,7 +35,7 @@ from forwarder.contract import Action
 from forwarder.flow_control import FlowControl
 from forwarder.integrations.base import NOT_ATTEMPTED, Budget, CredentialsError, Outcome, TokenError, Verdict
 from forwarder.messages import DeadLetter, DeliveryMessage, Rejection
-from forwarder.observability import count_credential_problem, emit_counts, logger
+from forwarder.observability import count_credential_problem, emit_counts, logger, request_scope
 from forwarder.ordering import deduplication_id
 from forwarder.ports.deliveries import DeliveryKey, DeliveryLogError, DeliveryRecord, DeliveryState
 from forwarder.ports.ledger import DeletionLedger, LedgerError
@@ -180,7 +180,8 @@ def _deliver_wave(
         else:
             outcomes = _send_in_order(services, integration_config, operation, items, budget)
         for item, outcome in zip(items, outcomes, strict=True):
-            results[item.message_id] = _settle(services, item, outcome, written)
+            with request_scope(item.delivery.request_id):
+                results[item.message_id] = _settle(services, item, outcome, written)
     if written and log is not None:
         try:
             log.finish(written, services.clock())  # one write for the wave
@@ -546,6 +547,7 @@ def _settle(
         "operation": delivery.operation,
         "attempt": attempts,
         "vendor_status": outcome.vendor_status,
+        "reason_category": reason_category(outcome),
     }
     first_attempt = item.record.first_attempt_at if item.record and item.record.first_attempt_at else now
     try:
@@ -629,6 +631,37 @@ def _settle(
     except (QueueError, DeliveryLogError) as error:
         logger.error("could not settle a delivery; it will be retried", extra={**log, "error": str(error)})
         return "unsettled", 0
+
+
+def reason_category(outcome: Outcome) -> str:
+    """Why a delivery ended as it did, in a word a log query can group by (the reason itself may quote the
+    vendor, so it stays in the delivery log and the trails, not in INFO lines)."""
+    status = outcome.vendor_status
+    if outcome.verdict is Verdict.DELIVERED:
+        return "delivered"
+    if outcome.verdict is Verdict.SUPERSEDED:
+        return "superseded"
+    if outcome.verdict is Verdict.REJECTED:
+        return "vendor_rejected" if status else "invalid_for_vendor"
+    if outcome.token_refused or outcome.reason.startswith(("credentials unavailable", "no usable")):
+        return "credentials"
+    if outcome.reason == NOT_ATTEMPTED:
+        return "out_of_time"
+    if outcome.reason.startswith(("the deletion ledger is unavailable", "the delivery log is unavailable")):
+        return "store_unavailable"
+    if outcome.reason.startswith("rate limited"):
+        return "rate_limited"
+    if outcome.hold:
+        return "vendor_down" if "circuit is open" in outcome.reason else "waiting"
+    if status == 429:
+        return "throttled"
+    if outcome.ambiguous:
+        return "no_answer"
+    if status is not None and status >= 500:
+        return "vendor_error"
+    if outcome.vendor_down:
+        return "unreachable"
+    return "retry"
 
 
 def _tried(item: _Item) -> bool:

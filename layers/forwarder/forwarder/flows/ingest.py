@@ -133,6 +133,7 @@ def _enqueue(
         client=client,
         idempotency_key=idempotency_key,
     )
+    logger.set_correlation_id(request_id)  # this request's lines carry the id its client gets
     body_json = message.model_dump_json()
     if len(body_json.encode("utf-8")) > services.settings.max_message_bytes:
         raise ContractError(
@@ -264,6 +265,7 @@ def _accept_once(
         logger.error("idempotency store unavailable", extra={"client": client, "error": str(error)})
         raise ServiceUnavailable() from None
     if not queued:
+        logger.set_correlation_id(str(answer["request_id"]))
         logger.info(
             "repeated Idempotency-Key answered with the first request",
             extra={"client": client, "request_id": answer["request_id"]},

@@ -13,7 +13,7 @@ from forwarder.config import ForwarderConfig
 from forwarder.integrations.base import RecordContext, RecordInvalid
 from forwarder.mapping import MappingError
 from forwarder.messages import DeliveryMessage, IngestMessage, Rejection
-from forwarder.observability import logger
+from forwarder.observability import logger, request_scope
 from forwarder.ordering import deduplication_id, delivery_group
 from forwarder.ports.queues import MAX_MESSAGE_BYTES, OutgoingMessage, QueueError
 from forwarder.runtime import Services
@@ -154,8 +154,11 @@ def handle_batch(services: Services, event: dict[str, Any], context: Any = None)
         if lane in failed_groups:
             failures.append(record.message_id)
             continue
+        # ingest sets the request id as a message attribute: this record's lines carry it
+        request_id = (raw.get("messageAttributes") or {}).get("request_id", {}).get("stringValue")
         try:
-            to_deliver, to_reject = outgoing(config, record)
+            with request_scope(request_id or record.message_id):
+                to_deliver, to_reject = outgoing(config, record)
         except Exception:  # a defect for this record must not fail its neighbours
             logger.exception("validation failed unexpectedly", extra={"message_id": record.message_id})
             failures.append(record.message_id)
