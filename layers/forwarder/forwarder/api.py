@@ -19,10 +19,13 @@ from forwarder.flows.ingest import (
     ServiceUnavailable,
     accept,
 )
+from forwarder.hooks import HOOK_RESOURCE
 from forwarder.observability import logger
 from forwarder.runtime import services
 
 app = APIGatewayRestResolver()
+#: The hook route in the resolver's spelling of a path parameter.
+_HOOK_ROUTE = HOOK_RESOURCE.replace("{hook_id}", "<hook_id>")
 
 
 def _json(
@@ -101,7 +104,7 @@ def _refusal_page(error: ContractError, headers: dict[str, str]) -> Response[Any
     )
 
 
-@app.post("/v1/hooks/<hook_id>")
+@app.post(_HOOK_ROUTE)
 def receive_hook(hook_id: str) -> Response[Any]:
     headers = _lower_headers()
     hook = services().config.hooks.get(hook_id)
@@ -137,7 +140,7 @@ def receive_hook(hook_id: str) -> Response[Any]:
     return _json(202, {"request_id": request_id, "status": "accepted"}, request_id, headers=cors or None)
 
 
-@app.route("/v1/hooks/<hook_id>", method="OPTIONS")
+@app.route(_HOOK_ROUTE, method="OPTIONS")
 def hook_preflight(hook_id: str) -> Response[Any]:
     """A browser asks whether a page on its origin may post to the hook (CORS preflight)."""
     hook = hooks.find_hook(services(), hook_id)
