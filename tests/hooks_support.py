@@ -191,7 +191,7 @@ class HookWorld:
     """The ingest handler in-process on local parts (queues, secret store, idempotency store), with every
     test hook's secret stored; ``post`` feeds it the proxy event API Gateway builds for a hook."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, config: Path | None = None) -> None:
         self.store = DurableQueueStore(tmp_path / "queues.db")
         for spec in QUEUES:
             self.store.create_queue(spec)
@@ -199,7 +199,9 @@ class HookWorld:
         store_secrets(self.secrets)
         self.idempotency = SqliteIdempotencyLayer(tmp_path / "idempotency.db")
         settings = RuntimeSettings(
-            runtime="embedded", config_path=str(write_config(tmp_path)), secrets_max_age_seconds=0
+            runtime="embedded",
+            config_path=str(config or write_config(tmp_path)),
+            secrets_max_age_seconds=0,
         )
         self.services = Services(
             settings=settings,

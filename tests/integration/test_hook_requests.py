@@ -12,6 +12,8 @@ from urllib.parse import urlencode
 
 import pytest
 
+from forwarder_local.poller import LambdaContext
+from tests.conftest import REPO_ROOT, load_event
 from tests.hooks_support import (
     FORM,
     FORM_ORIGIN,
@@ -326,3 +328,28 @@ def test_a_form_tool_payload_that_is_not_its_shape_is_refused(world: HookWorld) 
     )
     assert response["statusCode"] == 400
     assert body_of(response)["code"] == "INVALID_PAYLOAD"
+
+
+# --- the canonical event (events/, also for `sam local invoke -e`) on the shipped config -----------------
+
+
+def test_the_canonical_form_post_is_accepted_by_the_shipped_newsletter_hook(tmp_path: Path) -> None:
+    # given the shipped config and the newsletter hook's token as the canonical event carries it
+    world = HookWorld(tmp_path, config=REPO_ROOT / "config" / "forwarder.yaml")
+    try:
+        world.secrets.put("forwarder/hooks/newsletter", {"secret": "example-newsletter-token"})
+        # when API Gateway hands ingest the browser's post
+        response = world.handler(
+            load_event("api_post_hook_form.json"), LambdaContext(function_name="IngestFunction")
+        )
+        # then the browser goes to the thank-you page and the record is queued for the demo group key
+        assert response["statusCode"] == 303, response["body"]
+        assert header(response, "Location") == "http://localhost:8000/thanks.html"
+        [queued] = world.queued()
+        assert queued["data"] == {
+            "email": "jane@example.com",
+            "first_name": "Jane",
+            "tags": ["vip", "newsletter"],
+        }
+    finally:
+        world.close()
