@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PYTHON ?= $(shell (pyenv which python3.13 2>/dev/null) || command -v python3.13 || command -v python3)
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck bench chaos check-config clean install
+.PHONY: run test lint typecheck bench chaos check-config clean install browser
 
 $(STAMP): pyproject.toml layers/forwarder/requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,10 +15,21 @@ $(STAMP): pyproject.toml layers/forwarder/requirements.txt
 
 install: $(STAMP)
 
+# The browser e2e test (a plain HTML form in headless Chromium) drives Debian's chromium through its driver.
+# As root (CI, a fresh machine) they are installed when missing; elsewhere that test is skipped, saying why.
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else \
+	    echo "chromium/chromedriver missing and not root: the browser e2e test will be skipped"; \
+	  fi; \
+	fi
+
 run: $(STAMP)  ## start the embedded stack (gateway, queues, pollers, secrets, sandboxes)
 	$(VENV)/bin/forwarder run
 
-test: $(STAMP)  ## lint, type-check, config check, then the whole test suite
+test: $(STAMP) browser  ## lint, type-check, config check, then the whole test suite
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy

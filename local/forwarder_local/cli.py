@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 
 import click
 
+from forwarder_local.hooks_cli import hooks
+
 DEFAULT_STATE = Path(os.environ.get("FORWARDER_STATE_DIR", ".forwarder"))
 ROUTES = {
     "contacts": ("POST", "/v1/contacts"),
@@ -31,6 +33,9 @@ SANDBOX_BANNER = (
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Forwarder: validate, map and deliver customer records to CRM and marketing platforms."""
+
+
+main.add_command(hooks)
 
 
 # --- run ---------------------------------------------------------------------------------------------------
@@ -141,6 +146,11 @@ def run(
     click.echo(
         f"  gateway (SigV4, like API Gateway)  {stack.gateway.url}   POST|DELETE /v1/contacts, POST /v1/events"
     )
+    if stack.config.hooks:
+        click.echo(
+            f"  {'web-form hooks (no SigV4)':<34} {stack.gateway.url}   POST /v1/hooks/{{hook_id}}: "
+            f"{', '.join(sorted(stack.config.hooks))} (forwarder hooks list)"
+        )
     for title, sandbox_name, reads in SANDBOX_BANNER:
         if sandbox_name in stack.sandboxes:
             click.echo(f"  {title:<34} {stack.sandboxes[sandbox_name].url}   {reads}")
@@ -496,7 +506,8 @@ def config_check(path: Path) -> None:
     integrations = sum(len(group.integrations) for group in loaded.group_keys.values())
     click.echo(
         f"{path}: valid (version {loaded.version}, {len(loaded.clients)} client(s), "
-        f"{len(loaded.group_keys)} group key(s), {integrations} integration(s))"
+        f"{len(loaded.group_keys)} group key(s), {integrations} integration(s)"
+        + (f", {len(loaded.hooks)} hook(s))" if loaded.hooks else ")")
     )
 
 

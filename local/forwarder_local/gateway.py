@@ -1,5 +1,7 @@
 """A local API Gateway (REST, AWS_IAM): verifies SigV4 as API Gateway does, turns each request into a REST
-proxy event with the caller's identity in ``requestContext.identity`` and invokes the ingest handler."""
+proxy event with the caller's identity in ``requestContext.identity`` and invokes the ingest handler.
+Web-form hooks (``POST|OPTIONS /v1/hooks/{hook_id}``) are served without SigV4, as their API Gateway
+methods have no authorisation: the handler checks their token or signature."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from forwarder.auth.sigv4 import SignatureError, verify
 from forwarder.contract import ROUTES
+from forwarder.hooks import HOOK_METHODS, HOOK_RESOURCE, hook_id_of
 from forwarder_local.poller import LambdaContext
 
 ACCOUNT_ID = "000000000000"
@@ -37,8 +40,11 @@ def proxy_event(
     user_arn: str | None,
     source_ip: str,
     stage: str = "local",
+    resource: str | None = None,
+    path_parameters: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """An API Gateway REST proxy event (payload format 1.0), as API Gateway builds it for an IAM-signed call."""
+    """An API Gateway REST proxy event (payload format 1.0), as API Gateway builds it for an IAM-signed call
+    (``resource`` and ``path_parameters`` for a route with a path parameter, e.g. a hook's)."""
     path = unquote(raw_path)
     single: dict[str, str] = {}
     multi: dict[str, list[str]] = {}
@@ -58,14 +64,14 @@ def proxy_event(
     now = datetime.now(UTC)
     user_agent = single.get("User-Agent") or single.get("user-agent")
     return {
-        "resource": path,
+        "resource": resource or path,
         "path": path,
         "httpMethod": method,
         "headers": single or None,
         "multiValueHeaders": multi or None,
         "queryStringParameters": query_single,
         "multiValueQueryStringParameters": query_multi or None,
-        "pathParameters": None,
+        "pathParameters": path_parameters,
         "stageVariables": None,
         "requestContext": {
             "accountId": ACCOUNT_ID,
@@ -88,7 +94,7 @@ def proxy_event(
             "requestTime": now.strftime("%d/%b/%Y:%H:%M:%S +0000"),
             "requestTimeEpoch": int(now.timestamp() * 1000),
             "resourceId": "local",
-            "resourcePath": path,
+            "resourcePath": resource or path,
             "stage": stage,
         },
         "body": text,
@@ -208,6 +214,10 @@ class LocalGateway:
         split = urlsplit(request.path)
         route = (request.command, split.path)
         headers = list(request.headers.items())
+        hook_id = hook_id_of(unquote(split.path)) if request.command in HOOK_METHODS else None
+        if hook_id is not None:  # no authorisation on the hook methods (AuthorizationType NONE)
+            self._invoke(request, request_id, split.path, split.query, headers, body, None, None, hook_id)
+            return
         try:
             caller = verify(
                 method=request.command,
@@ -230,15 +240,42 @@ class LocalGateway:
                 "MissingAuthenticationTokenException",
             )
             return
+        access_key = caller.access_key_id
+        self._invoke(
+            request,
+            request_id,
+            split.path,
+            split.query,
+            headers,
+            body,
+            access_key,
+            self.lookup_user(access_key),
+            None,
+        )
+
+    def _invoke(
+        self,
+        request: BaseHTTPRequestHandler,
+        request_id: str,
+        raw_path: str,
+        raw_query: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        access_key: str | None,
+        user_arn: str | None,
+        hook_id: str | None,
+    ) -> None:
         event = proxy_event(
             method=request.command,
-            raw_path=split.path,
-            raw_query=split.query,
+            raw_path=raw_path,
+            raw_query=raw_query,
             headers=headers,
             body=body,
-            access_key=caller.access_key_id,
-            user_arn=self.lookup_user(caller.access_key_id),
+            access_key=access_key,
+            user_arn=user_arn,
             source_ip=request.client_address[0],
+            resource=HOOK_RESOURCE if hook_id is not None else None,
+            path_parameters={"hook_id": hook_id} if hook_id is not None else None,
         )
         event["requestContext"]["requestId"] = request_id
         try:

@@ -272,7 +272,7 @@ def test_config_check_passes_the_shipped_file() -> None:
     result = CliRunner().invoke(main, ["config", "check", str(SHIPPED)])
 
     assert result.exit_code == 0, result.output
-    assert "valid (version 1, 1 client(s), 1 group key(s), 3 integration(s))" in result.output
+    assert "valid (version 1, 1 client(s), 1 group key(s), 3 integration(s), 2 hook(s))" in result.output
 
 
 def test_config_check_fails_a_broken_file_and_prints_the_line(example_text: str, tmp_path: Path) -> None:

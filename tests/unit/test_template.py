@@ -19,6 +19,7 @@ from samtranslator.translator.transform import transform
 
 from forwarder.adapters.aws import LEDGER_TABLE_ENV_VAR, LEDGER_TTL_DAYS, LOCKS_TABLE_ENV_VAR
 from forwarder.flows.ingest import IDEMPOTENCY_TTL_SECONDS
+from forwarder.hooks import HOOK_METHODS, HOOK_RESOURCE
 from forwarder.runtime import IDEMPOTENCY_TABLE_ENV_VAR
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,6 +30,10 @@ LOCK_ACTIONS = {"dynamodb:PutItem", "dynamodb:DeleteItem"}
 IDEMPOTENCY_ACTIONS = {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"}
 
 SIGNED_ROUTES = {("/v1/contacts", "post"), ("/v1/contacts", "delete"), ("/v1/events", "post")}
+# The web-form hook's methods, as the embedded gateway and the API serve them (forwarder.hooks).
+HOOK_ROUTES = {(HOOK_RESOURCE, method.lower()) for method in HOOK_METHODS}
+#: A MethodSettings ResourcePath: a leading "/", then each "/" of the path as "~1".
+HOOK_METHOD_PATH = "/" + HOOK_RESOURCE.replace("/", "~1")
 
 # Properties that give a resource a physical name (two stacks with the same one collide).
 NAME_PROPERTIES = {
@@ -357,7 +362,8 @@ def test_alarms_notify_the_alarm_topic_only_when_one_is_given(cfn: dict[str, Any
 # --------------------------------------------------------------------------------------------------
 
 
-def test_the_signed_routes_require_sigv4(cfn: dict[str, Any]) -> None:
+def api_routes(cfn: dict[str, Any]) -> tuple[dict[tuple[str, str], Any], dict[str, Any]]:
+    """(path, method) -> the OpenAPI operation of the REST API, and its security schemes."""
     (body,) = [api["Body"] for api in resources(cfn, "AWS::ApiGateway::RestApi").values()]
     routes = {
         (path, method): operation
@@ -365,18 +371,41 @@ def test_the_signed_routes_require_sigv4(cfn: dict[str, Any]) -> None:
         for method, operation in item.items()
         if method != "parameters"
     }
-    # Given exactly the three public routes (no unsigned route slips in)
-    assert set(routes) == SIGNED_ROUTES
-
-    # Then each requires an AWS Signature Version 4 (API Gateway's AWS_IAM authorisation)
     schemes = body.get("components", body).get("securitySchemes", body.get("securityDefinitions", {}))
-    for route, operation in routes.items():
+    return routes, schemes
+
+
+def test_the_signed_routes_require_sigv4(cfn: dict[str, Any]) -> None:
+    routes, schemes = api_routes(cfn)
+    # Given exactly the three signed routes and the web-form hook's (no other unsigned route slips in)
+    assert set(routes) == SIGNED_ROUTES | HOOK_ROUTES
+
+    # Then each signed route requires an AWS Signature Version 4 (API Gateway's AWS_IAM authorisation)
+    for route in SIGNED_ROUTES:
+        operation = routes[route]
         (requirement,) = operation["security"]
         (scheme,) = requirement
         assert schemes[scheme]["x-amazon-apigateway-authtype"] == "awsSigv4", route
         # ...and API Gateway invokes the function itself: a brand's IAM user needs execute-api:Invoke,
         # not lambda:InvokeFunction (SAM's default would pass the caller's credentials through).
         assert "credentials" not in operation["x-amazon-apigateway-integration"], route
+
+
+def test_web_form_hooks_need_no_signature_and_reach_ingest(cfn: dict[str, Any]) -> None:
+    routes, schemes = api_routes(cfn)
+    for route in HOOK_ROUTES:
+        operation = routes[route]
+        # SAM's 'Authorizer: NONE': a requirement naming no defined scheme, i.e. AuthorizationType NONE
+        assert operation["security"] == [{"NONE": []}], route
+        assert "NONE" not in schemes
+        integration = operation["x-amazon-apigateway-integration"]
+        assert integration["type"] == "aws_proxy" and "credentials" not in integration, route
+        assert "IngestFunction" in referenced_ids(integration["uri"]), route
+
+
+def test_multipart_form_posts_reach_ingest_byte_for_byte(cfn: dict[str, Any]) -> None:
+    (api,) = resources(cfn, "AWS::ApiGateway::RestApi").values()
+    assert "multipart/form-data" in api["Body"]["x-amazon-apigateway-binary-media-types"]
 
 
 def test_rejected_signatures_answer_with_a_json_message(cfn: dict[str, Any]) -> None:
@@ -391,8 +420,20 @@ def test_the_api_is_throttled_and_access_logged(cfn: dict[str, Any]) -> None:
     (stage,) = resources(cfn, "AWS::ApiGateway::Stage").values()
     log_group = target(stage["AccessLogSetting"]["DestinationArn"])
     assert "RetentionInDays" in resources(cfn, "AWS::Logs::LogGroup")[str(log_group)]
-    (settings,) = stage["MethodSettings"]
-    assert settings["ThrottlingRateLimit"] > 0 and settings["ThrottlingBurstLimit"] > 0
+    settings = {(item["ResourcePath"], item["HttpMethod"]): item for item in stage["MethodSettings"]}
+    default = settings[("/*", "*")]
+    assert default["ThrottlingRateLimit"] > 0 and default["ThrottlingBurstLimit"] > 0
+
+
+def test_web_form_hooks_are_throttled_apart_and_tighter(cfn: dict[str, Any]) -> None:
+    (stage,) = resources(cfn, "AWS::ApiGateway::Stage").values()
+    settings = {(item["ResourcePath"], item["HttpMethod"]): item for item in stage["MethodSettings"]}
+    default = settings[("/*", "*")]
+    # unauthenticated traffic has a limit of its own, below the signed routes'
+    for method in HOOK_METHODS:
+        hook = settings[(HOOK_METHOD_PATH, method)]
+        assert 0 < hook["ThrottlingRateLimit"] < default["ThrottlingRateLimit"], method
+        assert 0 < hook["ThrottlingBurstLimit"] < default["ThrottlingBurstLimit"], method
 
 
 # --------------------------------------------------------------------------------------------------
@@ -418,10 +459,16 @@ def test_ingest_can_only_enqueue_on_the_ingest_queue(cfn: dict[str, Any]) -> Non
     sends = [s for s in statements if any(a.startswith("sqs:Send") for a in actions(s))]
     assert sends and all(_resource_ids(s["Resource"]) == {"IngestQueue"} for s in sends)
 
-    # ...and cannot touch secrets nor any other queue (DeliveryQueue above all).
+    # ...may read hook secrets only (no vendor credential), and cannot touch any other queue.
     for statement in statements:
         for action in actions(statement):
-            assert not action.startswith("secretsmanager:") and action not in {"*", "sqs:*"}, action
+            assert action not in {"*", "sqs:*"}, action
+            if action.startswith("secretsmanager:"):
+                assert action == "secretsmanager:GetSecretValue", action
+                assert statement["Resource"] == {
+                    "Fn::Sub": "arn:${AWS::Partition}:secretsmanager:${AWS::Region}:${AWS::AccountId}"
+                    ":secret:${SecretsPrefix}hooks/*"
+                }
         if any(a.startswith("sqs:") for a in actions(statement)):
             assert "DeliveryQueue" not in referenced_ids(statement["Resource"])
             assert statement["Resource"] != "*"
@@ -444,11 +491,21 @@ def test_secret_access_is_confined_to_the_secrets_prefix(cfn: dict[str, Any]) ->
         for statement in policy_statements(cfn, role):
             if any(a.startswith("secretsmanager:") for a in actions(statement)):
                 readers.add(function)
+                # ingest reads web-form hooks' secrets only: the folder config check keeps them in
+                folder = "hooks/" if function == "IngestFunction" else ""
                 assert statement["Resource"] == {
                     "Fn::Sub": "arn:${AWS::Partition}:secretsmanager:${AWS::Region}:${AWS::AccountId}"
-                    ":secret:${SecretsPrefix}*"
+                    f":secret:${{SecretsPrefix}}{folder}*"
                 }, function
-    assert readers == {"DeliverFunction", "RefreshTokensFunction"}
+    assert readers == {"DeliverFunction", "RefreshTokensFunction", "IngestFunction"}
+
+
+def test_config_check_keeps_hook_secrets_where_ingest_may_read_them() -> None:
+    from forwarder.config.hooks import HOOK_SECRET
+
+    assert HOOK_SECRET.match("forwarder/hooks/newsletter")
+    assert not HOOK_SECRET.match("forwarder/demo/expertsender")
+    assert not HOOK_SECRET.match("forwarder/hooks-not/x")
 
 
 def test_each_function_ships_its_own_code_on_python_313_arm64(sam_template: dict[str, Any]) -> None:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import html
 from typing import Any
 
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
 
+from forwarder.config.hooks import FormTokenAuth, HookConfig
 from forwarder.contract import Action, ContractError
+from forwarder.flows import hooks
 from forwarder.flows.ingest import (
     Accepted,
     Caller,
@@ -17,10 +20,13 @@ from forwarder.flows.ingest import (
     ServiceUnavailable,
     accept,
 )
+from forwarder.hooks import HOOK_RESOURCE
 from forwarder.observability import logger
 from forwarder.runtime import services
 
 app = APIGatewayRestResolver()
+#: The hook route in the resolver's spelling of a path parameter.
+_HOOK_ROUTE = HOOK_RESOURCE.replace("{hook_id}", "<hook_id>")
 
 
 def _json(
@@ -70,6 +76,101 @@ def delete_contact() -> Response[Any]:
 @app.post("/v1/events")
 def custom_event() -> Response[Any]:
     return _accept(Action.EVENT)
+
+
+# --- web-form hooks: POST /v1/hooks/{hook_id} (no SigV4: a token or an HMAC signature) -----------------------
+
+
+def _lower_headers() -> dict[str, str]:
+    return {name.lower(): value for name, value in (app.current_event.headers or {}).items()}
+
+
+def _raw_body() -> bytes:
+    event = app.current_event
+    if event.is_base64_encoded:
+        return base64.b64decode(event.body or "")
+    return (event.body or "").encode("utf-8")
+
+
+def _cors(hook: HookConfig | None, origin: str | None) -> dict[str, str]:
+    """The CORS answer headers for a browser on ``origin`` that the hook lets post (none for anyone else)."""
+    if hook is None or origin is None or not isinstance(hook.auth, FormTokenAuth):
+        return {}
+    if not hooks.origin_allowed(hook, origin):
+        return {}
+    return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+
+
+def _refusal_page(error: ContractError, headers: dict[str, str]) -> Response[Any]:
+    """A refusal a person reads: a browser that posted a plain form shows the answer as a page."""
+    page = (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>The form was not sent</title>'
+        "</head><body><h1>The form was not sent</h1>"
+        f"<p>{html.escape(error.message)}</p><p><small>{html.escape(error.code)} ({error.status})</small></p>"
+        "<p>Go back and try again.</p></body></html>"
+    )
+    return Response(
+        status_code=error.status, content_type="text/html; charset=utf-8", body=page, headers=headers
+    )
+
+
+@app.post(_HOOK_ROUTE)
+def receive_hook(hook_id: str) -> Response[Any]:
+    headers = _lower_headers()
+    hook = services().config.hooks.get(hook_id)
+    cors = _cors(hook, headers.get("origin"))
+    request = hooks.HookRequest(
+        hook_id=hook_id,
+        headers=headers,
+        query=app.current_event.multi_value_query_string_parameters or {},
+        body=_raw_body(),
+    )
+    try:
+        answer = hooks.receive(services(), request, deadline=app.lambda_context)
+    except ContractError as error:
+        logger.info(
+            "hook request refused", extra={"hook": hook_id[:64], "status": error.status, "code": error.code}
+        )
+        browser_form = hook is not None and isinstance(hook.auth, FormTokenAuth)
+        if browser_form and "text/html" in headers.get("accept", ""):
+            return _refusal_page(error, cors)
+        return _json(error.status, error.body(), headers=cors or None)
+    request_id = answer.accepted.request_id if answer.accepted else None
+    if answer.redirect is not None:
+        return Response(
+            status_code=303,
+            body="",
+            headers={
+                "Location": answer.redirect,
+                **cors,
+                **({"X-Request-Id": request_id} if request_id else {}),
+            },
+        )
+    assert answer.accepted is not None  # only a form token hook drops a post, and it redirects
+    return _json(202, {"request_id": request_id, "status": "accepted"}, request_id, headers=cors or None)
+
+
+@app.route(_HOOK_ROUTE, method="OPTIONS")
+def hook_preflight(hook_id: str) -> Response[Any]:
+    """A browser asks whether a page on its origin may post to the hook (CORS preflight)."""
+    hook = hooks.find_hook(services(), hook_id)
+    cors = _cors(hook, _lower_headers().get("origin"))
+    if not cors:
+        raise ContractError(
+            403,
+            "ORIGIN_NOT_ALLOWED",
+            "this page's origin may not post to the hook; add it to the hook's allowed_origins",
+        )
+    return Response(
+        status_code=204,
+        body="",
+        headers={
+            **cors,
+            "Access-Control-Allow-Methods": "POST",
+            "Access-Control-Allow-Headers": "Content-Type",
+            "Access-Control-Max-Age": "600",
+        },
+    )
 
 
 @app.exception_handler(ContractError)  # type: ignore[untyped-decorator]
@@ -137,5 +238,8 @@ def _request_id() -> str:
 def not_found(_: Exception) -> Response[Any]:
     return _json(
         404,
-        {"code": "NOT_FOUND", "message": "no such route; use POST|DELETE /v1/contacts or POST /v1/events"},
+        {
+            "code": "NOT_FOUND",
+            "message": "no such route; use POST|DELETE /v1/contacts, POST /v1/events or POST /v1/hooks/{hook_id}",
+        },
     )

@@ -1,5 +1,6 @@
 """The configuration document: clients, group keys, integrations and their mappings."""
 
+from forwarder.config.hooks import HookConfig
 from forwarder.config.loader import ConfigError, load_config, load_config_text
 from forwarder.config.models import ClientConfig, ForwarderConfig, GroupKeyConfig, IntegrationConfig
 
@@ -8,6 +9,7 @@ __all__ = [
     "ConfigError",
     "ForwarderConfig",
     "GroupKeyConfig",
+    "HookConfig",
     "IntegrationConfig",
     "load_config",
     "load_config_text",

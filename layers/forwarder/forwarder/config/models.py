@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
+from forwarder.config.hooks import HOOK_ID, HookConfig
 from forwarder.contract import Action, FlatData
 from forwarder.integrations.base import ActionSpec, Integration
 from forwarder.integrations.registry import get_integration, integrations
@@ -246,10 +247,18 @@ class ForwarderConfig(_Strict):
     version: Literal[1]
     clients: list[ClientConfig] = Field(min_length=1)
     group_keys: dict[str, GroupKeyConfig] = Field(min_length=1)
+    hooks: dict[str, HookConfig] = Field(
+        default_factory=dict, description="web-form webhooks: POST /v1/hooks/{hook_id}"
+    )
 
     @model_validator(mode="after")
     def _references(self) -> ForwarderConfig:
         problems: list[ConfigProblem] = []
+        for hook_id, hook in self.hooks.items():
+            try:
+                _check_hook(hook_id, hook, self.group_keys)
+            except ConfigProblem as problem:
+                problems.append(problem)
         for index, client in enumerate(self.clients):
             for position, group_key in enumerate(client.group_keys):
                 if group_key != "*" and group_key not in self.group_keys:
@@ -273,6 +282,11 @@ class ForwarderConfig(_Strict):
         raise_all(problems)
         return self
 
+    def hook_action(self, hook_id: str) -> Action | None:
+        """The action a hook's records ask for, or None when there is no such hook."""
+        hook = self.hooks.get(hook_id)
+        return None if hook is None else next(action for action in Action if action.flow == hook.flow)
+
     @cached_property
     def _by_principal(self) -> dict[str, ClientConfig]:
         return {principal: client for client in self.clients for principal in client.principals}
@@ -283,3 +297,23 @@ class ForwarderConfig(_Strict):
             if principal and principal in self._by_principal:
                 return self._by_principal[principal]
         return None
+
+
+def _check_hook(hook_id: str, hook: HookConfig, group_keys: dict[str, GroupKeyConfig]) -> None:
+    if not re.match(HOOK_ID, hook_id):
+        raise ConfigProblem(
+            ("hooks", hook_id),
+            f"hook id '{hook_id}' is not one URL path segment: use letters, digits, '-' and '_' (at most 64)",
+        )
+    group = group_keys.get(hook.group_key)
+    if group is None:
+        raise ConfigProblem(
+            ("hooks", hook_id, "group_key"),
+            f"unknown group key '{hook.group_key}'; known: {', '.join(sorted(group_keys))}",
+        )
+    if not any(item.enabled and getattr(item, hook.flow) for item in group.integrations):
+        raise ConfigProblem(
+            ("hooks", hook_id, "flow"),
+            f"no enabled integration of group key '{hook.group_key}' handles {hook.flow}: every record of "
+            "this hook would be refused",
+        )

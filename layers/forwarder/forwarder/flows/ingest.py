@@ -52,6 +52,8 @@ class Caller:
 class Accepted:
     request_id: str
     group_key: str
+    #: True when the answer is an earlier request's (the same Idempotency-Key and request): nothing was queued.
+    repeated: bool = False
 
 
 def accept(
@@ -67,22 +69,51 @@ def accept(
     """Check the request and enqueue it (once per client and ``idempotency_key``; ``deadline``: the Lambda
     context). Raises ContractError (4xx), IdempotencyKeyReused, IdempotencyKeyInProgress or ServiceUnavailable."""
     envelope = parse_envelope(body, content_type, services.settings.max_body_bytes)
-    config = services.config
-    client = config.client_for(caller.access_key, caller.user_arn)
+    client = services.config.client_for(caller.access_key, caller.user_arn)
     if client is None:
         raise ContractError(
             403, "ACCESS_DENIED", "these credentials are not registered for any group key; ask for access"
         )
-    group = config.group_keys.get(envelope.group_key)
-    if not client.allows(envelope.group_key) or (group is None and client.group_keys != ["*"]):
+    if not client.allows(envelope.group_key) or (
+        envelope.group_key not in services.config.group_keys and "*" not in client.group_keys
+    ):
         # The same answer whether the key exists or not: a caller cannot list other brands' group keys.
-        raise ContractError(
-            403,
-            "GROUP_KEY_FORBIDDEN",
-            f"client '{client.name}' may not use group key '{envelope.group_key}' (or it does not exist); "
-            "check the key, or ask for access to it",
-            attribute="group_key",
-        )
+        raise _forbidden(client.name, envelope.group_key)
+    return accept_record(
+        services,
+        action=action,
+        envelope=envelope,
+        client=client.name,
+        may_use=client.allows,
+        idempotency_key=idempotency_key,
+        deadline=deadline,
+    )
+
+
+def _forbidden(client: str, group_key: str) -> ContractError:
+    return ContractError(
+        403,
+        "GROUP_KEY_FORBIDDEN",
+        f"client '{client}' may not use group key '{group_key}' (or it does not exist); check the key, or ask "
+        "for access to it",
+        attribute="group_key",
+    )
+
+
+def accept_record(
+    services: Services,
+    *,
+    action: Action,
+    envelope: Envelope,
+    client: str,
+    may_use: Callable[[str], bool] | None = None,
+    idempotency_key: str | None = None,
+    deadline: Deadline | None = None,
+) -> Accepted:
+    """Enqueue a checked record from any front door (a signed call, a web-form hook) for ``client``, who may use
+    the group keys ``may_use`` allows (all when None). Raises as ``accept`` does."""
+    config = services.config
+    group = config.group_keys.get(envelope.group_key)
     if group is None:
         raise ContractError(
             404,
@@ -90,6 +121,8 @@ def accept(
             f"group key '{envelope.group_key}' does not exist",
             attribute="group_key",
         )
+    if may_use is not None and not may_use(envelope.group_key):
+        raise _forbidden(client, envelope.group_key)
     if not any(item.enabled and item.operation(action) for item in group.integrations):
         raise ContractError(
             422,
@@ -101,13 +134,13 @@ def accept(
         raise ContractError(400, "INVALID_IDEMPOTENCY_KEY", "Idempotency-Key must be 1 to 128 characters")
 
     def enqueue() -> Accepted:
-        return _enqueue(services, action, envelope, client.name, idempotency_key)
+        return _enqueue(services, action, envelope, client, idempotency_key)
 
     store = services.idempotency_store() if idempotency_key is not None else None
     if store is None or idempotency_key is None:
         return enqueue()
     request = {
-        "client": client.name,
+        "client": client,
         "idempotency_key": idempotency_key,
         "action": action.value,
         "group_key": envelope.group_key,
@@ -270,7 +303,7 @@ def _accept_once(
             "repeated Idempotency-Key answered with the first request",
             extra={"client": client, "request_id": answer["request_id"]},
         )
-    return Accepted(str(answer["request_id"]), str(answer["group_key"]))
+    return Accepted(str(answer["request_id"]), str(answer["group_key"]), repeated=not queued)
 
 
 class ServiceUnavailable(Exception):
