@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import shutil
 import threading
 import time
@@ -119,7 +120,10 @@ def delivered(stack: EmbeddedStack, email: str) -> dict[str, Any]:
 @pytest.fixture
 def browser() -> Iterator[Any]:
     if not (CHROMIUM and CHROMEDRIVER):
-        pytest.skip("chromium and chromium-driver are not installed (make test installs them as root)")
+        missing = "chromium and chromium-driver are not installed (make test installs them as root)"
+        if os.environ.get("CI"):
+            pytest.fail(missing)  # CI runs as root: make test must have installed them
+        pytest.skip(missing)
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
