@@ -70,6 +70,14 @@ QUEUES = (
         fifo=True,
     ),
     QueueSpec("rejects", retention_seconds=1_209_600),
+    # Producers (sources:): the producer queue takes SQS producer messages, the events queue what the
+    # EventBridge rule forwards (forwarder_local.eventbus plays the rule); both standard queues, as on AWS.
+    QueueSpec("producer-dlq", retention_seconds=1_209_600),
+    QueueSpec("producer", visibility_timeout=60, max_receive_count=5, dead_letter_queue="producer-dlq"),
+    QueueSpec("producer-events-dlq", retention_seconds=1_209_600),
+    QueueSpec(
+        "producer-events", visibility_timeout=60, max_receive_count=5, dead_letter_queue="producer-events-dlq"
+    ),
 )
 
 

@@ -2,6 +2,7 @@
 
 from forwarder.config.loader import ConfigError, load_config, load_config_text
 from forwarder.config.models import ClientConfig, ForwarderConfig, GroupKeyConfig, IntegrationConfig
+from forwarder.config.sources import SourceConfig
 
 __all__ = [
     "ClientConfig",
@@ -9,6 +10,7 @@ __all__ = [
     "ForwarderConfig",
     "GroupKeyConfig",
     "IntegrationConfig",
+    "SourceConfig",
     "load_config",
     "load_config_text",
 ]
