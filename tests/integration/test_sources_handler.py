@@ -202,6 +202,16 @@ _RECORD = {"group_key": "demo", "data": {"email": "jane@example.com"}}
             bus_event(detail={"group_key": "demo", "data": {"a": {"b": 1}}}),
             "NESTED_ATTRIBUTE",
         ),
+        (
+            "a lone surrogate",
+            bus_event(detail={"group_key": "demo", "data": {"name": "\ud800"}}),
+            "INVALID_TEXT",
+        ),
+        (
+            "NaN in the detail",
+            bus_event(detail={"group_key": "demo", "data": {"n": float("nan")}}),
+            "INVALID_JSON",
+        ),
     ],
 )
 def test_a_malformed_message_is_refused_for_good_with_its_reason(

@@ -233,13 +233,25 @@ def _read_event(config: ForwarderConfig, record: SQSRecord, max_body_bytes: int)
             source.name,
         )
     detail = event["detail"]
+    # The detail is the envelope: the API's checks on it, as the producer put it (size, flatness, ...). JSON
+    # escapes only what UTF-8 cannot carry (a lone surrogate, which parse_envelope then names).
+    text = json.dumps(detail, ensure_ascii=False)
+    if not _utf8(text):
+        text = json.dumps(detail)
     try:
-        # The detail is the envelope: the API's checks, on the JSON the producer put (size, flatness, ...).
-        envelope = parse_envelope(json.dumps(detail, ensure_ascii=False), None, max_body_bytes)
+        envelope = parse_envelope(text, None, max_body_bytes)
     except ContractError as error:
         group_key = detail.get("group_key") if isinstance(detail, dict) else None
         raise Refused(error, request, source.name, group_key if isinstance(group_key, str) else "") from None
     return _check(config, source, action, envelope, request)
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def handle_batch(services: Services, event: dict[str, Any], context: Any = None) -> dict[str, Any]:
