@@ -200,7 +200,9 @@ def _queue_summary(store: Any) -> str:
 
 
 @main.command()
-@click.argument("which", type=click.Choice(["rejects", "dead-letters", "ingest-dead-letters"]))
+@click.argument(
+    "which", type=click.Choice(["rejects", "dead-letters", "ingest-dead-letters", "producer-dead-letters"])
+)
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_STATE)
 @click.option("--limit", default=20, show_default=True)
 @click.option("--show-data", is_flag=True, help="also print the record (personal data)")
@@ -212,6 +214,12 @@ def trail(which: str, state_dir: Path, limit: int, show_data: bool) -> None:
     if not path.exists():
         raise click.ClickException(f"no queues at {path}; start the embedded stack first")
     store = DurableQueueStore(path)
+    if which == "producer-dead-letters":
+        try:
+            _producer_dead_letters(store, limit, show_data)
+        finally:
+            store.close()
+        return
     try:
         queue = {"rejects": "rejects", "dead-letters": "delivery-dlq", "ingest-dead-letters": "ingest-dlq"}[
             which
@@ -260,6 +268,28 @@ def trail(which: str, state_dir: Path, limit: int, show_data: bool) -> None:
             record = delivery.get("payload")
         if show_data:
             click.echo(f"    record: {json.dumps(record)}")
+
+
+def _producer_dead_letters(store: Any, limit: int, show_data: bool) -> None:
+    """Producer messages the sources handler could not queue (nor refuse) in 5 receives: the ingest queue or
+    the rejects trail was down. They are the producers' messages as sent."""
+    entries = [
+        (queue, entry)
+        for queue in ("producer-dlq", "producer-events-dlq")
+        for entry in store.peek(queue, limit)
+    ][:limit]
+    if not entries:
+        click.echo("no producer-dead-letters")
+    for queue, entry in entries:
+        attributes = entry.get("attributes") or {}
+        what = (
+            f"source {attributes.get('source', '?')}, action {attributes.get('action', '?')}"
+            if queue == "producer-dlq"
+            else "an EventBridge event"
+        )
+        click.echo(f"{entry['message_id']}  [{queue}] not queued in 5 receives (a queue was down): {what}")
+        if show_data:
+            click.echo(f"    body: {entry['body']}")
 
 
 @main.command()

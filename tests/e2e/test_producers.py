@@ -134,3 +134,28 @@ def test_a_producer_writing_to_a_group_key_of_its_own_choosing_is_refused(stack:
     [rejection] = [json.loads(message["body"]) for message in stack.store.peek("rejects")]
     assert rejection["reason"] == "UNKNOWN_SOURCE: no sqs source named 'intruder' is configured"
     assert stack.sandbox is not None and stack.sandbox.find(email="i@example.com") is None
+
+
+def test_producer_dead_letters_are_listed_with_their_producer(tmp_path: Path) -> None:
+    from forwarder_local.queue import DurableQueueStore
+    from forwarder_local.stack import QUEUES
+
+    # given a producer message the sources handler could not queue in 5 receives (moved by the redrive)
+    store = DurableQueueStore(tmp_path / "queues.db")
+    for spec in QUEUES:
+        store.create_queue(spec)
+    body = json.dumps({"group_key": "demo", "data": {"email": "late@example.com"}})
+    store.send("producer-dlq", body, {"source": "demo-queue", "action": "upsert_contact"})
+    store.close()
+    # when the trail is listed, then it names the producer and the action, and the data only on request
+    listed = CliRunner().invoke(main, ["trail", "producer-dead-letters", "--state-dir", str(tmp_path)])
+    assert listed.exit_code == 0, listed.output
+    assert (
+        "[producer-dlq] not queued in 5 receives (a queue was down): source demo-queue, action upsert_contact"
+        in (listed.output)
+    )
+    assert "late@example.com" not in listed.output
+    detailed = CliRunner().invoke(
+        main, ["trail", "producer-dead-letters", "--state-dir", str(tmp_path), "--show-data"]
+    )
+    assert "late@example.com" in detailed.output
