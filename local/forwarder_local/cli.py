@@ -22,6 +22,7 @@ ROUTES = {
     "delete": ("DELETE", "/v1/contacts"),
     "event": ("POST", "/v1/events"),
 }
+KIND_ACTIONS = {"contacts": "upsert_contact", "delete": "delete_contact", "event": "event"}
 # (what the banner calls it, the stack's name for it, where its state reads back)
 SANDBOX_BANNER = (
     ("ExpertSender CDP sandbox", "expertsender", "GET /_sandbox/customers"),
@@ -158,6 +159,10 @@ def run(
         f"  queues (durable, SQS semantics)    {state_dir / 'queues.db'}   {pending} message(s) pending"
         + (f", {stack.released} resumed from the previous run" if stack.released else "")
     )
+    click.echo(
+        "  producers (SQS, EventBridge)       queues 'producer' and 'producer-events' (the bus's rule)   "
+        "forwarder send --via sqs|eventbridge"
+    )
     click.echo(f"  config                             {options.config_path}")
     first = stack.first_client()
     if first:
@@ -196,14 +201,18 @@ def _queue_summary(store: Any) -> str:
     def depth(name: str) -> int:
         return sum(store.counts(name).values())
 
+    producers = depth("producer") + depth("producer-events")
+    dead = sum(depth(name) for name in ("delivery-dlq", "ingest-dlq", "producer-dlq", "producer-events-dlq"))
     return (
-        f"[queues] ingest {depth('ingest')} | delivery {depth('delivery')} | rejected {depth('rejects')} | "
-        f"dead-lettered {depth('delivery-dlq') + depth('ingest-dlq')}   (see: forwarder trail rejects | dead-letters)"
+        f"[queues] producers {producers} | ingest {depth('ingest')} | delivery {depth('delivery')} | "
+        f"rejected {depth('rejects')} | dead-lettered {dead}   (see: forwarder trail rejects | dead-letters)"
     )
 
 
 @main.command()
-@click.argument("which", type=click.Choice(["rejects", "dead-letters", "ingest-dead-letters"]))
+@click.argument(
+    "which", type=click.Choice(["rejects", "dead-letters", "ingest-dead-letters", "producer-dead-letters"])
+)
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_STATE)
 @click.option("--limit", default=20, show_default=True)
 @click.option("--show-data", is_flag=True, help="also print the record (personal data)")
@@ -215,6 +224,12 @@ def trail(which: str, state_dir: Path, limit: int, show_data: bool) -> None:
     if not path.exists():
         raise click.ClickException(f"no queues at {path}; start the embedded stack first")
     store = DurableQueueStore(path)
+    if which == "producer-dead-letters":
+        try:
+            _producer_dead_letters(store, limit, show_data)
+        finally:
+            store.close()
+        return
     try:
         queue = {"rejects": "rejects", "dead-letters": "delivery-dlq", "ingest-dead-letters": "ingest-dlq"}[
             which
@@ -239,7 +254,9 @@ def trail(which: str, state_dir: Path, limit: int, show_data: bool) -> None:
                 click.echo(f"    body: {entry['body']}")
             continue
         if which == "rejects":
-            where = f"{document['stage']} {document.get('integration') or ''}".strip()
+            where = (
+                f"{document['stage']} {document.get('integration') or document.get('source') or ''}".strip()
+            )
             click.echo(
                 f"{document['rejected_at']}  {document['request_id']}  [{where}]  {document['reason']}"
             )
@@ -261,6 +278,28 @@ def trail(which: str, state_dir: Path, limit: int, show_data: bool) -> None:
             record = delivery.get("payload")
         if show_data:
             click.echo(f"    record: {json.dumps(record)}")
+
+
+def _producer_dead_letters(store: Any, limit: int, show_data: bool) -> None:
+    """Producer messages the sources handler could not queue (nor refuse) in 5 receives: the ingest queue or
+    the rejects trail was down. They are the producers' messages as sent."""
+    entries = [
+        (queue, entry)
+        for queue in ("producer-dlq", "producer-events-dlq")
+        for entry in store.peek(queue, limit)
+    ][:limit]
+    if not entries:
+        click.echo("no producer-dead-letters")
+    for queue, entry in entries:
+        attributes = entry.get("attributes") or {}
+        what = (
+            f"source {attributes.get('source', '?')}, action {attributes.get('action', '?')}"
+            if queue == "producer-dlq"
+            else "an EventBridge event"
+        )
+        click.echo(f"{entry['message_id']}  [{queue}] not queued in 5 receives (a queue was down): {what}")
+        if show_data:
+            click.echo(f"    body: {entry['body']}")
 
 
 @main.command()
@@ -364,8 +403,22 @@ def parse_set_value(text: str) -> Any:
     "config_path",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="config the local stack runs (to pick a key allowed for the group key)",
+    help="config the local stack runs (to pick a key, or a source, allowed for the group key)",
 )
+@click.option(
+    "--via",
+    type=click.Choice(["api", "sqs", "eventbridge"]),
+    default="api",
+    show_default=True,
+    help="the signed API, the producer queue (SQS message) or the producer bus (EventBridge event)",
+)
+@click.option(
+    "--source",
+    help="--via sqs: the producer's name (its `source` attribute); --via eventbridge: its event source "
+    "(forwarder.*). Default: the config's first source of that kind allowed for the group key",
+)
+@click.option("--queue-url", help="--via sqs: this SQS queue on AWS, not the embedded stack's producer queue")
+@click.option("--event-bus", help="--via eventbridge: this bus on AWS, not the embedded stack's")
 def send(
     kind: str,
     group_key: str | None,
@@ -379,8 +432,13 @@ def send(
     state_dir: Path,
     idempotency_key: str | None,
     config_path: Path | None,
+    via: str,
+    source: str | None,
+    queue_url: str | None,
+    event_bus: str | None,
 ) -> None:
-    """Send one signed record (SigV4, service execute-api) and print the answer."""
+    """Send one record: signed to the API (SigV4, service execute-api), or as a producer would through SQS or
+    EventBridge (--via), and print the answer."""
     import requests
     from requests_aws4auth import AWS4Auth
 
@@ -399,6 +457,20 @@ def send(
     group_key = group_key or document.get("group_key")
     if not group_key:
         raise click.UsageError("give --group-key (or group_key in --file)")
+    if via != "api":
+        _send_as_producer(
+            via,
+            KIND_ACTIONS[kind],
+            group_key,
+            data,
+            source,
+            queue_url,
+            event_bus,
+            state_dir,
+            config_path,
+            region,
+        )
+        return
     if not access_key or not secret_key:
         host = (urlsplit(url).hostname or "").lower()
         local = host in ("127.0.0.1", "localhost", "::1") and (state_dir / "credentials.json").exists()
@@ -429,6 +501,94 @@ def send(
     click.echo(response.text)
     if response.status_code >= 400:
         sys.exit(1)
+
+
+def _send_as_producer(
+    via: str,
+    action_name: str,
+    group_key: str,
+    data: dict[str, Any],
+    source: str | None,
+    queue_url: str | None,
+    event_bus: str | None,
+    state_dir: Path,
+    config_path: Path | None,
+    region: str,
+) -> None:
+    """Send a record as an SQS or EventBridge producer: to AWS when --queue-url / --event-bus says where, else
+    to the embedded stack's producer queue, or its bus (which forwards it as the stack's rule does)."""
+    from forwarder.contract import Action
+    from forwarder_local.eventbus import LocalEventBus, put_entry, send_to_producer_queue
+
+    action = Action(action_name)
+    kind = "sqs" if via == "sqs" else "eventbridge"
+    source = source or _default_source(kind, group_key, state_dir, config_path)
+    on_aws = queue_url if via == "sqs" else event_bus
+    if on_aws:
+        import boto3
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            if via == "sqs":
+                sent = boto3.client("sqs", region_name=region).send_message(
+                    QueueUrl=queue_url,
+                    MessageBody=json.dumps({"group_key": group_key, "data": data}, ensure_ascii=False),
+                    MessageAttributes={
+                        "source": {"DataType": "String", "StringValue": source},
+                        "action": {"DataType": "String", "StringValue": action.value},
+                    },
+                )
+                click.echo(json.dumps({"MessageId": sent["MessageId"]}))
+            else:
+                entry = {**put_entry(group_key, data, action, source), "EventBusName": event_bus}
+                put = boto3.client("events", region_name=region).put_events(Entries=[entry])
+                click.echo(
+                    json.dumps({"FailedEntryCount": put["FailedEntryCount"], "Entries": put["Entries"]})
+                )
+                if put["FailedEntryCount"]:
+                    sys.exit(1)
+        except (BotoCoreError, ClientError) as error:
+            raise click.ClickException(f"AWS refused it: {error}") from None
+        return
+    from forwarder_local.queue import DurableQueueStore
+
+    path = state_dir / "queues.db"
+    if not path.exists():
+        raise click.ClickException(f"no queues at {path}; start the embedded stack first")
+    store = DurableQueueStore(path)
+    try:
+        if via == "sqs":
+            message_id = send_to_producer_queue(store, group_key, data, action, source)
+            click.echo(f"sent to the producer queue as source '{source}', action {action.value}")
+            click.echo(json.dumps({"MessageId": message_id}))
+            return
+        (result,) = LocalEventBus(store).put_events([put_entry(group_key, data, action, source)])
+    finally:
+        store.close()
+    failed = int(result.event_id is None)
+    click.echo(json.dumps({"FailedEntryCount": failed, "Entries": [result.as_entry()]}))
+    if failed:
+        sys.exit(1)
+    if not result.matched:
+        click.echo(f"(put on the bus, but the forwarder's rule does not match source '{source}')", err=True)
+
+
+def _default_source(kind: str, group_key: str, state_dir: Path, config_path: Path | None) -> str:
+    """The first source of ``kind`` in the stack's config that may write to ``group_key``."""
+    from forwarder.config import ConfigError, load_config
+    from forwarder_local.stack import DEFAULT_CONFIG
+
+    path = config_path or _stack_config(state_dir) or DEFAULT_CONFIG
+    try:
+        config = load_config(path)
+    except ConfigError as error:
+        raise click.ClickException(f"give --source (cannot read {error.source})") from None
+    for source in config.sources:
+        if source.kind == kind and source.allows(group_key):
+            return str(source.name if kind == "sqs" else source.event_source)
+    raise click.ClickException(
+        f"no {kind} source of {path} may write to group key '{group_key}'; give --source"
+    )
 
 
 def _stack_config(state_dir: Path) -> Path | None:
@@ -529,7 +689,7 @@ def config_preview(path: Path, group_key: str, kind: str, pairs: tuple[str, ...]
     for pair in pairs:
         name, _, value = pair.partition("=")
         data[name] = parse_set_value(value)
-    action = {"contacts": "upsert_contact", "delete": "delete_contact", "event": "event"}[kind]
+    action = KIND_ACTIONS[kind]
     try:
         message = IngestMessage(
             request_id="preview",

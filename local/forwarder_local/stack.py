@@ -3,6 +3,8 @@
 A local gateway (SigV4 like API Gateway) -> the ingest handler -> a durable ``ingest`` queue -> a poller
 invoking the validate handler -> a durable ``delivery`` queue -> a poller invoking the deliver handler ->
 the vendor (a sandbox by default). Queues have SQS semantics and DLQs; a scheduler invokes refresh tokens.
+Producers write to a ``producer`` queue (SQS) or put events on a local bus whose rule forwards them to a
+``producer-events`` queue (``forwarder_local.eventbus``); a poller invokes the sources handler on both.
 The handlers are the very files in ``functions/``, invoked with the same event shapes as on AWS.
 """
 
@@ -25,6 +27,7 @@ from forwarder import runtime
 from forwarder.config import ForwarderConfig, load_config
 from forwarder.ports.secrets import SecretStoreError
 from forwarder.runtime import RuntimeSettings, Services
+from forwarder_local.eventbus import EVENTS_QUEUE, PRODUCER_QUEUE, LocalEventBus
 from forwarder_local.gateway import LocalGateway
 from forwarder_local.idempotency import SqliteIdempotencyLayer
 from forwarder_local.poller import LambdaContext, SqsPoller
@@ -70,6 +73,14 @@ QUEUES = (
         fifo=True,
     ),
     QueueSpec("rejects", retention_seconds=1_209_600),
+    # Producers (sources:): the producer queue takes SQS producer messages, the events queue what the
+    # EventBridge rule forwards (forwarder_local.eventbus plays the rule); both standard queues, as on AWS.
+    QueueSpec("producer-dlq", retention_seconds=1_209_600),
+    QueueSpec(PRODUCER_QUEUE, visibility_timeout=60, max_receive_count=5, dead_letter_queue="producer-dlq"),
+    QueueSpec("producer-events-dlq", retention_seconds=1_209_600),
+    QueueSpec(
+        EVENTS_QUEUE, visibility_timeout=60, max_receive_count=5, dead_letter_queue="producer-events-dlq"
+    ),
 )
 
 
@@ -128,7 +139,10 @@ class EmbeddedStack:
             self.store.create_queue(spec)
         # Messages in flight when a previous run died (even kill -9) are retried at once, not after their
         # visibility timeout: their consumer died with that process. Only one stack runs on a state folder.
-        self.released = sum(self.store.release_in_flight(name) for name in ("ingest", "delivery"))
+        self.released = sum(
+            self.store.release_in_flight(name)
+            for name in ("ingest", "delivery", PRODUCER_QUEUE, EVENTS_QUEUE)
+        )
         self.secrets = LocalSecretStore(state / "secrets.json")
         self.credentials = LocalCredentials(state / "credentials.json")
         self.ledger = LocalDeletionLedger(state / "ledger.db")
@@ -149,7 +163,10 @@ class EmbeddedStack:
             retry_horizon_seconds=self.options.retry_horizon_seconds,
             circuit_probe_seconds=self.options.circuit_probe_seconds,
             secrets_max_age_seconds=0,
+            # as the template's FORWARDER_PRODUCER_EVENTS_QUEUE_ARN: what the local bus's rule targets
+            producer_events_queue_arn=self.store.queue_arn(EVENTS_QUEUE),
         )
+        self.event_bus = LocalEventBus(self.store)
         self.errors: list[BaseException] = []
 
     # --- lifecycle -----------------------------------------------------------------------------------------
@@ -170,9 +187,25 @@ class EmbeddedStack:
         if self.options.with_sandboxes:
             self._start_sandboxes()
         self._issue_caller_keys()
-        ingest, validate, deliver = (load_handler(flow) for flow in ("ingest", "validate", "deliver"))
+        ingest, validate, deliver, sources = (
+            load_handler(flow) for flow in ("ingest", "validate", "deliver", "sources")
+        )
         self.refresh_handler = load_handler("refresh_tokens")
         self.pollers = [
+            # SourcesFunction's two event sources: the producer queue and the queue the bus's rule targets
+            *(
+                SqsPoller(
+                    self.store,
+                    queue,
+                    sources,
+                    function_name="SourcesFunction",
+                    batch_size=10,
+                    max_batching_window=self.options.poll_window_seconds,
+                    timeout_seconds=10,
+                    on_error=self.errors.append,
+                )
+                for queue in (PRODUCER_QUEUE, EVENTS_QUEUE)
+            ),
             SqsPoller(
                 self.store,
                 "ingest",

@@ -424,3 +424,100 @@ def test_a_delete_identifier_normalised_unlike_the_stored_one_is_refused(example
     [problem] = [found for found in problems_of(text) if "normalised as contacts" in found]
     assert problem.startswith(f"{ITEM}.delete.mapping[1] (line ")
     assert "must be normalised as contacts normalises it" in problem
+
+
+# --- sources: producers writing through SQS or EventBridge ----------------------------------------------------
+
+SOURCES = """
+sources:
+  - name: shop-queue
+    kind: sqs
+    group_keys: [demo]
+  - name: shop-events
+    kind: eventbridge
+    event_source: forwarder.shop
+    group_keys: ["*"]
+"""
+
+
+def test_the_shipped_config_has_an_sqs_and_an_eventbridge_source_for_demo() -> None:
+    config = load_config(SHIPPED)
+    queue, events = config.sources
+    assert (queue.kind, queue.name, queue.group_keys) == ("sqs", "demo-queue", ["demo"])
+    assert (events.kind, events.event_source, events.group_keys) == (
+        "eventbridge",
+        "forwarder.demo",
+        ["demo"],
+    )
+
+
+def test_sources_are_found_by_kind_and_name_or_event_source(example_text: str) -> None:
+    config = load_config_text(example_text + SOURCES)
+    queue = config.source("sqs", "shop-queue")
+    events = config.source("eventbridge", "forwarder.shop")
+    assert queue is not None and queue.allows("demo") and not queue.allows("other")
+    assert events is not None and events.name == "shop-events" and events.allows("anything")
+    # a name of one kind is not a source of the other
+    assert config.source("eventbridge", "shop-queue") is None
+    assert config.source("sqs", "shop-events") is None
+    # and a config without the section has no sources
+    assert load_config_text(example_text).sources == []
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "where", "message"),
+    [
+        (
+            "group_keys: [demo]\n  - name: shop-events",
+            "group_keys: [nope]\n  - name: shop-events",
+            "sources[0].group_keys[0]",
+            "unknown group key 'nope'",
+        ),
+        (
+            "event_source: forwarder.shop",
+            "event_source: com.example.shop",
+            "sources[1].event_source",
+            "must start with 'forwarder.'",
+        ),
+        (
+            "    event_source: forwarder.shop\n",
+            "",
+            "sources[1]",
+            "an eventbridge source needs 'event_source'",
+        ),
+        ("kind: sqs", "kind: kafka", "sources[0].kind", "'sqs' or 'eventbridge'"),
+        ("name: shop-events", "name: shop-queue", "sources[1].name", "already used by sources[0]"),
+        (
+            "kind: sqs\n",
+            "kind: sqs\n    event_source: forwarder.x\n",
+            "sources[0]",
+            "is for eventbridge sources",
+        ),
+        (
+            "kind: sqs\n",
+            "kind: sqs\n    queue_arn: my-queue\n",
+            "sources[0].queue_arn",
+            "should match pattern",
+        ),
+    ],
+)
+def test_a_wrong_source_is_pointed_at(
+    example_text: str, old: str, new: str, where: str, message: str
+) -> None:
+    text = edit(example_text + SOURCES, old, new)
+    (problem,) = problems_of(text)
+    assert problem.startswith(f"{where} (line "), problem
+    assert message in problem, problem
+
+
+def test_two_sources_with_one_event_source_are_refused(example_text: str) -> None:
+    text = (
+        example_text
+        + SOURCES
+        + (
+            "  - name: copycat\n    kind: eventbridge\n    event_source: forwarder.shop\n    group_keys: [demo]\n"
+        )
+    )
+    (problem,) = problems_of(text)
+    assert problem.startswith("sources[2].event_source (line ")
+    assert "already belongs to sources[1]" in problem

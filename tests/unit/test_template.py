@@ -20,7 +20,8 @@ from samtranslator.translator.transform import transform
 from forwarder.adapters.aws import LEDGER_TABLE_ENV_VAR, LEDGER_TTL_DAYS, LOCKS_TABLE_ENV_VAR
 from forwarder.flows.ingest import IDEMPOTENCY_TTL_SECONDS
 from forwarder.hooks import HOOK_METHODS, HOOK_RESOURCE
-from forwarder.runtime import IDEMPOTENCY_TABLE_ENV_VAR
+from forwarder.producers import DETAIL_TYPES, EVENT_SOURCE_PREFIX
+from forwarder.runtime import IDEMPOTENCY_TABLE_ENV_VAR, RuntimeSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "template.yaml"
@@ -138,13 +139,17 @@ def _resource_ids(value: Any) -> set[str]:
 
 
 def sqs_event_sources(cfn: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Event source mappings whose source is a queue of this template, by logical id of the queue."""
+    """Event source mappings whose source is a queue of this template, by logical id of the queue (a source
+    chosen by a condition counts as the stack's own queue: ProducerQueue unless an existing one is given)."""
     queues = resources(cfn, "AWS::SQS::Queue")
-    return {
-        source: mapping
-        for mapping in resources(cfn, "AWS::Lambda::EventSourceMapping").values()
-        if (source := target(mapping["EventSourceArn"])) in queues
-    }
+    found = {}
+    for mapping in resources(cfn, "AWS::Lambda::EventSourceMapping").values():
+        arn = mapping["EventSourceArn"]
+        if isinstance(arn, dict) and "Fn::If" in arn:
+            arn = arn["Fn::If"][1]
+        if (source := target(arn)) in queues:
+            found[str(source)] = mapping
+    return found
 
 
 def redrive(queue: dict[str, Any]) -> dict[str, Any]:
@@ -181,7 +186,7 @@ def actions(statement: dict[str, Any]) -> list[str]:
 def test_every_sqs_consumer_reports_partial_batch_failures(cfn: dict[str, Any]) -> None:
     # Given the SQS event sources of the flows
     sources = sqs_event_sources(cfn)
-    assert set(sources) == {"IngestQueue", "DeliveryQueue"}
+    assert set(sources) == {"IngestQueue", "DeliveryQueue", "ProducerQueue", "ProducerEventsQueue"}
 
     # Then each reports failed records one by one, else a handler's batchItemFailures are ignored
     # and one bad record makes the whole batch (successes included) run again.
@@ -251,7 +256,12 @@ def test_visibility_timeout_outlasts_six_consumer_timeouts(cfn: dict[str, Any]) 
 def test_dead_letter_queues_keep_messages_longer_than_their_sources(cfn: dict[str, Any]) -> None:
     queues = resources(cfn, "AWS::SQS::Queue")
     dlqs = dead_letter_queues(cfn)
-    assert set(dlqs) == {"IngestDeadLetterQueue", "DeliveryDeadLetterQueue"}
+    assert set(dlqs) == {
+        "IngestDeadLetterQueue",
+        "DeliveryDeadLetterQueue",
+        "ProducerDeadLetterQueue",
+        "ProducerEventsDeadLetterQueue",
+    }
     for dlq, source in dlqs.items():
         # SQS keeps a message's original enqueue time when it moves to the DLQ.
         dlq_retention = int(queues[dlq].get("MessageRetentionPeriod", 345600))
@@ -444,7 +454,7 @@ def test_web_form_hooks_are_throttled_apart_and_tighter(cfn: dict[str, Any]) -> 
 def test_every_function_logs_to_a_group_with_retention(cfn: dict[str, Any]) -> None:
     log_groups = resources(cfn, "AWS::Logs::LogGroup")
     functions = resources(cfn, "AWS::Lambda::Function")
-    assert len(functions) == 4
+    assert len(functions) == 5
     for name, function in functions.items():
         group = target(function.get("LoggingConfig", {}).get("LogGroup"))
         assert group in log_groups, f"{name} logs to the default group, kept forever"
@@ -515,7 +525,7 @@ def test_each_function_ships_its_own_code_on_python_313_arm64(sam_template: dict
         if resource["Type"] == "AWS::Serverless::Function"
     }
     code_uris = {props["CodeUri"] for props in functions.values()}
-    assert len(code_uris) == len(functions) == 4
+    assert len(code_uris) == len(functions) == 5
     for uri in code_uris:
         assert uri.startswith("functions/") and (ROOT / uri).is_dir(), uri
     function_globals = sam_template["Globals"]["Function"]
@@ -708,3 +718,106 @@ def test_every_aws_sdk_call_ends_inside_its_functions_timeout(cfn: dict[str, Any
         config = aws_client_config({key: str(value) for key, value in env.items()})
         worst = config.retries["total_max_attempts"] * (config.connect_timeout + config.read_timeout)
         assert worst < int(function.get("Timeout", 3)), (name, worst)
+
+
+# --------------------------------------------------------------------------------------------------
+# producers: the SQS producer queue and the EventBridge rule feeding SourcesFunction
+# --------------------------------------------------------------------------------------------------
+
+
+def _sources_mappings(cfn: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {
+        name: mapping
+        for name, mapping in resources(cfn, "AWS::Lambda::EventSourceMapping").items()
+        if mapping["FunctionName"] == {"Ref": "SourcesFunction"}
+    }
+
+
+def test_the_producer_queue_is_the_stacks_own_unless_an_existing_one_is_given(cfn: dict[str, Any]) -> None:
+    # Given the parameter naming an existing queue, empty by default
+    parameter = cfn["Parameters"]["ExistingProducerQueueArn"]
+    assert parameter["Default"] == ""
+    assert re.fullmatch(parameter["AllowedPattern"], "arn:aws:sqs:eu-west-1:123456789012:brand-queue")
+    assert not re.fullmatch(parameter["AllowedPattern"], "https://sqs.eu-west-1.amazonaws.com/1/brand-queue")
+    assert cfn["Conditions"]["CreateProducerQueue"] == {
+        "Fn::Equals": [{"Ref": "ExistingProducerQueueArn"}, ""]
+    }
+    # Then the stack's queue, its DLQ and the DLQ's alarm exist only without one...
+    for name in ("ProducerQueue", "ProducerDeadLetterQueue", "ProducerDeadLetterQueueDepthAlarm"):
+        assert cfn["Resources"][name]["Condition"] == "CreateProducerQueue", name
+    # ...and the function consumes whichever it is, reporting failed records one by one
+    arns = {
+        json.dumps(mapping["EventSourceArn"], sort_keys=True) for mapping in _sources_mappings(cfn).values()
+    }
+    assert arns == {
+        json.dumps(
+            {
+                "Fn::If": [
+                    "CreateProducerQueue",
+                    {"Fn::GetAtt": ["ProducerQueue", "Arn"]},
+                    {"Ref": "ExistingProducerQueueArn"},
+                ]
+            },
+            sort_keys=True,
+        ),
+        json.dumps({"Fn::GetAtt": ["ProducerEventsQueue", "Arn"]}, sort_keys=True),
+    }
+    for mapping in _sources_mappings(cfn).values():
+        assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+
+
+def test_the_rule_forwards_exactly_the_producer_contract_to_the_events_queue(cfn: dict[str, Any]) -> None:
+    rule = resources(cfn, "AWS::Events::Rule")["ProducerEventsRule"]
+    # on the bus the parameter names (the default bus unless told)
+    assert rule["EventBusName"] == {"Ref": "ProducerEventBusName"}
+    assert cfn["Parameters"]["ProducerEventBusName"]["Default"] == "default"
+    # the sources and detail-types the sources flow reads, no more (the bus's other traffic stays out)
+    assert rule["EventPattern"] == {
+        "source": [{"prefix": EVENT_SOURCE_PREFIX}],
+        "detail-type": list(DETAIL_TYPES),
+    }
+    # onto the events queue; what EventBridge cannot put there lands in the events DLQ
+    (rule_target,) = rule["Targets"]
+    assert rule_target["Arn"] == {"Fn::GetAtt": ["ProducerEventsQueue", "Arn"]}
+    assert rule_target["DeadLetterConfig"] == {
+        "Arn": {"Fn::GetAtt": ["ProducerEventsDeadLetterQueue", "Arn"]}
+    }
+    assert rule_target["RetryPolicy"]["MaximumEventAgeInSeconds"] == 86400
+
+
+def test_only_the_rule_may_send_to_the_events_queues_as_eventbridge(cfn: dict[str, Any]) -> None:
+    (policy,) = resources(cfn, "AWS::SQS::QueuePolicy").values()
+    assert policy["Queues"] == [{"Ref": "ProducerEventsQueue"}, {"Ref": "ProducerEventsDeadLetterQueue"}]
+    (statement,) = policy["PolicyDocument"]["Statement"]
+    assert statement["Effect"] == "Allow"
+    assert statement["Principal"] == {"Service": "events.amazonaws.com"}
+    assert actions(statement) == ["sqs:SendMessage"]
+    assert _resource_ids(statement["Resource"]) == {"ProducerEventsQueue", "ProducerEventsDeadLetterQueue"}
+    # not any rule of any account: this stack's rule
+    assert statement["Condition"] == {
+        "ArnEquals": {"aws:SourceArn": {"Fn::GetAtt": ["ProducerEventsRule", "Arn"]}}
+    }
+
+
+def test_sources_can_only_enqueue_on_the_ingest_queue_and_the_rejects_trail(cfn: dict[str, Any]) -> None:
+    function = resources(cfn, "AWS::Lambda::Function")["SourcesFunction"]
+    role = str(target(function["Role"]))
+    statements = list(policy_statements(cfn, role))
+    sends = [s for s in statements if any(a.startswith("sqs:Send") for a in actions(s))]
+    assert {frozenset(_resource_ids(s["Resource"])) for s in sends} == {
+        frozenset({"IngestQueue"}),
+        frozenset({"RejectsQueue"}),
+    }
+    for statement in statements:
+        for action in actions(statement):
+            assert action.startswith("sqs:Send"), action  # no secrets, tables or other queues
+    managed = cfn["Resources"][role]["Properties"].get("ManagedPolicyArns", [])
+    assert {str(arn).rsplit("/", 1)[-1] for arn in managed} <= {
+        "AWSLambdaBasicExecutionRole",
+        "AWSXrayWriteOnlyAccess",
+        "AWSLambdaSQSQueueExecutionRole",  # what SAM's SQS event source grants: receive and delete
+    }
+    # it tells EventBridge events from producer messages by the queue they came on
+    variables = function["Environment"]["Variables"]
+    assert "producer_events_queue_arn" in RuntimeSettings.model_fields
+    assert variables["FORWARDER_PRODUCER_EVENTS_QUEUE_ARN"] == {"Fn::GetAtt": ["ProducerEventsQueue", "Arn"]}

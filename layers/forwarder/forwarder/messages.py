@@ -70,7 +70,10 @@ class Rejection(_Message):
     version: Literal[1] = 1
     request_id: str
     group_key: str
-    stage: Literal["validate", "deliver"]
+    stage: Literal["source", "validate", "deliver"] = Field(
+        description="source: a producer's message refused before ingest (see forwarder.flows.sources)"
+    )
+    source: str | None = Field(None, description="the producer (a sources: name) of a source rejection")
     integration: str | None = None
     operation: str | None = None
     reason: str

@@ -51,6 +51,9 @@ class RuntimeSettings(BaseModel):
     )
     retry_base_seconds: float = Field(10.0, gt=0)
     retry_max_seconds: float = Field(900.0, gt=0, le=43200)
+    producer_events_queue_arn: str = Field(
+        "", description="the queue the producer bus's rule targets: its messages are EventBridge events"
+    )
     secrets_max_age_seconds: int = Field(300, ge=0)
     vendor_timeout_seconds: float = Field(10.0, gt=0)
     secrets_prefix: str = Field("", description="the functions may read only secrets named with this prefix")

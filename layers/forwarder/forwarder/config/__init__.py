@@ -3,6 +3,7 @@
 from forwarder.config.hooks import HookConfig
 from forwarder.config.loader import ConfigError, load_config, load_config_text
 from forwarder.config.models import ClientConfig, ForwarderConfig, GroupKeyConfig, IntegrationConfig
+from forwarder.config.sources import SourceConfig
 
 __all__ = [
     "ClientConfig",
@@ -11,6 +12,7 @@ __all__ = [
     "GroupKeyConfig",
     "HookConfig",
     "IntegrationConfig",
+    "SourceConfig",
     "load_config",
     "load_config_text",
 ]

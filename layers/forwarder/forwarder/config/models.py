@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from forwarder.config.hooks import HOOK_ID, HookConfig
+from forwarder.config.sources import SourceConfig
 from forwarder.contract import Action, FlatData
 from forwarder.integrations.base import ActionSpec, Integration
 from forwarder.integrations.registry import get_integration, integrations
@@ -250,6 +251,10 @@ class ForwarderConfig(_Strict):
     hooks: dict[str, HookConfig] = Field(
         default_factory=dict, description="web-form webhooks: POST /v1/hooks/{hook_id}"
     )
+    sources: list[SourceConfig] = Field(
+        default_factory=list,
+        description="producers writing through SQS or EventBridge (forwarder.config.sources)",
+    )
 
     @model_validator(mode="after")
     def _references(self) -> ForwarderConfig:
@@ -279,6 +284,7 @@ class ForwarderConfig(_Strict):
                         )
                     )
                 owners.setdefault(principal, client.name)
+        problems.extend(self._check_sources())
         raise_all(problems)
         return self
 
@@ -287,9 +293,49 @@ class ForwarderConfig(_Strict):
         hook = self.hooks.get(hook_id)
         return None if hook is None else next(action for action in Action if action.flow == hook.flow)
 
+    def _check_sources(self) -> list[ConfigProblem]:
+        problems: list[ConfigProblem] = []
+        names: dict[str, int] = {}
+        event_sources: dict[str, int] = {}
+        for index, source in enumerate(self.sources):
+            if source.name in names:
+                problems.append(
+                    ConfigProblem(
+                        ("sources", index, "name"),
+                        f"source name '{source.name}' is already used by sources[{names[source.name]}]",
+                    )
+                )
+            names.setdefault(source.name, index)
+            for position, group_key in enumerate(source.group_keys):
+                if group_key != "*" and group_key not in self.group_keys:
+                    problems.append(
+                        ConfigProblem(
+                            ("sources", index, "group_keys", position),
+                            f"unknown group key '{group_key}'; known: {', '.join(sorted(self.group_keys))}",
+                        )
+                    )
+            if source.event_source is not None:
+                if source.event_source in event_sources:
+                    problems.append(
+                        ConfigProblem(
+                            ("sources", index, "event_source"),
+                            f"event source '{source.event_source}' already belongs to "
+                            f"sources[{event_sources[source.event_source]}]: one producer per event source",
+                        )
+                    )
+                event_sources.setdefault(source.event_source, index)
+        return problems
+
     @cached_property
     def _by_principal(self) -> dict[str, ClientConfig]:
         return {principal: client for client in self.clients for principal in client.principals}
+
+    def source(self, kind: Literal["sqs", "eventbridge"], name: str) -> SourceConfig | None:
+        """The producer of ``kind`` with this name (sqs) or event source (eventbridge), or None."""
+        for source in self.sources:
+            if source.kind == kind and (source.name if kind == "sqs" else source.event_source) == name:
+                return source
+        return None
 
     def client_for(self, *principals: str | None) -> ClientConfig | None:
         """The client whose principals include any of the caller's identities (access key id, user ARN)."""

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from forwarder.config import ForwarderConfig
 from forwarder.contract import Action, ContractError, Envelope, parse_envelope
 from forwarder.messages import IngestMessage, utcnow_iso
 from forwarder.observability import logger
@@ -112,24 +113,7 @@ def accept_record(
 ) -> Accepted:
     """Enqueue a checked record from any front door (a signed call, a web-form hook) for ``client``, who may use
     the group keys ``may_use`` allows (all when None). Raises as ``accept`` does."""
-    config = services.config
-    group = config.group_keys.get(envelope.group_key)
-    if group is None:
-        raise ContractError(
-            404,
-            "UNKNOWN_GROUP_KEY",
-            f"group key '{envelope.group_key}' does not exist",
-            attribute="group_key",
-        )
-    if may_use is not None and not may_use(envelope.group_key):
-        raise _forbidden(client, envelope.group_key)
-    if not any(item.enabled and item.operation(action) for item in group.integrations):
-        raise ContractError(
-            422,
-            "NO_INTEGRATION_FOR_ACTION",
-            f"no enabled integration of group key '{envelope.group_key}' handles {action.flow}",
-            attribute="group_key",
-        )
+    check_destination(services.config, action, envelope, f"client '{client}'", may_use or (lambda _: True))
     if idempotency_key is not None and not (0 < len(idempotency_key) <= 128):
         raise ContractError(400, "INVALID_IDEMPOTENCY_KEY", "Idempotency-Key must be 1 to 128 characters")
 
@@ -149,14 +133,59 @@ def accept_record(
     return _accept_once(store, request, enqueue, deadline)
 
 
-def _enqueue(
-    services: Services, action: Action, envelope: Envelope, client: str, idempotency_key: str | None
+def check_destination(
+    config: ForwarderConfig, action: Action, envelope: Envelope, writer: str, allows: Callable[[str], bool]
+) -> None:
+    """The checks every way in makes once the envelope is well-formed: the group key exists, ``writer`` (a
+    client or a producer, as named in messages) may write to it, and an integration of it handles ``action``.
+    Raises ContractError (404, 403, 422)."""
+    group = config.group_keys.get(envelope.group_key)
+    if group is None:
+        raise ContractError(
+            404,
+            "UNKNOWN_GROUP_KEY",
+            f"group key '{envelope.group_key}' does not exist",
+            attribute="group_key",
+        )
+    if not allows(envelope.group_key):
+        raise ContractError(
+            403,
+            "GROUP_KEY_FORBIDDEN",
+            f"{writer} may not use group key '{envelope.group_key}'",
+            attribute="group_key",
+        )
+    if not any(item.enabled and item.operation(action) for item in group.integrations):
+        raise ContractError(
+            422,
+            "NO_INTEGRATION_FOR_ACTION",
+            f"no enabled integration of group key '{envelope.group_key}' handles {action.flow}",
+            attribute="group_key",
+        )
+
+
+def enqueue(
+    services: Services, action: Action, envelope: Envelope, *, client: str, request_id: str
 ) -> Accepted:
-    request_id = (
-        str(uuid.uuid4())
-        if idempotency_key is None
-        else keyed_request_id(client, idempotency_key, action, envelope)
-    )
+    """Queue a checked record for validate under ``request_id`` (the producers' way in: their request ids are
+    derived from the message or event, so a redelivered one is dropped downstream). Raises ContractError
+    (413: too big once queued) or ServiceUnavailable."""
+    return _enqueue(services, action, envelope, client, None, request_id)
+
+
+def _enqueue(
+    services: Services,
+    action: Action,
+    envelope: Envelope,
+    client: str,
+    idempotency_key: str | None,
+    request_id: str | None = None,
+) -> Accepted:
+    if request_id is None:
+        request_id = (
+            str(uuid.uuid4())
+            if idempotency_key is None
+            else keyed_request_id(client, idempotency_key, action, envelope)
+        )
     message = IngestMessage(
         request_id=request_id,
         action=action,
