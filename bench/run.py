@@ -580,6 +580,7 @@ def bench_pipeline(table: Table, tmp: Path, records: int, threads: int, timeout_
             port=0,
             sandbox_port=0,
             poll_window_seconds=0.05,
+            region=REGION,  # the gateway refuses credentials scoped to another region
         )
     )
     started = time.perf_counter()

@@ -54,6 +54,12 @@ def main() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8080, show_default=True, help="the gateway's port")
 @click.option(
+    "--region",
+    default="us-east-1",
+    show_default=True,
+    help="the region the gateway stands in: requests must be signed for it",
+)
+@click.option(
     "--sandbox-port",
     default=8701,
     show_default=True,
@@ -90,6 +96,7 @@ def run(
     state_dir: Path,
     host: str,
     port: int,
+    region: str,
     sandbox_port: int,
     no_sandboxes: bool,
     verbose: bool,
@@ -110,6 +117,7 @@ def run(
         config_path=config_path or DEFAULT_CONFIG,
         host=host,
         port=port,
+        region=region,
         sandbox_port=sandbox_port,
         with_sandboxes=not no_sandboxes,
     )
@@ -132,15 +140,13 @@ def run(
             f"cannot start: {error.strerror} (is another stack running? try --port)"
         ) from None
     assert stack.gateway is not None
-    (state_dir / "stack.json").write_text(
-        json.dumps({"config": str(Path(options.config_path).resolve()), "gateway": stack.gateway.url})
-    )
     counts = {name: stack.store.counts(name) for name in ("ingest", "delivery")}
     pending = sum(count["visible"] + count["in_flight"] + count["delayed"] for count in counts.values())
     click.echo(f"Forwarder embedded stack (state in {state_dir.resolve()})")
     click.echo(
         f"  gateway (SigV4, like API Gateway)  {stack.gateway.url}   POST|DELETE /v1/contacts, POST /v1/events"
     )
+    click.echo(f"  signing                            region {options.region}, service execute-api")
     for title, sandbox_name, reads in SANDBOX_BANNER:
         if sandbox_name in stack.sandboxes:
             click.echo(f"  {title:<34} {stack.sandboxes[sandbox_name].url}   {reads}")
@@ -165,6 +171,11 @@ def run(
                 if sandbox_name in stack.sandboxes:
                     path = reads.split()[1]
                     click.echo(f"  curl -s {stack.sandboxes[sandbox_name].url}{path}")
+    else:
+        click.echo(
+            "  no client has an active access key: issue one with "
+            "`.venv/bin/forwarder clients create --group-key GROUP_KEY`"
+        )
     click.echo("Ctrl-C stops the stack; accepted records stay queued and are delivered on the next start.")
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
@@ -340,8 +351,11 @@ def _parse_value(text: str) -> Any:
 @click.option(
     "--secret-key", help="default: from the embedded stack's state folder, else AWS_SECRET_ACCESS_KEY"
 )
-@click.option("--session-token", envvar="AWS_SESSION_TOKEN")
-@click.option("--region", envvar="AWS_REGION", default="us-east-1", show_default=True)
+@click.option("--session-token", envvar="AWS_SESSION_TOKEN", help="with temporary credentials")
+@click.option(
+    "--region",
+    help="default: the embedded stack's (local URL), else AWS_REGION, else us-east-1",
+)
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_STATE)
 @click.option("--idempotency-key", help="sent as the Idempotency-Key header")
 @click.option(
@@ -360,7 +374,7 @@ def send(
     access_key: str | None,
     secret_key: str | None,
     session_token: str | None,
-    region: str,
+    region: str | None,
     state_dir: Path,
     idempotency_key: str | None,
     config_path: Path | None,
@@ -384,11 +398,17 @@ def send(
     group_key = group_key or document.get("group_key")
     if not group_key:
         raise click.UsageError("give --group-key (or group_key in --file)")
+    host = (urlsplit(url).hostname or "").lower()
+    local = host in ("127.0.0.1", "localhost", "::1") and (state_dir / "credentials.json").exists()
+    if local:
+        region = region or _stack_region(state_dir)
+    region = region or os.environ.get("AWS_REGION") or "us-east-1"
     if not access_key or not secret_key:
-        host = (urlsplit(url).hostname or "").lower()
-        local = host in ("127.0.0.1", "localhost", "::1") and (state_dir / "credentials.json").exists()
-        if not local and os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY"):
-            access_key, secret_key = os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"]
+        env_key, env_secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
+        # Against the local stack, the environment's keys count only if the stack issued them (e.g. from
+        # `eval "$(forwarder clients session ...)"`), never a developer's own AWS keys.
+        if env_key and env_secret and not access_key and (not local or _issued_locally(state_dir, env_key)):
+            access_key, secret_key = env_key, env_secret
         else:
             access_key, secret_key = _local_keys(state_dir, access_key, group_key, config_path)
             session_token = None
@@ -424,26 +444,58 @@ def _stack_config(state_dir: Path) -> Path | None:
         return None
 
 
+def _stack_region(state_dir: Path) -> str | None:
+    """The region the embedded stack in ``state_dir`` signs for (``forwarder run`` records it)."""
+    try:
+        region = json.loads((state_dir / "stack.json").read_text()).get("region")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return region if isinstance(region, str) else None
+
+
+def _issued_locally(state_dir: Path, access_key: str) -> bool:
+    from forwarder_local.stores import LocalCredentials
+
+    return LocalCredentials(state_dir / "credentials.json").lookup(access_key) is not None
+
+
 def _local_keys(
     state_dir: Path, access_key: str | None, group_key: str | None = None, config_path: Path | None = None
 ) -> tuple[str, str]:
-    """A key the embedded stack issued: the one named, else one whose client may use ``group_key``."""
+    """An active long-term key the embedded stack issued: the one named, else one whose client may use
+    ``group_key``."""
+    from forwarder_local.stores import LocalCredentials
+
     path = state_dir / "credentials.json"
-    try:
-        issued = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+    if not path.exists():
         raise click.ClickException(
             f"no credentials: give --access-key/--secret-key, or start the embedded stack (it issues keys in {path})"
-        ) from None
-    if access_key:
-        if access_key in issued:
-            return access_key, issued[access_key]["secret_access_key"]
-        raise click.ClickException(
-            f"access key {access_key} was not issued by the embedded stack; give --secret-key"
         )
-    if not issued:
-        raise click.ClickException(f"{path} holds no keys; start the embedded stack first")
-    candidates = sorted(issued)
+    credentials = LocalCredentials(path)
+    if access_key:
+        issued = credentials.lookup(access_key)
+        if issued is None:
+            raise click.ClickException(
+                f"access key {access_key} was not issued by the embedded stack; give --secret-key"
+            )
+        if issued.temporary:
+            raise click.ClickException(
+                f"access key {access_key} is temporary: give --secret-key and --session-token too"
+            )
+        secret = credentials.secret_for(access_key)
+        if secret is None:
+            raise click.ClickException(f"access key {access_key} was revoked")
+        return access_key, secret
+    users = {
+        key.access_key_id: key.user_arn
+        for key in credentials.issued()
+        if not key.temporary and credentials.secret_for(key.access_key_id) is not None
+    }
+    if not users:
+        raise click.ClickException(
+            f"{path} holds no active key; start the embedded stack, or `forwarder clients create --group-key ...`"
+        )
+    candidates = sorted(users)
     if group_key:
         try:
             from forwarder.config import load_config
@@ -453,18 +505,20 @@ def _local_keys(
             allowed = [
                 key
                 for key in candidates
-                if (client := config.client_for(key, issued[key].get("user_arn")))
-                and client.allows(group_key)
+                if (client := config.client_for(key, users[key])) and client.allows(group_key)
             ]
         except Exception as error:  # no readable config: any issued key; the gateway says if not allowed
             click.echo(f"(could not read the config to pick a key: {type(error).__name__})", err=True)
         else:
             if not allowed:
                 raise click.ClickException(
-                    f"no key issued in {path} belongs to a client allowed to use group key '{group_key}'"
+                    f"no active key in {path} belongs to a client allowed to use group key '{group_key}' "
+                    f"(`forwarder clients create --group-key {group_key}` issues one)"
                 )
             candidates = allowed
-    return candidates[0], issued[candidates[0]]["secret_access_key"]
+    secret = credentials.secret_for(candidates[0])
+    assert secret is not None
+    return candidates[0], secret
 
 
 # --- config ------------------------------------------------------------------------------------------------

@@ -1,5 +1,7 @@
-"""A local API Gateway (REST, AWS_IAM): verifies SigV4 as API Gateway does, turns each request into a REST
-proxy event with the caller's identity in ``requestContext.identity`` and invokes the ingest handler."""
+"""A local API Gateway (REST, AWS_IAM): authenticates SigV4 as API Gateway does (``authorizer.py``), turns
+each request into a REST proxy event with the caller's identity in ``requestContext.identity`` and invokes the
+ingest handler. A refusal is a 403 with API Gateway's ``{"message"}`` and ``x-amzn-ErrorType``, plus a stable
+``code``."""
 
 from __future__ import annotations
 
@@ -14,8 +16,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from forwarder.auth.sigv4 import SignatureError, verify
+from forwarder.auth.sigv4 import SignatureError
 from forwarder.contract import ROUTES
+from forwarder_local.authorizer import IamAuthorizer
 from forwarder_local.poller import LambdaContext
 
 ACCOUNT_ID = "000000000000"
@@ -99,15 +102,13 @@ class LocalGateway:
     def __init__(
         self,
         handler: Handler,
-        lookup_secret: Callable[[str], str | None],
-        lookup_user: Callable[[str], str | None],
+        authorizer: IamAuthorizer,
         host: str = "127.0.0.1",
         port: int = 0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.handler = handler
-        self.lookup_secret = lookup_secret
-        self.lookup_user = lookup_user
+        self.authorizer = authorizer
         self.clock = clock
         gateway = self
 
@@ -152,24 +153,25 @@ class LocalGateway:
         route = (request.command, split.path)
         headers = list(request.headers.items())
         try:
-            caller = verify(
+            caller = self.authorizer.authenticate(
                 method=request.command,
                 raw_path=split.path,
                 raw_query=split.query,
                 headers=headers,
                 body=body,
-                lookup_secret=self.lookup_secret,
                 now=datetime.fromtimestamp(self.clock(), UTC),
             )
         except SignatureError as error:
-            self._reply(request, error.status, {"message": error.message}, error.error_type)
+            self._reply(
+                request, error.status, {"message": error.message, "code": error.code}, error.error_type
+            )
             return
         if route not in ROUTES:
             # API Gateway answers an unknown resource or method this way, signed or not.
             self._reply(
                 request,
                 403,
-                {"message": "Missing Authentication Token"},
+                {"message": "Missing Authentication Token", "code": "MISSING_AUTHENTICATION_TOKEN"},
                 "MissingAuthenticationTokenException",
             )
             return
@@ -179,8 +181,8 @@ class LocalGateway:
             raw_query=split.query,
             headers=headers,
             body=body,
-            access_key=caller.access_key_id,
-            user_arn=self.lookup_user(caller.access_key_id),
+            access_key=caller.access_key,
+            user_arn=caller.user_arn,
             source_ip=request.client_address[0],
         )
         try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import importlib.util
+import json
 import os
 import secrets as random_secrets
 import threading
@@ -25,6 +26,7 @@ from forwarder import runtime
 from forwarder.config import ForwarderConfig, load_config
 from forwarder.ports.secrets import SecretStoreError
 from forwarder.runtime import RuntimeSettings, Services
+from forwarder_local.authorizer import IamAuthorizer
 from forwarder_local.gateway import LocalGateway
 from forwarder_local.idempotency import SqliteIdempotencyLayer
 from forwarder_local.poller import LambdaContext, SqsPoller
@@ -94,6 +96,8 @@ class StackOptions:
     config_path: Path = DEFAULT_CONFIG
     host: str = "127.0.0.1"
     port: int = 8080
+    #: the region the gateway stands in: credentials must be scoped to it, as API Gateway's are to its own
+    region: str = "us-east-1"
     sandbox_port: int = 8701  # ExpertSender; DM Hub and CareCloud on the next two ports (0: any free ports)
     with_sandboxes: bool = True
     retry_base_seconds: float = 2.0
@@ -199,13 +203,22 @@ class EmbeddedStack:
             poller.start()
         self.gateway = LocalGateway(
             ingest,
-            self.credentials.secret_for,
-            self.credentials.user_arn,
+            IamAuthorizer(self.credentials, self.options.region),
             host=self.options.host,
             port=self.options.port,
         ).start()
         self._scheduler = threading.Thread(target=self._schedule_refresh, name="refresh-tokens", daemon=True)
         self._scheduler.start()
+        # What `forwarder send` and `forwarder clients` read to reach this stack: its config, URL and region.
+        (self.options.state_dir / "stack.json").write_text(
+            json.dumps(
+                {
+                    "config": str(Path(self.options.config_path).resolve()),
+                    "gateway": self.gateway.url,
+                    "region": self.options.region,
+                }
+            )
+        )
         return self
 
     def stop(self) -> None:
