@@ -521,6 +521,222 @@ def _local_keys(
     return candidates[0], secret
 
 
+# --- clients -----------------------------------------------------------------------------------------------
+
+
+@main.group()
+def clients() -> None:
+    """Access keys of the embedded stack's clients: issue, list, revoke, and temporary credentials.
+
+    A client is an entry of the config's `clients`; the stack issues keys to its IAM user principal
+    (arn:aws:iam::ACCOUNT:user/NAME), so the key signs as that client. The gateway reads the keys on every
+    request: a key issued or revoked here counts at once, with no restart."""
+
+
+def _clients_config(state_dir: Path, config_path: Path | None) -> tuple[Any, Path]:
+    from forwarder.config import ConfigError, load_config
+    from forwarder_local.stack import DEFAULT_CONFIG
+
+    path = config_path or _stack_config(state_dir) or DEFAULT_CONFIG
+    try:
+        return load_config(path), path
+    except ConfigError as error:
+        raise click.ClickException("\n".join([f"invalid config {error.source}:", *error.problems])) from None
+
+
+def _client_user(config: Any, config_path: Path, group_key: str, name: str | None) -> tuple[str, str]:
+    """(client name, IAM user ARN) of the config client allowed to use ``group_key`` (``name`` picks one)."""
+    from forwarder_local.stack import issuable_user
+
+    if group_key not in config.group_keys:
+        raise click.ClickException(
+            f"group key '{group_key}' is not in {config_path}; known: {', '.join(sorted(config.group_keys))}"
+        )
+    allowed = [client for client in config.clients if client.allows(group_key)]
+    if name is not None:
+        chosen = next((client for client in config.clients if client.name == name), None)
+        if chosen is None:
+            raise click.ClickException(f"no client '{name}' in {config_path}")
+        if chosen not in allowed:
+            raise click.ClickException(
+                f"client '{name}' may not use group key '{group_key}': add it to the client's group_keys "
+                f"in {config_path} (and restart the stack)"
+            )
+    elif not allowed:
+        raise click.ClickException(
+            f"no client in {config_path} may use group key '{group_key}': add one to its clients, e.g.\n"
+            f"  - name: {group_key}-producer\n"
+            f"    principals: [arn:aws:iam::000000000000:user/{group_key}-producer]\n"
+            f"    group_keys: [{group_key}]\n"
+            "and restart the stack"
+        )
+    elif len(allowed) > 1:
+        names = ", ".join(f"'{client.name}'" for client in allowed)
+        raise click.ClickException(f"clients {names} may use group key '{group_key}': pick one with --client")
+    else:
+        chosen = allowed[0]
+    user = next((principal for principal in chosen.principals if issuable_user(principal)), None)
+    if user is None:
+        raise click.ClickException(
+            f"client '{chosen.name}' has no IAM user principal to issue a key to: add one such as "
+            f"arn:aws:iam::000000000000:user/{chosen.name} to its principals in {config_path} "
+            "(and restart the stack)"
+        )
+    return chosen.name, user
+
+
+def _state_option(function: Any) -> Any:
+    return click.option(
+        "--state-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=DEFAULT_STATE,
+        help="the embedded stack's state folder (its keys are in credentials.json there)",
+    )(function)
+
+
+def _config_option(function: Any) -> Any:
+    return click.option(
+        "--config",
+        "config_path",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        default=None,
+        help="config document (default: the one the stack runs, else config/forwarder.yaml)",
+    )(function)
+
+
+@clients.command("create")
+@click.option("--group-key", "-g", required=True, help="the group key the key is for")
+@click.option("--client", "client_name", help="the config client (when several may use the group key)")
+@_state_option
+@_config_option
+def clients_create(
+    group_key: str, client_name: str | None, state_dir: Path, config_path: Path | None
+) -> None:
+    """Issue a new access key to the client allowed to use GROUP_KEY. The secret is shown once."""
+    from forwarder_local.stores import LocalCredentials
+
+    config, path = _clients_config(state_dir, config_path)
+    name, user = _client_user(config, path, group_key, client_name)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    access_key, secret = LocalCredentials(state_dir / "credentials.json").create_key(user)
+    region = _stack_region(state_dir) or "us-east-1"
+    click.echo(f"issued a new access key to client '{name}' ({user}), allowed group key '{group_key}':")
+    click.echo(f"  access key id      {access_key}")
+    click.echo(f"  secret access key  {secret}")
+    click.echo("The secret is shown only now (`forwarder clients list` never shows it). Sign with SigV4 for")
+    click.echo(
+        f"region {region}, service execute-api; or let `forwarder send --access-key {access_key}` sign."
+    )
+
+
+@clients.command("list")
+@click.option("--group-key", "-g", help="only keys of clients allowed to use this group key")
+@_state_option
+@_config_option
+def clients_list(group_key: str | None, state_dir: Path, config_path: Path | None) -> None:
+    """List the issued access keys (never a secret): client, user, kind, state."""
+    from forwarder_local.stores import LocalCredentials
+
+    config, _ = _clients_config(state_dir, config_path)
+    now = time.time()
+    rows = []
+    for key in LocalCredentials(state_dir / "credentials.json").issued():
+        client = config.client_for(key.access_key_id, key.user_arn)
+        if group_key is not None and (client is None or not client.allows(group_key)):
+            continue
+        kind = f"temporary (from {key.issued_from})" if key.temporary else "long-term"
+        state = key.state(now)
+        when = {"revoked": key.revoked_at, "expired": key.expires_at, "active": key.expires_at}[state]
+        if when:
+            state = f"{state} {'until' if state == 'active' else 'since'} {when}"
+        owner = client.name if client else "(no client)"
+        rows.append((key.access_key_id, owner, key.user_arn, kind, state, key.created_at or ""))
+    if not rows:
+        click.echo(
+            "no access keys" + (f" of clients allowed to use group key '{group_key}'" if group_key else "")
+        )
+        return
+    header = ("ACCESS KEY ID", "CLIENT", "USER", "KIND", "STATE", "CREATED")
+    widths = [max(len(row[index]) for row in [header, *rows]) for index in range(len(header))]
+    for row in [header, *rows]:
+        click.echo("  ".join(value.ljust(width) for value, width in zip(row, widths, strict=True)).rstrip())
+
+
+@clients.command("revoke")
+@click.argument("access_key")
+@_state_option
+@_config_option
+def clients_revoke(access_key: str, state_dir: Path, config_path: Path | None) -> None:
+    """Revoke ACCESS_KEY (and the temporary credentials issued with it): the gateway refuses it at once."""
+    from forwarder_local.stores import CredentialsError, LocalCredentials
+
+    credentials = LocalCredentials(state_dir / "credentials.json")
+    try:
+        revoked = credentials.revoke(access_key)
+    except CredentialsError as error:
+        raise click.ClickException(f"{error} ({state_dir / 'credentials.json'})") from None
+    issued = credentials.lookup(access_key)
+    config, _ = _clients_config(state_dir, config_path)
+    client = config.client_for(access_key, issued.user_arn if issued else None)
+    owner = f"client '{client.name}'" if client else "no client"
+    click.echo(f"revoked {access_key} ({owner}); the gateway refuses it from now on")
+    if len(revoked) > 1:
+        click.echo(f"and the temporary credentials issued with it: {', '.join(revoked[1:])}")
+
+
+@clients.command("session")
+@click.option("--access-key", help="the long-term key to issue them with (default: the client's first)")
+@click.option("--group-key", "-g", help="pick the client allowed to use this group key")
+@click.option("--client", "client_name", help="the config client (when several may use the group key)")
+@click.option(
+    "--duration-seconds",
+    type=click.IntRange(900, 129_600),
+    default=43_200,
+    show_default=True,
+    help="how long they are valid (STS GetSessionToken's range: 15 minutes to 36 hours)",
+)
+@_state_option
+@_config_option
+def clients_session(
+    access_key: str | None,
+    group_key: str | None,
+    client_name: str | None,
+    duration_seconds: int,
+    state_dir: Path,
+    config_path: Path | None,
+) -> None:
+    """Issue temporary credentials (access key id, secret, session token, expiry), as STS GetSessionToken does.
+
+    Prints shell exports, so `eval "$(forwarder clients session -g demo)"` lets `forwarder send`, the AWS
+    SDKs and curl's aws-sigv4 sign with them."""
+    from forwarder_local.stores import CredentialsError, LocalCredentials
+
+    credentials = LocalCredentials(state_dir / "credentials.json")
+    if access_key is None:
+        if group_key is None:
+            raise click.UsageError("give --access-key, or --group-key to use its client's key")
+        config, path = _clients_config(state_dir, config_path)
+        name, user = _client_user(config, path, group_key, client_name)
+        found = credentials.for_user(user)
+        if found is None:
+            raise click.ClickException(
+                f"client '{name}' has no active access key: `forwarder clients create --group-key {group_key}`"
+            )
+        access_key = found[0]
+    try:
+        session = credentials.create_session(access_key, duration_seconds)
+    except CredentialsError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(
+        f"temporary credentials issued with {access_key}, valid until {session.expires_at}, shown only now; "
+        f"sign for region {_stack_region(state_dir) or 'us-east-1'}, service execute-api:",
+        err=True,
+    )
+    click.echo(f"export AWS_ACCESS_KEY_ID={session.access_key_id}")
+    click.echo(f"export AWS_SECRET_ACCESS_KEY={session.secret_access_key}")
+    click.echo(f"export AWS_SESSION_TOKEN={session.session_token}")
+
+
 # --- config ------------------------------------------------------------------------------------------------
 
 

@@ -75,6 +75,11 @@ QUEUES = (
 )
 
 
+def issuable_user(principal: str) -> bool:
+    """Whether a config principal is an IAM user, to whom the embedded stack issues access keys."""
+    return principal.startswith("arn:aws:iam::") and ":user/" in principal
+
+
 class StateInUse(RuntimeError):
     """Another stack holds the state folder: its queues' in-flight messages belong to it."""
 
@@ -331,7 +336,7 @@ class EmbeddedStack:
     def _issue_caller_keys(self) -> None:
         for client in self.config.clients:
             for principal in client.principals:
-                if principal.startswith("arn:aws:iam::") and ":user/" in principal:
+                if issuable_user(principal):
                     self.credentials.ensure(principal)
 
     def _schedule_refresh(self) -> None:

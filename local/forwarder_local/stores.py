@@ -156,6 +156,11 @@ def _iso(moment: float) -> str:
     return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _iso_ms(moment: float) -> str:
+    """A moment to the millisecond: keys issued within one second still sort by when they were issued."""
+    return datetime.fromtimestamp(moment, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def _epoch(text: str) -> float:
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
 
@@ -246,8 +251,9 @@ class LocalCredentials:
         ]
 
     def for_user(self, user_arn: str) -> tuple[str, str] | None:
-        """The user's first active long-term key and its secret."""
-        for access_key_id, entry in sorted(self._file.read().items()):
+        """The user's oldest active long-term key and its secret."""
+        entries = sorted(self._file.read().items(), key=lambda item: (_created(item[1]), item[0]))
+        for access_key_id, entry in entries:
             if (
                 isinstance(entry, dict)
                 and entry.get("user_arn") == user_arn
@@ -279,7 +285,7 @@ class LocalCredentials:
             {
                 "secret_access_key": secret_access_key,
                 "user_arn": user_arn,
-                "created_at": _iso(self._clock()),
+                "created_at": _iso_ms(self._clock()),
             },
         )
         return access_key_id, secret_access_key
@@ -317,7 +323,7 @@ class LocalCredentials:
             document[session.access_key_id] = {
                 "secret_access_key": session.secret_access_key,
                 "user_arn": parent.user_arn,
-                "created_at": _iso(now),
+                "created_at": _iso_ms(now),
                 "session_token_sha256": _token_digest(session.session_token),
                 "expires_at": session.expires_at,
                 "issued_from": access_key_id,
@@ -337,7 +343,7 @@ class LocalCredentials:
                 raise CredentialsError(f"access key {access_key_id} was not issued here")
             if entry.get("revoked_at"):
                 raise CredentialsError(f"access key {access_key_id} is revoked already")
-            moment = _iso(self._clock())
+            moment = _iso_ms(self._clock())
             for key, item in document.items():
                 covered = key == access_key_id or (
                     isinstance(item, dict) and item.get("issued_from") == access_key_id
@@ -356,6 +362,10 @@ class LocalCredentials:
             key = prefix + "".join(random_secrets.choice(_KEY_ALPHABET) for _ in range(16))
             if self._entry(key) is None:
                 return key
+
+
+def _created(entry: Any) -> str:
+    return str(entry.get("created_at") or "") if isinstance(entry, dict) else ""
 
 
 def _issued(access_key_id: str, entry: dict[str, Any]) -> IssuedKey:

@@ -4,16 +4,21 @@ session tokens the stack issued, revoked keys, and the `forwarder clients` comma
 from __future__ import annotations
 
 import json
+import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
+from click.testing import CliRunner, Result
 
 from forwarder_local.stack import EmbeddedStack, StackOptions
+from forwarder_local.stores import LocalCredentials
 
 pytestmark = pytest.mark.e2e
 EXPERTSENDER_ONLY = Path(__file__).resolve().parents[2] / "config" / "examples" / "expertsender-only.yaml"
@@ -113,3 +118,140 @@ def test_a_request_signed_for_another_region_is_refused_naming_the_stacks_region
     assert response.json()["code"] == "WRONG_REGION"
     assert "'us-east-1'" in response.json()["message"]
     assert queued(stack) == 0
+
+
+# --- `forwarder clients`: keys issued, listed, revoked; temporary credentials ------------------------------
+
+
+def cli(stack: EmbeddedStack, *args: str, env: dict[str, str] | None = None) -> Result:
+    from forwarder_local.cli import main
+
+    return CliRunner().invoke(main, [*args, "--state-dir", str(stack.options.state_dir)], env=env)
+
+
+def send_contact(stack: EmbeddedStack) -> list[str]:
+    assert stack.gateway is not None
+    return ["send", "contacts", "-g", "demo", "--url", stack.gateway.url, "--set", "email=cli@example.com"]
+
+
+def test_a_key_created_for_a_group_key_signs_at_once_is_listed_without_its_secret_and_revoked_is_refused(
+    stack: EmbeddedStack, logged: list[dict[str, Any]]
+) -> None:
+    # given the running stack and the key it issued at start
+    first = stack.first_client()
+    assert first is not None
+    # when `forwarder clients create --group-key demo` issues another key
+    created = cli(stack, "clients", "create", "--group-key", "demo")
+    assert created.exit_code == 0, created.output
+    access_key = re.search(r"access key id\s+(AKIA\w+)", created.output).group(1)  # type: ignore[union-attr]
+    secret = re.search(r"secret access key\s+(\S+)", created.output).group(1)  # type: ignore[union-attr]
+    assert "client 'demo'" in created.output
+    # then it signs for the demo client at once, no restart (and `forwarder send` finds it by its id)
+    assert signed_post(stack, Credentials(access_key, secret)).status_code == 202
+    sent = cli(stack, *send_contact(stack), "--access-key", access_key)
+    assert sent.output.startswith("202 Accepted"), sent.output
+    # and `clients list` shows it, and the stack's first key, with their client and never a secret
+    listed = cli(stack, "clients", "list", "--group-key", "demo")
+    assert listed.exit_code == 0, listed.output
+    for key_id in (access_key, first[2]):
+        (line,) = [line for line in listed.output.splitlines() if line.startswith(key_id)]
+        assert " demo " in line and "long-term" in line and "active" in line
+    assert secret not in listed.output and first[3] not in listed.output
+
+    # when the key is revoked
+    revoked = cli(stack, "clients", "revoke", access_key)
+    assert revoked.exit_code == 0, revoked.output
+    assert f"revoked {access_key} (client 'demo')" in revoked.output
+    # then the gateway refuses it at once, saying it was revoked; the other key still signs
+    refused = signed_post(stack, Credentials(access_key, secret))
+    assert refused.status_code == 403
+    assert refused.headers["x-amzn-ErrorType"] == "UnrecognizedClientException"
+    assert refused.json()["code"] == "ACCESS_KEY_REVOKED"
+    assert access_key in refused.json()["message"] and secret not in refused.text
+    assert signed_post(stack, Credentials(first[2], first[3])).status_code == 202
+    assert stack.first_client() == first, "the banner's key stays the oldest active one"
+    relisted = cli(stack, "clients", "list")
+    assert re.search(rf"^{access_key} .* revoked since \S+", relisted.output, re.MULTILINE), relisted.output
+    # and the secret was never logged
+    assert all(secret not in json.dumps(line) for line in logged)
+
+
+def test_temporary_credentials_from_clients_session_sign_and_nothing_else_does(stack: EmbeddedStack) -> None:
+    # given temporary credentials from `forwarder clients session` (shell exports, the note on stderr)
+    issued = cli(stack, "clients", "session", "--group-key", "demo", "--duration-seconds", "900")
+    assert issued.exit_code == 0, issued.output
+    exports = dict(re.findall(r"^export (AWS_\w+)=(\S+)$", issued.stdout, re.MULTILINE))
+    key, secret, token = (
+        exports["AWS_ACCESS_KEY_ID"],
+        exports["AWS_SECRET_ACCESS_KEY"],
+        exports["AWS_SESSION_TOKEN"],
+    )
+    assert key.startswith("ASIA")
+    # when they sign a request, then it is accepted
+    assert signed_post(stack, Credentials(key, secret, token)).status_code == 202
+    # and `forwarder send` signs with them from the environment (as after `eval "$(forwarder clients session)"`)
+    sent = cli(stack, *send_contact(stack), env=exports)
+    assert sent.output.startswith("202 Accepted"), sent.output
+    # when the key signs without its token, or with a token the stack never issued, then it is refused
+    missing = signed_post(stack, Credentials(key, secret))
+    assert (missing.status_code, missing.json()["code"]) == (403, "SESSION_TOKEN_MISSING")
+    forged = signed_post(stack, Credentials(key, secret, FORGED_TOKEN))
+    assert (forged.status_code, forged.json()["code"]) == (403, "SESSION_TOKEN_INVALID")
+    assert forged.headers["x-amzn-ErrorType"] == "UnrecognizedClientException"
+    for response in (missing, forged):
+        assert (
+            secret not in response.text and token not in response.text and FORGED_TOKEN not in response.text
+        )
+    # and `clients list` shows them as temporary, issued with the client's key, until when
+    listed = cli(stack, "clients", "list")
+    assert re.search(rf"^{key} .*temporary \(from AKIA\w+\).*active until \S+", listed.output, re.MULTILINE)
+    assert token not in listed.output and secret not in listed.output
+
+
+def test_expired_temporary_credentials_are_refused_over_http(stack: EmbeddedStack) -> None:
+    # given temporary credentials that expired a minute ago (issued 16 minutes ago for 15 minutes)
+    first = stack.first_client()
+    assert first is not None
+    earlier = LocalCredentials(stack.options.state_dir / "credentials.json", clock=lambda: time.time() - 960)
+    session = earlier.create_session(first[2], duration_seconds=900)
+    # when they sign a request, then it is refused as an expired token, saying how to get new ones
+    response = signed_post(
+        stack, Credentials(session.access_key_id, session.secret_access_key, session.session_token)
+    )
+    assert response.status_code == 403
+    assert response.headers["x-amzn-ErrorType"] == "ExpiredTokenException"
+    assert response.json()["code"] == "SESSION_TOKEN_EXPIRED"
+    assert "forwarder clients session" in response.json()["message"]
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["create", "--group-key", "nope"], "group key 'nope' is not in"),
+        (["create", "--group-key", "demo", "--client", "other"], "no client 'other' in"),
+        (["revoke", "AKIANEVERISSUED00000"], "access key AKIANEVERISSUED00000 was not issued here"),
+        (["session"], "give --access-key, or --group-key"),
+    ],
+)
+def test_clients_commands_say_what_to_fix(stack: EmbeddedStack, args: list[str], says: str) -> None:
+    result = cli(stack, "clients", *args)
+    assert result.exit_code != 0
+    assert says in result.output
+
+
+def test_a_group_key_no_client_may_use_is_refused_with_the_config_entry_to_add(tmp_path: Path) -> None:
+    # given a config whose only client may use one of two group keys
+    config = tmp_path / "forwarder.yaml"
+    text = EXPERTSENDER_ONLY.read_text()
+    assert "group_keys:\n  demo:" in text
+    demo = text.split("group_keys:\n  demo:", 1)[1]
+    config.write_text(text + "\n  other:" + demo.split("\n\n", 1)[0].rstrip() + "\n")
+    from forwarder_local.cli import main
+
+    # when a key is asked for the other group key, then the answer shows the client entry to add
+    result = CliRunner().invoke(
+        main,
+        ["clients", "create", "-g", "other", "--config", str(config), "--state-dir", str(tmp_path / "s")],
+    )
+    assert result.exit_code != 0
+    assert "no client in" in result.output and "group_keys: [other]" in result.output
