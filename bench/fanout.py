@@ -47,6 +47,7 @@ def bench_fanout(table: _Table, tmp: Path, records: int, threads: int, timeout_s
             port=0,
             sandbox_port=0,
             poll_window_seconds=0.05,
+            region=REGION,  # the gateway refuses credentials scoped to another region
         )
     ).start()
     try:

@@ -60,6 +60,12 @@ main.add_command(hooks)
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8080, show_default=True, help="the gateway's port")
 @click.option(
+    "--region",
+    default="us-east-1",
+    show_default=True,
+    help="the region the gateway stands in: requests must be signed for it",
+)
+@click.option(
     "--sandbox-port",
     default=8701,
     show_default=True,
@@ -96,6 +102,7 @@ def run(
     state_dir: Path,
     host: str,
     port: int,
+    region: str,
     sandbox_port: int,
     no_sandboxes: bool,
     verbose: bool,
@@ -116,6 +123,7 @@ def run(
         config_path=config_path or DEFAULT_CONFIG,
         host=host,
         port=port,
+        region=region,
         sandbox_port=sandbox_port,
         with_sandboxes=not no_sandboxes,
     )
@@ -138,15 +146,13 @@ def run(
             f"cannot start: {error.strerror} (is another stack running? try --port)"
         ) from None
     assert stack.gateway is not None
-    (state_dir / "stack.json").write_text(
-        json.dumps({"config": str(Path(options.config_path).resolve()), "gateway": stack.gateway.url})
-    )
     counts = {name: stack.store.counts(name) for name in ("ingest", "delivery")}
     pending = sum(count["visible"] + count["in_flight"] + count["delayed"] for count in counts.values())
     click.echo(f"Forwarder embedded stack (state in {state_dir.resolve()})")
     click.echo(
         f"  gateway (SigV4, like API Gateway)  {stack.gateway.url}   POST|DELETE /v1/contacts, POST /v1/events"
     )
+    click.echo(f"  signing                            region {options.region}, service execute-api")
     if stack.config.hooks:
         click.echo(
             f"  {'web-form hooks (no SigV4)':<34} {stack.gateway.url}   POST /v1/hooks/{{hook_id}}: "
@@ -180,6 +186,11 @@ def run(
                 if sandbox_name in stack.sandboxes:
                     path = reads.split()[1]
                     click.echo(f"  curl -s {stack.sandboxes[sandbox_name].url}{path}")
+    else:
+        click.echo(
+            "  no client has an active access key: issue one with "
+            "`.venv/bin/forwarder clients create --group-key GROUP_KEY`"
+        )
     click.echo("Ctrl-C stops the stack; accepted records stay queued and are delivered on the next start.")
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
@@ -394,8 +405,11 @@ def parse_set_value(text: str) -> Any:
 @click.option(
     "--secret-key", help="default: from the embedded stack's state folder, else AWS_SECRET_ACCESS_KEY"
 )
-@click.option("--session-token", envvar="AWS_SESSION_TOKEN")
-@click.option("--region", envvar="AWS_REGION", default="us-east-1", show_default=True)
+@click.option("--session-token", envvar="AWS_SESSION_TOKEN", help="with temporary credentials")
+@click.option(
+    "--region",
+    help="default: the embedded stack's (local URL), else AWS_REGION, else us-east-1",
+)
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_STATE)
 @click.option("--idempotency-key", help="sent as the Idempotency-Key header")
 @click.option(
@@ -428,7 +442,7 @@ def send(
     access_key: str | None,
     secret_key: str | None,
     session_token: str | None,
-    region: str,
+    region: str | None,
     state_dir: Path,
     idempotency_key: str | None,
     config_path: Path | None,
@@ -457,6 +471,11 @@ def send(
     group_key = group_key or document.get("group_key")
     if not group_key:
         raise click.UsageError("give --group-key (or group_key in --file)")
+    host = (urlsplit(url).hostname or "").lower()
+    local = host in ("127.0.0.1", "localhost", "::1") and (state_dir / "credentials.json").exists()
+    if local:
+        region = region or _stack_region(state_dir)
+    region = region or os.environ.get("AWS_REGION") or "us-east-1"
     if via != "api":
         _send_as_producer(
             via,
@@ -472,10 +491,11 @@ def send(
         )
         return
     if not access_key or not secret_key:
-        host = (urlsplit(url).hostname or "").lower()
-        local = host in ("127.0.0.1", "localhost", "::1") and (state_dir / "credentials.json").exists()
-        if not local and os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY"):
-            access_key, secret_key = os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"]
+        env_key, env_secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
+        # Against the local stack, the environment's keys count only if the stack issued them (e.g. from
+        # `eval "$(forwarder clients session ...)"`), never a developer's own AWS keys.
+        if env_key and env_secret and not access_key and (not local or _issued_locally(state_dir, env_key)):
+            access_key, secret_key = env_key, env_secret
         else:
             access_key, secret_key = _local_keys(state_dir, access_key, group_key, config_path)
             session_token = None
@@ -599,26 +619,58 @@ def _stack_config(state_dir: Path) -> Path | None:
         return None
 
 
+def _stack_region(state_dir: Path) -> str | None:
+    """The region the embedded stack in ``state_dir`` signs for (``forwarder run`` records it)."""
+    try:
+        region = json.loads((state_dir / "stack.json").read_text()).get("region")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return region if isinstance(region, str) else None
+
+
+def _issued_locally(state_dir: Path, access_key: str) -> bool:
+    from forwarder_local.stores import LocalCredentials
+
+    return LocalCredentials(state_dir / "credentials.json").lookup(access_key) is not None
+
+
 def _local_keys(
     state_dir: Path, access_key: str | None, group_key: str | None = None, config_path: Path | None = None
 ) -> tuple[str, str]:
-    """A key the embedded stack issued: the one named, else one whose client may use ``group_key``."""
+    """An active long-term key the embedded stack issued: the one named, else one whose client may use
+    ``group_key``."""
+    from forwarder_local.stores import LocalCredentials
+
     path = state_dir / "credentials.json"
-    try:
-        issued = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+    if not path.exists():
         raise click.ClickException(
             f"no credentials: give --access-key/--secret-key, or start the embedded stack (it issues keys in {path})"
-        ) from None
-    if access_key:
-        if access_key in issued:
-            return access_key, issued[access_key]["secret_access_key"]
-        raise click.ClickException(
-            f"access key {access_key} was not issued by the embedded stack; give --secret-key"
         )
-    if not issued:
-        raise click.ClickException(f"{path} holds no keys; start the embedded stack first")
-    candidates = sorted(issued)
+    credentials = LocalCredentials(path)
+    if access_key:
+        issued = credentials.lookup(access_key)
+        if issued is None:
+            raise click.ClickException(
+                f"access key {access_key} was not issued by the embedded stack; give --secret-key"
+            )
+        if issued.temporary:
+            raise click.ClickException(
+                f"access key {access_key} is temporary: give --secret-key and --session-token too"
+            )
+        secret = credentials.secret_for(access_key)
+        if secret is None:
+            raise click.ClickException(f"access key {access_key} was revoked")
+        return access_key, secret
+    users = {
+        key.access_key_id: key.user_arn
+        for key in credentials.issued()
+        if not key.temporary and credentials.secret_for(key.access_key_id) is not None
+    }
+    if not users:
+        raise click.ClickException(
+            f"{path} holds no active key; start the embedded stack, or `forwarder clients create --group-key ...`"
+        )
+    candidates = sorted(users)
     if group_key:
         try:
             from forwarder.config import load_config
@@ -628,18 +680,236 @@ def _local_keys(
             allowed = [
                 key
                 for key in candidates
-                if (client := config.client_for(key, issued[key].get("user_arn")))
-                and client.allows(group_key)
+                if (client := config.client_for(key, users[key])) and client.allows(group_key)
             ]
         except Exception as error:  # no readable config: any issued key; the gateway says if not allowed
             click.echo(f"(could not read the config to pick a key: {type(error).__name__})", err=True)
         else:
             if not allowed:
                 raise click.ClickException(
-                    f"no key issued in {path} belongs to a client allowed to use group key '{group_key}'"
+                    f"no active key in {path} belongs to a client allowed to use group key '{group_key}' "
+                    f"(`forwarder clients create --group-key {group_key}` issues one)"
                 )
             candidates = allowed
-    return candidates[0], issued[candidates[0]]["secret_access_key"]
+    secret = credentials.secret_for(candidates[0])
+    assert secret is not None
+    return candidates[0], secret
+
+
+# --- clients -----------------------------------------------------------------------------------------------
+
+
+@main.group()
+def clients() -> None:
+    """Access keys of the embedded stack's clients: issue, list, revoke, and temporary credentials.
+
+    A client is an entry of the config's `clients`; the stack issues keys to its IAM user principal
+    (arn:aws:iam::ACCOUNT:user/NAME), so the key signs as that client. The gateway reads the keys on every
+    request: a key issued or revoked here counts at once, with no restart."""
+
+
+def _clients_config(state_dir: Path, config_path: Path | None) -> tuple[Any, Path]:
+    from forwarder.config import ConfigError, load_config
+    from forwarder_local.stack import DEFAULT_CONFIG
+
+    path = config_path or _stack_config(state_dir) or DEFAULT_CONFIG
+    try:
+        return load_config(path), path
+    except ConfigError as error:
+        raise click.ClickException("\n".join([f"invalid config {error.source}:", *error.problems])) from None
+
+
+def _client_user(config: Any, config_path: Path, group_key: str, name: str | None) -> tuple[str, str]:
+    """(client name, IAM user ARN) of the config client allowed to use ``group_key`` (``name`` picks one)."""
+    from forwarder_local.stack import issuable_user
+
+    if group_key not in config.group_keys:
+        raise click.ClickException(
+            f"group key '{group_key}' is not in {config_path}; known: {', '.join(sorted(config.group_keys))}"
+        )
+    allowed = [client for client in config.clients if client.allows(group_key)]
+    if name is not None:
+        chosen = next((client for client in config.clients if client.name == name), None)
+        if chosen is None:
+            raise click.ClickException(f"no client '{name}' in {config_path}")
+        if chosen not in allowed:
+            raise click.ClickException(
+                f"client '{name}' may not use group key '{group_key}': add it to the client's group_keys "
+                f"in {config_path} (and restart the stack)"
+            )
+    elif not allowed:
+        raise click.ClickException(
+            f"no client in {config_path} may use group key '{group_key}': add one to its clients, e.g.\n"
+            f"  - name: {group_key}-producer\n"
+            f"    principals: [arn:aws:iam::000000000000:user/{group_key}-producer]\n"
+            f"    group_keys: [{group_key}]\n"
+            "and restart the stack"
+        )
+    elif len(allowed) > 1:
+        names = ", ".join(f"'{client.name}'" for client in allowed)
+        raise click.ClickException(f"clients {names} may use group key '{group_key}': pick one with --client")
+    else:
+        chosen = allowed[0]
+    user = next((principal for principal in chosen.principals if issuable_user(principal)), None)
+    if user is None:
+        raise click.ClickException(
+            f"client '{chosen.name}' has no IAM user principal to issue a key to: add one such as "
+            f"arn:aws:iam::000000000000:user/{chosen.name} to its principals in {config_path} "
+            "(and restart the stack)"
+        )
+    return chosen.name, user
+
+
+def _state_option(function: Any) -> Any:
+    return click.option(
+        "--state-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=DEFAULT_STATE,
+        help="the embedded stack's state folder (its keys are in credentials.json there)",
+    )(function)
+
+
+def _config_option(function: Any) -> Any:
+    return click.option(
+        "--config",
+        "config_path",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        default=None,
+        help="config document (default: the one the stack runs, else config/forwarder.yaml)",
+    )(function)
+
+
+@clients.command("create")
+@click.option("--group-key", "-g", required=True, help="the group key the key is for")
+@click.option("--client", "client_name", help="the config client (when several may use the group key)")
+@_state_option
+@_config_option
+def clients_create(
+    group_key: str, client_name: str | None, state_dir: Path, config_path: Path | None
+) -> None:
+    """Issue a new access key to the client allowed to use GROUP_KEY. The secret is shown once."""
+    from forwarder_local.stores import LocalCredentials
+
+    config, path = _clients_config(state_dir, config_path)
+    name, user = _client_user(config, path, group_key, client_name)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    access_key, secret = LocalCredentials(state_dir / "credentials.json").create_key(user)
+    region = _stack_region(state_dir) or "us-east-1"
+    click.echo(f"issued a new access key to client '{name}' ({user}), allowed group key '{group_key}':")
+    click.echo(f"  access key id      {access_key}")
+    click.echo(f"  secret access key  {secret}")
+    click.echo("The secret is shown only now (`forwarder clients list` never shows it). Sign with SigV4 for")
+    click.echo(
+        f"region {region}, service execute-api; or let `forwarder send --access-key {access_key}` sign."
+    )
+
+
+@clients.command("list")
+@click.option("--group-key", "-g", help="only keys of clients allowed to use this group key")
+@_state_option
+@_config_option
+def clients_list(group_key: str | None, state_dir: Path, config_path: Path | None) -> None:
+    """List the issued access keys (never a secret): client, user, kind, state."""
+    from forwarder_local.stores import LocalCredentials
+
+    config, _ = _clients_config(state_dir, config_path)
+    now = time.time()
+    rows = []
+    for key in LocalCredentials(state_dir / "credentials.json").issued():
+        client = config.client_for(key.access_key_id, key.user_arn)
+        if group_key is not None and (client is None or not client.allows(group_key)):
+            continue
+        kind = f"temporary (from {key.issued_from})" if key.temporary else "long-term"
+        state = key.state(now)
+        when = {"revoked": key.revoked_at, "expired": key.expires_at, "active": key.expires_at}[state]
+        if when:
+            state = f"{state} {'until' if state == 'active' else 'since'} {when}"
+        owner = client.name if client else "(no client)"
+        rows.append((key.access_key_id, owner, key.user_arn, kind, state, key.created_at or ""))
+    if not rows:
+        click.echo(
+            "no access keys" + (f" of clients allowed to use group key '{group_key}'" if group_key else "")
+        )
+        return
+    header = ("ACCESS KEY ID", "CLIENT", "USER", "KIND", "STATE", "CREATED")
+    widths = [max(len(row[index]) for row in [header, *rows]) for index in range(len(header))]
+    for row in [header, *rows]:
+        click.echo("  ".join(value.ljust(width) for value, width in zip(row, widths, strict=True)).rstrip())
+
+
+@clients.command("revoke")
+@click.argument("access_key")
+@_state_option
+@_config_option
+def clients_revoke(access_key: str, state_dir: Path, config_path: Path | None) -> None:
+    """Revoke ACCESS_KEY (and the temporary credentials issued with it): the gateway refuses it at once."""
+    from forwarder_local.stores import CredentialsError, LocalCredentials
+
+    credentials = LocalCredentials(state_dir / "credentials.json")
+    try:
+        revoked = credentials.revoke(access_key)
+    except CredentialsError as error:
+        raise click.ClickException(f"{error} ({state_dir / 'credentials.json'})") from None
+    issued = credentials.lookup(access_key)
+    config, _ = _clients_config(state_dir, config_path)
+    client = config.client_for(access_key, issued.user_arn if issued else None)
+    owner = f"client '{client.name}'" if client else "no client"
+    click.echo(f"revoked {access_key} ({owner}); the gateway refuses it from now on")
+    if len(revoked) > 1:
+        click.echo(f"and the temporary credentials issued with it: {', '.join(revoked[1:])}")
+
+
+@clients.command("session")
+@click.option("--access-key", help="the long-term key to issue them with (default: the client's first)")
+@click.option("--group-key", "-g", help="pick the client allowed to use this group key")
+@click.option("--client", "client_name", help="the config client (when several may use the group key)")
+@click.option(
+    "--duration-seconds",
+    type=click.IntRange(900, 129_600),
+    default=43_200,
+    show_default=True,
+    help="how long they are valid (STS GetSessionToken's range: 15 minutes to 36 hours)",
+)
+@_state_option
+@_config_option
+def clients_session(
+    access_key: str | None,
+    group_key: str | None,
+    client_name: str | None,
+    duration_seconds: int,
+    state_dir: Path,
+    config_path: Path | None,
+) -> None:
+    """Issue temporary credentials (access key id, secret, session token, expiry), as STS GetSessionToken does.
+
+    Prints shell exports, so `eval "$(forwarder clients session -g demo)"` lets `forwarder send`, the AWS
+    SDKs and curl's aws-sigv4 sign with them."""
+    from forwarder_local.stores import CredentialsError, LocalCredentials
+
+    credentials = LocalCredentials(state_dir / "credentials.json")
+    if access_key is None:
+        if group_key is None:
+            raise click.UsageError("give --access-key, or --group-key to use its client's key")
+        config, path = _clients_config(state_dir, config_path)
+        name, user = _client_user(config, path, group_key, client_name)
+        found = credentials.for_user(user)
+        if found is None:
+            raise click.ClickException(
+                f"client '{name}' has no active access key: `forwarder clients create --group-key {group_key}`"
+            )
+        access_key = found[0]
+    try:
+        session = credentials.create_session(access_key, duration_seconds)
+    except CredentialsError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(
+        f"temporary credentials issued with {access_key}, valid until {session.expires_at}, shown only now; "
+        f"sign for region {_stack_region(state_dir) or 'us-east-1'}, service execute-api:",
+        err=True,
+    )
+    click.echo(f"export AWS_ACCESS_KEY_ID={session.access_key_id}")
+    click.echo(f"export AWS_SECRET_ACCESS_KEY={session.secret_access_key}")
+    click.echo(f"export AWS_SESSION_TOKEN={session.session_token}")
 
 
 # --- config ------------------------------------------------------------------------------------------------

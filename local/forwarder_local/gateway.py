@@ -1,7 +1,8 @@
-"""A local API Gateway (REST, AWS_IAM): verifies SigV4 as API Gateway does, turns each request into a REST
-proxy event with the caller's identity in ``requestContext.identity`` and invokes the ingest handler.
-Web-form hooks (``POST|OPTIONS /v1/hooks/{hook_id}``) are served without SigV4, as their API Gateway
-methods have no authorisation: the handler checks their token or signature."""
+"""A local API Gateway (REST, AWS_IAM): authenticates SigV4 as API Gateway does (``authorizer.py``), turns
+each request into a REST proxy event with the caller's identity in ``requestContext.identity`` and invokes the
+ingest handler. A refusal is a 403 with API Gateway's ``{"message"}`` and ``x-amzn-ErrorType``, plus a stable
+``code``. Web-form hooks (``POST|OPTIONS /v1/hooks/{hook_id}``) are served without SigV4, as their API
+Gateway methods have no authorisation: the handler checks their token or signature."""
 
 from __future__ import annotations
 
@@ -17,9 +18,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from forwarder.auth.sigv4 import SignatureError, verify
+from forwarder.auth.sigv4 import SignatureError
 from forwarder.contract import ROUTES
 from forwarder.hooks import HOOK_METHODS, HOOK_RESOURCE, hook_id_of
+from forwarder_local.authorizer import IamAuthorizer
 from forwarder_local.poller import LambdaContext
 
 ACCOUNT_ID = "000000000000"
@@ -113,15 +115,13 @@ class LocalGateway:
     def __init__(
         self,
         handler: Handler,
-        lookup_secret: Callable[[str], str | None],
-        lookup_user: Callable[[str], str | None],
+        authorizer: IamAuthorizer,
         host: str = "127.0.0.1",
         port: int = 0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.handler = handler
-        self.lookup_secret = lookup_secret
-        self.lookup_user = lookup_user
+        self.authorizer = authorizer
         self.clock = clock
         gateway = self
 
@@ -219,28 +219,28 @@ class LocalGateway:
             self._invoke(request, request_id, split.path, split.query, headers, body, None, None, hook_id)
             return
         try:
-            caller = verify(
+            caller = self.authorizer.authenticate(
                 method=request.command,
                 raw_path=split.path,
                 raw_query=split.query,
                 headers=headers,
                 body=body,
-                lookup_secret=self.lookup_secret,
                 now=datetime.fromtimestamp(self.clock(), UTC),
             )
         except SignatureError as error:
-            self._reply(request, error.status, {"message": error.message}, error.error_type)
+            self._reply(
+                request, error.status, {"message": error.message, "code": error.code}, error.error_type
+            )
             return
         if route not in ROUTES:
             # API Gateway answers an unknown resource or method this way, signed or not.
             self._reply(
                 request,
                 403,
-                {"message": "Missing Authentication Token"},
+                {"message": "Missing Authentication Token", "code": "MISSING_AUTHENTICATION_TOKEN"},
                 "MissingAuthenticationTokenException",
             )
             return
-        access_key = caller.access_key_id
         self._invoke(
             request,
             request_id,
@@ -248,8 +248,8 @@ class LocalGateway:
             split.query,
             headers,
             body,
-            access_key,
-            self.lookup_user(access_key),
+            caller.access_key,
+            caller.user_arn,
             None,
         )
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import importlib.util
+import json
 import os
 import secrets as random_secrets
 import threading
@@ -27,6 +28,7 @@ from forwarder import runtime
 from forwarder.config import ForwarderConfig, load_config
 from forwarder.ports.secrets import SecretStoreError
 from forwarder.runtime import RuntimeSettings, Services
+from forwarder_local.authorizer import IamAuthorizer
 from forwarder_local.eventbus import EVENTS_QUEUE, PRODUCER_QUEUE, LocalEventBus
 from forwarder_local.gateway import LocalGateway
 from forwarder_local.idempotency import SqliteIdempotencyLayer
@@ -84,6 +86,11 @@ QUEUES = (
 )
 
 
+def issuable_user(principal: str) -> bool:
+    """Whether a config principal is an IAM user, to whom the embedded stack issues access keys."""
+    return principal.startswith("arn:aws:iam::") and ":user/" in principal
+
+
 class StateInUse(RuntimeError):
     """Another stack holds the state folder: its queues' in-flight messages belong to it."""
 
@@ -105,6 +112,8 @@ class StackOptions:
     config_path: Path = DEFAULT_CONFIG
     host: str = "127.0.0.1"
     port: int = 8080
+    #: the region the gateway stands in: credentials must be scoped to it, as API Gateway's are to its own
+    region: str = "us-east-1"
     sandbox_port: int = 8701  # ExpertSender; DM Hub and CareCloud on the next two ports (0: any free ports)
     with_sandboxes: bool = True
     retry_base_seconds: float = 2.0
@@ -232,13 +241,22 @@ class EmbeddedStack:
             poller.start()
         self.gateway = LocalGateway(
             ingest,
-            self.credentials.secret_for,
-            self.credentials.user_arn,
+            IamAuthorizer(self.credentials, self.options.region),
             host=self.options.host,
             port=self.options.port,
         ).start()
         self._scheduler = threading.Thread(target=self._schedule_refresh, name="refresh-tokens", daemon=True)
         self._scheduler.start()
+        # What `forwarder send` and `forwarder clients` read to reach this stack: its config, URL and region.
+        (self.options.state_dir / "stack.json").write_text(
+            json.dumps(
+                {
+                    "config": str(Path(self.options.config_path).resolve()),
+                    "gateway": self.gateway.url,
+                    "region": self.options.region,
+                }
+            )
+        )
         return self
 
     def stop(self) -> None:
@@ -351,7 +369,7 @@ class EmbeddedStack:
     def _issue_caller_keys(self) -> None:
         for client in self.config.clients:
             for principal in client.principals:
-                if principal.startswith("arn:aws:iam::") and ":user/" in principal:
+                if issuable_user(principal):
                     self.credentials.ensure(principal)
 
     def _schedule_refresh(self) -> None:

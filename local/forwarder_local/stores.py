@@ -1,14 +1,22 @@
 """Embedded adapters for the ports: queues on the durable local store, a local secret store, and the
-local IAM stand-in that issues callers' access keys (what an AWS account holds, kept in the state folder)."""
+local IAM / STS stand-in that issues callers' access keys and temporary credentials (what an AWS account
+holds, kept in the state folder)."""
 
 from __future__ import annotations
 
+import copy
+import fcntl
+import hashlib
+import hmac
 import json
 import os
 import secrets as random_secrets
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -89,10 +97,20 @@ class _JsonFile:
         return document
 
     def update(self, key: str, value: Any) -> None:
-        with self._lock:
-            document = dict(self.read())
+        def put(document: dict[str, Any]) -> None:
             document[key] = value
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+
+        self.modify(put)
+
+    def modify(self, change: Callable[[dict[str, Any]], Any]) -> None:
+        """Apply ``change`` to a copy of the document and write it, as one step for every thread and every
+        process using the file (the CLI issues keys while the stack reads them)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(self.path.with_suffix(".lock"), os.O_WRONLY | os.O_CREAT, 0o600)
+        with self._lock, os.fdopen(descriptor, "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            document = copy.deepcopy(self.read())
+            change(document)
             temporary = self.path.with_suffix(".tmp")
             descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
@@ -123,36 +141,243 @@ class LocalSecretStore(SecretsPort):
         return sorted(self._file.read())
 
 
-class LocalCredentials:
-    """Callers' SigV4 credentials: access key id -> secret key and the IAM user it belongs to."""
+class CredentialsError(ValueError):
+    """An access key cannot be issued or revoked as asked; the message says why (never a secret)."""
 
-    def __init__(self, path: str | Path) -> None:
+
+#: STS GetSessionToken's limits and default for ``DurationSeconds`` (15 minutes to 36 hours, 12 hours).
+SESSION_MIN_SECONDS, SESSION_MAX_SECONDS, SESSION_DEFAULT_SECONDS = 900, 129_600, 43_200
+#: How long an expired temporary credential stays on file, refused as expired, before it is dropped.
+_EXPIRED_KEPT_SECONDS = 86_400
+_KEY_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+
+
+def _iso(moment: float) -> str:
+    return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _iso_ms(moment: float) -> str:
+    """A moment to the millisecond: keys issued within one second still sort by when they were issued."""
+    return datetime.fromtimestamp(moment, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _epoch(text: str) -> float:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
+
+
+def _token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    """An access key the embedded IAM / STS issued, as it may be shown: never its secret or session token."""
+
+    access_key_id: str
+    user_arn: str
+    created_at: str | None
+    #: issued by ``forwarder clients session`` (an ``ASIA`` key with a session token and an expiry)
+    temporary: bool = False
+    expires_at: str | None = None
+    #: the long-term key a temporary one was issued with
+    issued_from: str | None = None
+    revoked_at: str | None = None
+
+    def state(self, now: float) -> str:
+        """``active``, ``revoked`` or ``expired``."""
+        if self.revoked_at:
+            return "revoked"
+        if self.expires_at and now >= _epoch(self.expires_at):
+            return "expired"
+        return "active"
+
+
+@dataclass(frozen=True)
+class SessionCredentials:
+    """Temporary credentials, as STS GetSessionToken returns them (shown once, never stored in clear)."""
+
+    access_key_id: str
+    secret_access_key: str
+    session_token: str
+    expires_at: str
+    issued_from: str
+
+
+class LocalCredentials:
+    """Callers' SigV4 credentials, the embedded stand-in of IAM access keys and STS GetSessionToken.
+
+    ``credentials.json`` (mode 0600) maps each access key id to its secret and the IAM user it belongs to;
+    a temporary key (``ASIA...``) also holds the SHA-256 of its session token, its expiry and the long-term
+    key it was issued with. A revoked key keeps its entry (so the gateway can say it was revoked) without
+    its secret. The gateway reads the file on every request, so a key issued or revoked by the CLI counts
+    at once, with no restart."""
+
+    def __init__(self, path: str | Path, clock: Callable[[], float] = time.time) -> None:
         self._file = _JsonFile(Path(path))
+        self._clock = clock
+
+    # --- what the gateway reads ---------------------------------------------------------------------------
+
+    def _entry(self, access_key_id: str) -> dict[str, Any] | None:
+        entry = self._file.read().get(access_key_id)
+        return entry if isinstance(entry, dict) else None
 
     def secret_for(self, access_key_id: str) -> str | None:
-        entry = self._file.read().get(access_key_id)
-        return str(entry["secret_access_key"]) if isinstance(entry, dict) else None
+        """The secret of a key that is not revoked (an expired temporary key's too: the gateway then says
+        it expired, rather than that it does not exist)."""
+        entry = self._entry(access_key_id)
+        if entry is None or entry.get("revoked_at") or "secret_access_key" not in entry:
+            return None
+        return str(entry["secret_access_key"])
 
     def user_arn(self, access_key_id: str) -> str | None:
-        entry = self._file.read().get(access_key_id)
-        return str(entry["user_arn"]) if isinstance(entry, dict) else None
+        entry = self._entry(access_key_id)
+        return str(entry["user_arn"]) if entry is not None else None
+
+    def lookup(self, access_key_id: str) -> IssuedKey | None:
+        entry = self._entry(access_key_id)
+        return _issued(access_key_id, entry) if entry is not None else None
+
+    def session_token_matches(self, access_key_id: str, session_token: str) -> bool:
+        """Whether ``session_token`` is the one issued with this temporary key."""
+        entry = self._entry(access_key_id)
+        digest = entry.get("session_token_sha256") if entry is not None else None
+        return isinstance(digest, str) and hmac.compare_digest(digest, _token_digest(session_token))
+
+    def issued(self) -> list[IssuedKey]:
+        """Every key on file, revoked and expired ones included, in access key id order."""
+        return [
+            _issued(key, entry) for key, entry in sorted(self._file.read().items()) if isinstance(entry, dict)
+        ]
 
     def for_user(self, user_arn: str) -> tuple[str, str] | None:
-        for access_key_id, entry in self._file.read().items():
-            if isinstance(entry, dict) and entry.get("user_arn") == user_arn:
+        """The user's oldest active long-term key and its secret."""
+        entries = sorted(self._file.read().items(), key=lambda item: (_created(item[1]), item[0]))
+        for access_key_id, entry in entries:
+            if (
+                isinstance(entry, dict)
+                and entry.get("user_arn") == user_arn
+                and not entry.get("revoked_at")
+                and not entry.get("session_token_sha256")
+                and "secret_access_key" in entry
+            ):
                 return access_key_id, str(entry["secret_access_key"])
         return None
 
-    def ensure(self, user_arn: str) -> tuple[str, str]:
-        """The user's access key, issuing one (like ``aws iam create-access-key``) when it has none."""
+    # --- what the stack and the CLI change ----------------------------------------------------------------
+
+    def ensure(self, user_arn: str) -> tuple[str, str] | None:
+        """The user's access key, issuing one (like ``aws iam create-access-key``) when the user never had
+        one here. A user whose keys were all revoked gets none: ``forwarder clients create`` issues a new one."""
         existing = self.for_user(user_arn)
         if existing:
             return existing
-        alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
-        access_key_id = "AKIA" + "".join(random_secrets.choice(alphabet) for _ in range(16))
+        if any(key.user_arn == user_arn and not key.temporary for key in self.issued()):
+            return None  # every key of the user was revoked: it stays so
+        return self.create_key(user_arn)
+
+    def create_key(self, user_arn: str) -> tuple[str, str]:
+        """A new long-term access key (``AKIA...``) and its secret for the IAM user ``user_arn``."""
+        access_key_id = self._new_key_id("AKIA")
         secret_access_key = random_secrets.token_urlsafe(30)[:40]
-        self._file.update(access_key_id, {"secret_access_key": secret_access_key, "user_arn": user_arn})
+        self._file.update(
+            access_key_id,
+            {
+                "secret_access_key": secret_access_key,
+                "user_arn": user_arn,
+                "created_at": _iso_ms(self._clock()),
+            },
+        )
         return access_key_id, secret_access_key
+
+    def create_session(
+        self, access_key_id: str, duration_seconds: int = SESSION_DEFAULT_SECONDS
+    ) -> SessionCredentials:
+        """Temporary credentials for the user of the active long-term key ``access_key_id``, valid
+        ``duration_seconds``, as STS GetSessionToken issues them."""
+        parent = self.lookup(access_key_id)
+        now = self._clock()
+        if parent is None:
+            raise CredentialsError(f"access key {access_key_id} was not issued here")
+        if parent.temporary:
+            raise CredentialsError(
+                f"access key {access_key_id} is temporary: temporary credentials are issued with a long-term key"
+            )
+        if parent.state(now) != "active":
+            raise CredentialsError(f"access key {access_key_id} is {parent.state(now)}")
+        if duration_seconds <= 0:
+            raise CredentialsError("the duration must be positive")
+        session = SessionCredentials(
+            access_key_id=self._new_key_id("ASIA"),
+            secret_access_key=random_secrets.token_urlsafe(30)[:40],
+            session_token=random_secrets.token_urlsafe(96),
+            expires_at=_iso(now + duration_seconds),
+            issued_from=access_key_id,
+        )
+
+        def add(document: dict[str, Any]) -> None:
+            for key, entry in list(document.items()):  # long-expired temporary keys are dropped
+                expires = entry.get("expires_at") if isinstance(entry, dict) else None
+                if isinstance(expires, str) and now - _epoch(expires) > _EXPIRED_KEPT_SECONDS:
+                    del document[key]
+            document[session.access_key_id] = {
+                "secret_access_key": session.secret_access_key,
+                "user_arn": parent.user_arn,
+                "created_at": _iso_ms(now),
+                "session_token_sha256": _token_digest(session.session_token),
+                "expires_at": session.expires_at,
+                "issued_from": access_key_id,
+            }
+
+        self._file.modify(add)
+        return session
+
+    def revoke(self, access_key_id: str) -> list[str]:
+        """Revoke a key and the temporary keys issued with it; returns the keys revoked, ``access_key_id``
+        first. Their secrets are wiped from the file; their entries stay, marked revoked."""
+        revoked: list[str] = []
+
+        def mark(document: dict[str, Any]) -> None:
+            entry = document.get(access_key_id)
+            if not isinstance(entry, dict):
+                raise CredentialsError(f"access key {access_key_id} was not issued here")
+            if entry.get("revoked_at"):
+                raise CredentialsError(f"access key {access_key_id} is revoked already")
+            moment = _iso_ms(self._clock())
+            for key, item in document.items():
+                covered = key == access_key_id or (
+                    isinstance(item, dict) and item.get("issued_from") == access_key_id
+                )
+                if covered and isinstance(item, dict) and not item.get("revoked_at"):
+                    item.pop("secret_access_key", None)
+                    item["revoked_at"] = moment
+                    revoked.append(key)
+            revoked.sort(key=lambda key: key != access_key_id)
+
+        self._file.modify(mark)
+        return revoked
+
+    def _new_key_id(self, prefix: str) -> str:
+        while True:
+            key = prefix + "".join(random_secrets.choice(_KEY_ALPHABET) for _ in range(16))
+            if self._entry(key) is None:
+                return key
+
+
+def _created(entry: Any) -> str:
+    return str(entry.get("created_at") or "") if isinstance(entry, dict) else ""
+
+
+def _issued(access_key_id: str, entry: dict[str, Any]) -> IssuedKey:
+    return IssuedKey(
+        access_key_id=access_key_id,
+        user_arn=str(entry.get("user_arn", "")),
+        created_at=entry.get("created_at"),
+        temporary="session_token_sha256" in entry,
+        expires_at=entry.get("expires_at"),
+        issued_from=entry.get("issued_from"),
+        revoked_at=entry.get("revoked_at"),
+    )
 
 
 class LocalDeletionLedger(DeletionLedger):

@@ -115,7 +115,7 @@ def test_botocore_signed_request_is_accepted(stack: EmbeddedStack, client: tuple
     request = AWSRequest(
         "POST", stack.gateway.url + "/v1/contacts", data=body, headers={"Content-Type": "application/json"}
     )
-    SigV4Auth(Credentials(access_key, secret_key), "execute-api", "eu-west-1").add_auth(request)
+    SigV4Auth(Credentials(access_key, secret_key), "execute-api", stack.options.region).add_auth(request)
     response = requests.post(request.url, data=body, headers=dict(request.headers), timeout=10)
     assert response.status_code == 202, response.text
 

@@ -25,11 +25,12 @@ from hypothesis import strategies as st
 from forwarder import runtime
 from forwarder.contract import MAX_ATTRIBUTE_NAME, MAX_ATTRIBUTES, MAX_LIST_ITEMS, MAX_VALUE_CHARS
 from forwarder.runtime import RuntimeSettings, Services
+from forwarder_local.authorizer import IamAuthorizer
 from forwarder_local.gateway import LocalGateway
 from forwarder_local.poller import LambdaContext
 from forwarder_local.queue import DurableQueueStore
 from forwarder_local.stack import QUEUES, load_handler
-from forwarder_local.stores import EmbeddedQueues, LocalSecretStore
+from forwarder_local.stores import EmbeddedQueues, LocalCredentials, LocalSecretStore
 from tests.conftest import REPO_ROOT, load_event
 
 EXPERTSENDER_ONLY = REPO_ROOT / "config" / "examples" / "expertsender-only.yaml"
@@ -304,7 +305,6 @@ def test_no_bytes_and_headers_get_a_5xx(
 
 # --- through the embedded gateway, signed, with random headers ---------------------------------------------
 
-ACCESS_KEY, SECRET_KEY = "AKIDFRONTDOOR0000000", "front-door-secret"
 DEMO_ARN = "arn:aws:iam::000000000000:user/forwarder-demo"
 _header_names = st.text(alphabet="abcdefghijklmnopqrstuvwxyz-", min_size=1, max_size=20).filter(
     lambda name: (
@@ -319,9 +319,11 @@ _header_values = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=
 
 
 @pytest.fixture
-def gateway(door: Door) -> Iterator[LocalGateway]:
-    running = LocalGateway(door.handler, {ACCESS_KEY: SECRET_KEY}.get, {ACCESS_KEY: DEMO_ARN}.get).start()
-    yield running
+def gateway(door: Door, tmp_path: Path) -> Iterator[tuple[LocalGateway, str, str]]:
+    credentials = LocalCredentials(tmp_path / "credentials.json")
+    access_key, secret_key = credentials.create_key(DEMO_ARN)
+    running = LocalGateway(door.handler, IamAuthorizer(credentials, "us-east-1")).start()
+    yield running, access_key, secret_key
     running.stop()
 
 
@@ -335,17 +337,18 @@ def gateway(door: Door) -> Iterator[LocalGateway]:
     ),
 )
 def test_signed_requests_with_random_headers_and_bodies_never_get_a_5xx(
-    door: Door, gateway: LocalGateway, raw: bytes, headers: dict[str, str], content_type: str
+    door: Door, gateway: tuple[LocalGateway, str, str], raw: bytes, headers: dict[str, str], content_type: str
 ) -> None:
+    running, access_key, secret_key = gateway
     signed = AWSRequest(
         method="POST",
-        url=gateway.url + "/v1/contacts",
+        url=running.url + "/v1/contacts",
         data=raw,
         headers={**headers, "Content-Type": content_type},
     )
-    SigV4Auth(Credentials(ACCESS_KEY, SECRET_KEY), "execute-api", "us-east-1").add_auth(signed)
+    SigV4Auth(Credentials(access_key, secret_key), "execute-api", "us-east-1").add_auth(signed)
     response = requests.post(
-        gateway.url + "/v1/contacts", data=raw, headers=dict(signed.headers.items()), timeout=10
+        running.url + "/v1/contacts", data=raw, headers=dict(signed.headers.items()), timeout=10
     )
     assert response.status_code < 500, response.text
     if response.status_code == 202:

@@ -115,6 +115,37 @@ def test_ingest_refuses_a_caller_not_allowed_for_the_group_key(world: World) -> 
     assert json.loads(response["body"])["code"] == "ACCESS_DENIED"
 
 
+def test_ingest_accepts_a_session_of_a_role_the_client_lists(world: World) -> None:
+    # given a client whose principals list the role arn:aws:iam::000000000000:role/service/forwarder-producer,
+    # and API Gateway's event for a producer running with that role: identity.userArn is the assumed-role
+    # session (arn:aws:sts::000000000000:assumed-role/forwarder-producer/orders-service), with no path
+    event = load_event("api_post_contacts_assumed_role.json")
+    assert ":assumed-role/forwarder-producer/" in event["requestContext"]["identity"]["userArn"]
+    # when ingest handles it, then it is accepted and queued for the role's client
+    response = invoke("ingest", event)
+    assert response["statusCode"] == 202, response["body"]
+    [queued] = world.bodies("ingest")
+    assert queued["client"] == "demo"
+    assert queued["request_id"] == json.loads(response["body"])["request_id"]
+
+
+@pytest.mark.parametrize(
+    "user_arn",
+    [
+        "arn:aws:sts::123456789012:assumed-role/forwarder-producer/orders-service",  # another account
+        "arn:aws:sts::000000000000:assumed-role/forwarder-consumer/orders-service",  # another role
+    ],
+    ids=["other-account", "other-role"],
+)
+def test_ingest_refuses_a_session_of_a_role_no_client_lists(world: World, user_arn: str) -> None:
+    event = load_event("api_post_contacts_assumed_role.json")
+    event["requestContext"]["identity"]["userArn"] = user_arn
+    response = invoke("ingest", event)
+    assert response["statusCode"] == 403
+    assert json.loads(response["body"])["code"] == "ACCESS_DENIED"
+    assert world.bodies("ingest") == []
+
+
 def test_validate_emits_a_delivery_and_rejects_the_unmappable_record(world: World) -> None:
     response = invoke("validate", load_event("sqs_ingest.json"))
     assert response == {"batchItemFailures": []}

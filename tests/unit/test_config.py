@@ -356,6 +356,78 @@ def test_a_principal_shared_by_two_clients_is_refused() -> None:
     assert "belongs to both 'backend' and 'ops'" in problem
 
 
+@pytest.mark.parametrize(
+    ("role", "caller", "matches"),
+    [
+        (
+            "arn:aws:iam::123456789012:role/Producer",
+            "arn:aws:sts::123456789012:assumed-role/Producer/orders",
+            True,
+        ),
+        (
+            "arn:aws:iam::123456789012:role/service/team/Producer",
+            "arn:aws:sts::123456789012:assumed-role/Producer/i-0abc123",
+            True,
+        ),
+        (
+            "arn:aws-cn:iam::123456789012:role/Producer",
+            "arn:aws-cn:sts::123456789012:assumed-role/Producer/orders",
+            True,
+        ),
+        (
+            "arn:aws:iam::123456789012:role/Producer",
+            "arn:aws:sts::210987654321:assumed-role/Producer/orders",
+            False,
+        ),
+        (
+            "arn:aws:iam::123456789012:role/Producer",
+            "arn:aws:sts::123456789012:assumed-role/Producer2/orders",
+            False,
+        ),
+        (
+            "arn:aws:iam::123456789012:role/Producer",
+            "arn:aws-cn:sts::123456789012:assumed-role/Producer/orders",
+            False,
+        ),
+        ("arn:aws:iam::123456789012:role/Producer", "arn:aws:iam::123456789012:user/Producer", False),
+        (
+            "arn:aws:iam::123456789012:user/Producer",
+            "arn:aws:sts::123456789012:assumed-role/Producer/orders",
+            False,
+        ),
+    ],
+    ids=[
+        "same-role",
+        "role-with-a-path",
+        "china-partition",
+        "other-account",
+        "other-name",
+        "other-partition",
+        "a-user-is-not-a-session",
+        "a-user-is-not-a-role",
+    ],
+)
+def test_an_assumed_role_session_is_the_client_of_its_role(role: str, caller: str, matches: bool) -> None:
+    # given a client whose principal is an IAM role (or a user), as configured
+    config = load_config_text(CLIENTS.replace("arn:aws:iam::123456789012:role/ops", role))
+    # when a caller signs as a session of a role (API Gateway's identity.userArn)
+    found = config.client_for("ASIAEXAMPLESESSION01", caller)
+    # then it is the role's client when partition, account and role name match (the session ARN has no path)
+    assert (found.name if found else None) == ("ops" if matches else None)
+
+
+def test_two_clients_with_roles_their_sessions_cannot_tell_apart_are_refused() -> None:
+    # given two clients with roles of one name in one account, on different paths
+    team_ops = '"arn:aws:iam::123456789012:role/team/ops"'
+    text = CLIENTS.replace(
+        "principals: [AKIAEXAMPLEBACKEND01,", f"principals: [{team_ops}, AKIAEXAMPLEBACKEND01,"
+    )
+    # when the config is checked, then it is refused where the second one is named
+    (problem,) = problems_of(text)
+    assert problem.startswith("clients[1].principals[0] ")
+    assert "have the same name in one account" in problem
+
+
 def test_matching_by_a_field_no_mapping_fills_is_refused(example_text: str) -> None:
     text = edit(example_text, "match_by: Email", "match_by: CrmId")
     text = edit(text, "            - {kind: string, from: crm_id, to: crmId, transforms: [string]}\n", "")

@@ -19,9 +19,16 @@ def refuse_everything(event: dict[str, Any], context: Any) -> dict[str, Any]:
     raise AssertionError("the handler must not be reached")
 
 
+class NeverAsked:
+    """An authorizer the gateway must not reach: these requests are refused before authentication."""
+
+    def authenticate(self, **request: Any) -> Any:
+        raise AssertionError("the request must be refused before it is authenticated")
+
+
 @pytest.fixture
 def gateway() -> Iterator[LocalGateway]:
-    running = LocalGateway(refuse_everything, lambda key: None, lambda key: None).start()
+    running = LocalGateway(refuse_everything, NeverAsked()).start()  # type: ignore[arg-type]
     yield running
     running.stop()
 
@@ -91,10 +98,11 @@ def test_a_body_over_api_gateways_limit_is_refused_with_413(gateway: LocalGatewa
 def test_a_failure_of_the_gateway_itself_is_logged_with_a_request_id_and_answered_500(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    def broken_lookup(key: str) -> str | None:
-        raise RuntimeError("credential store broke")
+    class Broken:
+        def authenticate(self, **request: Any) -> Any:
+            raise RuntimeError("credential store broke")
 
-    running = LocalGateway(refuse_everything, broken_lookup, lambda key: None).start()
+    running = LocalGateway(refuse_everything, Broken()).start()  # type: ignore[arg-type]
     try:
         now = datetime.now(UTC)
         head = request_head(

@@ -260,8 +260,10 @@ def test_request_for_another_region_is_refused_when_region_is_pinned() -> None:
     refused = refusal(wire, region=REGION)
 
     # then it is refused
-    assert refused.error_type == "InvalidSignatureException"
-    assert refused.message == "Credential should be scoped to a valid region, not 'us-east-1'."
+    assert (refused.error_type, refused.code) == ("InvalidSignatureException", "WRONG_REGION")
+    assert refused.message == (
+        "Credential should be scoped to a valid region, not 'us-east-1'. Sign for 'eu-central-1'."
+    )
 
 
 def test_request_for_another_service_is_refused() -> None:

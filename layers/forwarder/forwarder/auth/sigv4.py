@@ -16,7 +16,9 @@ the RFC 3986 unreserved set, then sorted by key and value; header values are tri
 (folded lines included) collapsed to one space, duplicate headers joined with ``,``.
 
 Every refusal is a :class:`SignatureError` carrying API Gateway's status (403), ``x-amzn-ErrorType`` and
-message. Only the standard library is used.
+message, and a stable ``code`` naming the rule (``SIGNATURE_MISMATCH``, ``WRONG_REGION``, ...). Only the
+standard library is used. What API Gateway adds on top for ``execute-api`` (the payload must be signed,
+session tokens must be the ones STS issued) is the caller's policy: this module stays a generic verifier.
 """
 
 from __future__ import annotations
@@ -64,6 +66,14 @@ SIGNATURE_MISMATCH = (
 )
 INVALID_TOKEN = "The security token included in the request is invalid."
 
+#: The ``code`` of a refusal when its raise site names none: one per ``x-amzn-ErrorType``.
+_DEFAULT_CODES = {
+    MISSING_TOKEN: "MISSING_AUTHENTICATION_TOKEN",
+    INCOMPLETE_SIGNATURE: "INCOMPLETE_SIGNATURE",
+    INVALID_SIGNATURE: "INVALID_SIGNATURE",
+    UNRECOGNIZED_CLIENT: "UNKNOWN_ACCESS_KEY",
+}
+
 _QUERY_REQUIRED = (
     "X-Amz-Algorithm",
     "X-Amz-Credential",
@@ -77,17 +87,20 @@ _AMZ_DATE = re.compile(r"\d{8}T\d{6}Z")
 
 
 class SignatureError(Exception):
-    """The request is refused; ``error_type`` and ``message`` are what API Gateway would answer (403)."""
+    """The request is refused; ``error_type`` and ``message`` are what API Gateway would answer (403), ``code``
+    a stable name of the rule that refused it (default: one per ``error_type``)."""
 
     status: int
     error_type: str
     message: str
+    code: str
 
-    def __init__(self, error_type: str, message: str) -> None:
+    def __init__(self, error_type: str, message: str, *, code: str | None = None) -> None:
         super().__init__(f"{error_type}: {message}")
         self.status = 403
         self.error_type = error_type
         self.message = message
+        self.code = code or _DEFAULT_CODES.get(error_type, "ACCESS_DENIED")
 
 
 @dataclass(frozen=True)
@@ -292,14 +305,19 @@ def verify(
             INVALID_SIGNATURE,
             "Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date from HTTP: "
             f"'{creds.scope_date}' != '{creds.amz_date[:8]}', from '{creds.amz_date}'.",
+            code="CREDENTIAL_DATE_MISMATCH",
         )
     if creds.service != service:
         raise SignatureError(
-            INVALID_SIGNATURE, f"Credential should be scoped to correct service: '{service}'."
+            INVALID_SIGNATURE,
+            f"Credential should be scoped to correct service: '{service}'.",
+            code="WRONG_SERVICE",
         )
     if region is not None and creds.region != region:
         raise SignatureError(
-            INVALID_SIGNATURE, f"Credential should be scoped to a valid region, not '{creds.region}'."
+            INVALID_SIGNATURE,
+            f"Credential should be scoped to a valid region, not '{creds.region}'. Sign for '{region}'.",
+            code="WRONG_REGION",
         )
     _check_time(creds, now, max_skew)
 
@@ -326,7 +344,7 @@ def verify(
     to_sign = string_to_sign(amz_date=creds.amz_date, scope=scope, canonical_request=request)
     expected = signature(signing_key(secret, creds.scope_date, creds.region, creds.service), to_sign)
     if not hmac.compare_digest(expected.encode("ascii"), creds.signature.encode("utf-8", "surrogateescape")):
-        raise SignatureError(INVALID_SIGNATURE, SIGNATURE_MISMATCH)
+        raise SignatureError(INVALID_SIGNATURE, SIGNATURE_MISMATCH, code="SIGNATURE_MISMATCH")
     return VerifiedCaller(
         access_key_id=creds.access_key_id,
         region=creds.region,
@@ -506,6 +524,7 @@ def _check_time(creds: _Credentials, now: datetime, max_skew: timedelta) -> None
             INVALID_SIGNATURE,
             f"Signature not yet current: {_fmt(signed_at)} is still later than {_fmt(now + max_skew)} "
             f"({_fmt(now)} + {_skew_text(max_skew)})",
+            code="SIGNATURE_NOT_YET_CURRENT",
         )
     if creds.expires is not None:
         window = timedelta(seconds=creds.expires)
@@ -514,10 +533,12 @@ def _check_time(creds: _Credentials, now: datetime, max_skew: timedelta) -> None
                 INVALID_SIGNATURE,
                 f"Signature expired: {_fmt(signed_at)} is now earlier than {_fmt(now - window)} "
                 f"({_fmt(now)} - {creds.expires} sec.)",
+                code="SIGNATURE_EXPIRED",
             )
     elif signed_at < now - max_skew:
         raise SignatureError(
             INVALID_SIGNATURE,
             f"Signature expired: {_fmt(signed_at)} is now earlier than {_fmt(now - max_skew)} "
             f"({_fmt(now)} - {_skew_text(max_skew)})",
+            code="SIGNATURE_EXPIRED",
         )

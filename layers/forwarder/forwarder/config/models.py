@@ -21,6 +21,20 @@ _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _SECRETISH = re.compile(r"(api[_-]?key|secret|password|passwd|token|credential)", re.IGNORECASE)
 
 FLOWS = ("contacts", "delete", "events")
+# An IAM role (with or without a path) and the ARN its sessions sign as, which names no path:
+# arn:aws:iam::123456789012:role/service/Name -> arn:aws:sts::123456789012:assumed-role/Name/session-name
+_ROLE_ARN = re.compile(
+    r"arn:(?P<partition>aws[a-z-]*):iam::(?P<account>\d{12}):role/(?:[^/]+/)*(?P<name>[^/]+)"
+)
+_ASSUMED_ROLE_ARN = re.compile(
+    r"arn:(?P<partition>aws[a-z-]*):sts::(?P<account>\d{12}):assumed-role/(?P<name>[^/]+)/[^/]+"
+)
+
+
+def _role(pattern: re.Pattern[str], arn: str) -> tuple[str, str, str] | None:
+    """(partition, account, role name) of a role ARN or an assumed-role ARN, by ``pattern``."""
+    match = pattern.fullmatch(arn)
+    return (match["partition"], match["account"], match["name"]) if match else None
 
 
 class ConfigProblem(ValueError):
@@ -234,7 +248,8 @@ class GroupKeyConfig(_Strict):
 
 
 class ClientConfig(_Strict):
-    """A caller: the principals it signs as (access key ids or IAM ARNs) and the group keys it may use."""
+    """A caller: the principals it signs as (access key ids, IAM user or role ARNs) and the group keys it may
+    use. A role's principal also matches its sessions (``arn:aws:sts::ACCOUNT:assumed-role/NAME/SESSION``)."""
 
     name: str = Field(pattern=_NAME)
     principals: list[str] = Field(min_length=1)
@@ -284,6 +299,22 @@ class ForwarderConfig(_Strict):
                         )
                     )
                 owners.setdefault(principal, client.name)
+        roles: dict[tuple[str, str, str], tuple[str, str]] = {}
+        for index, client in enumerate(self.clients):
+            for position, principal in enumerate(client.principals):
+                role = _role(_ROLE_ARN, principal)
+                if role is None:
+                    continue
+                owner = roles.setdefault(role, (principal, client.name))
+                if owner[1] != client.name:
+                    problems.append(
+                        ConfigProblem(
+                            ("clients", index, "principals", position),
+                            f"role '{principal}' of '{client.name}' and '{owner[0]}' of '{owner[1]}' have the "
+                            "same name in one account: their sessions' assumed-role ARNs, which name no path, "
+                            "cannot tell them apart",
+                        )
+                    )
         problems.extend(self._check_sources())
         raise_all(problems)
         return self
@@ -337,11 +368,26 @@ class ForwarderConfig(_Strict):
                 return source
         return None
 
+    @cached_property
+    def _by_role(self) -> dict[tuple[str, str, str], ClientConfig]:
+        return {
+            role: client
+            for client in self.clients
+            for principal in client.principals
+            if (role := _role(_ROLE_ARN, principal)) is not None
+        }
+
     def client_for(self, *principals: str | None) -> ClientConfig | None:
-        """The client whose principals include any of the caller's identities (access key id, user ARN)."""
+        """The client whose principals include any of the caller's identities (access key id, user ARN), or
+        whose role the caller's assumed-role session belongs to (matched on partition, account and role
+        name: an assumed-role ARN drops the role's path)."""
         for principal in principals:
             if principal and principal in self._by_principal:
                 return self._by_principal[principal]
+        for principal in principals:
+            role = _role(_ASSUMED_ROLE_ARN, principal) if principal else None
+            if role is not None and role in self._by_role:
+                return self._by_role[role]
         return None
 
 
