@@ -5,8 +5,7 @@ vendor sandboxes; a malformed one lands on the rejects trail with its reason."""
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,18 +15,9 @@ from click.testing import CliRunner
 from forwarder_local.cli import main
 from forwarder_local.sandboxes.dmhub import DmHubSandbox
 from forwarder_local.stack import DEFAULT_CONFIG, EmbeddedStack, StackOptions
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @pytest.fixture

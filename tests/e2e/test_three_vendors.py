@@ -5,7 +5,7 @@ vendors' tokens are fetched once and renewed once when they stop working mid-run
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,18 +17,9 @@ from forwarder_local.sandboxes.carecloud import CareCloudSandbox
 from forwarder_local.sandboxes.dmhub import DmHubSandbox
 from forwarder_local.sandboxes.expertsender import ExpertSenderSandbox
 from forwarder_local.stack import EmbeddedStack, StackOptions
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def options(state_dir: Path) -> StackOptions:

@@ -187,7 +187,7 @@ def test_a_body_over_the_limit_is_413() -> None:
 def test_deep_json_is_refused_not_crashed_on() -> None:
     with pytest.raises(ContractError) as refused:
         read_body(b"[" * 100_000 + b"]" * 100_000, "application/json", 10**6)
-    assert refused.value.code == "INVALID_JSON"
+    assert refused.value.code == "NESTED_TOO_DEEP"
 
 
 @pytest.mark.parametrize(

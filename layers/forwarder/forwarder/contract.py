@@ -201,6 +201,29 @@ def _utf8(raw: bytes) -> str:
     return text.removeprefix("\ufeff")
 
 
+def read_json(raw: bytes, empty: str) -> Any:
+    """A request body as JSON: UTF-8 text, no NaN/Infinity, no number too large to forward, not nested deeper
+    than the parser follows. Raises ContractError (400) saying what to fix; ``empty`` is the message for an
+    empty body."""
+    if not raw.strip():
+        raise ContractError(400, "EMPTY_BODY", empty)
+    text = _utf8(raw)
+    try:
+        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise ContractError(
+            400, "NESTED_TOO_DEEP", "the body is nested too deeply; data must be flat"
+        ) from None
+    except _NotJson as error:
+        raise ContractError(400, "INVALID_JSON", f"the body is not valid JSON: {error}") from None
+    except json.JSONDecodeError as error:
+        raise ContractError(
+            400, "INVALID_JSON", f"the body is not valid JSON at line {error.lineno} column {error.colno}"
+        ) from None
+    except ValueError:  # an integer of more digits than Python converts
+        raise ContractError(400, "INVALID_JSON", "the body holds a number too large to forward") from None
+
+
 def parse_envelope(body: bytes | str | None, content_type: str | None, max_bytes: int) -> Envelope:
     """Check a raw request body against the contract. Raises ContractError saying what to fix."""
     if content_type is not None:
@@ -225,24 +248,7 @@ def parse_envelope(body: bytes | str | None, content_type: str | None, max_bytes
             "BODY_TOO_LARGE",
             f"the body is {len(raw)} bytes; the limit is {max_bytes} bytes: send fewer or shorter attributes",
         )
-    if not raw.strip():
-        raise ContractError(400, "EMPTY_BODY", 'the body is empty; send {"data": {...}, "group_key": "..."}')
-    text = _utf8(raw)
-    try:
-        document = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
-    except RecursionError:
-        raise ContractError(
-            400, "NESTED_TOO_DEEP", "the body is nested too deeply; data must be flat"
-        ) from None
-    except _NotJson as error:
-        raise ContractError(400, "INVALID_JSON", f"the body is not valid JSON: {error}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        where = (
-            f" at line {error.lineno} column {error.colno}" if isinstance(error, json.JSONDecodeError) else ""
-        )
-        raise ContractError(400, "INVALID_JSON", f"the body is not valid JSON{where}") from None
-    except ValueError:  # an integer of more digits than Python converts
-        raise ContractError(400, "INVALID_JSON", "the body holds a number too large to forward") from None
+    document = read_json(raw, 'the body is empty; send {"data": {...}, "group_key": "..."}')
     if not isinstance(document, dict):
         raise ContractError(
             400, "INVALID_ENVELOPE", 'the body must be a JSON object: {"data": {...}, "group_key": "..."}'

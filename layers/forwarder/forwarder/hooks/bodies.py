@@ -3,14 +3,12 @@ flat record: a field sent once is a string, a field sent more than once (or name
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import dataclass
 from email.message import Message
 from typing import Any
 from urllib.parse import parse_qsl
 
-from forwarder.contract import ContractError
+from forwarder.contract import ContractError, read_json
 
 JSON = "application/json"
 FORM = "application/x-www-form-urlencoded"
@@ -92,38 +90,8 @@ def form_record(fields: tuple[tuple[str, str], ...]) -> dict[str, str | list[str
     return record
 
 
-class _NotJson(ValueError):
-    pass
-
-
-def _refuse_constant(name: str) -> Any:
-    raise _NotJson(f"{name} is not a JSON value")
-
-
-def _finite(text: str) -> float:
-    value = float(text)
-    if math.isinf(value):
-        raise _NotJson("a number is too large to forward")
-    return value
-
-
 def _json(raw: bytes) -> Any:
-    if not raw.strip():
-        raise ContractError(400, "EMPTY_BODY", "the body is empty; send the form's fields")
-    try:
-        return json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite)
-    except _NotJson as error:
-        raise ContractError(400, "INVALID_JSON", f"the body is not valid JSON: {error}") from None
-    except json.JSONDecodeError as error:
-        raise ContractError(
-            400, "INVALID_JSON", f"the body is not valid JSON at line {error.lineno} column {error.colno}"
-        ) from None
-    except UnicodeDecodeError:
-        raise ContractError(400, "INVALID_JSON", "the body is not valid JSON: it is not UTF-8 text") from None
-    except RecursionError:
-        raise ContractError(400, "INVALID_JSON", "the body is nested too deeply to read") from None
-    except ValueError:  # an integer of more digits than Python converts
-        raise ContractError(400, "INVALID_JSON", "the body holds a number too large to forward") from None
+    return read_json(raw, "the body is empty; send the form's fields")
 
 
 def _text(raw: bytes, what: str) -> str:
