@@ -87,6 +87,15 @@ def test_one_contact_with_tags_lands_in_all_three_vendors(stack: EmbeddedStack) 
         },
     )
     wait_for(lambda: demo.everywhere("jane@example.com"), what="the customer at all three vendors")
+    # (a DM Hub contact's list memberships and a CareCloud customer's records follow the customer's write)
+    wait_for(
+        lambda: len((demo.dmhub.find_customer("email", "jane@example.com") or {}).get("lists", [])) == 2,
+        what="the DM Hub memberships",
+    )
+    wait_for(
+        lambda: demo.carecloud.interest_records(demo.carecloud.find(email="jane@example.com")["customer_id"]),
+        what="the CareCloud interest record",
+    )
     # then ExpertSender has the customer with its attributes
     customer = demo.expertsender.find(email="jane@example.com")
     assert (

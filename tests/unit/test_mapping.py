@@ -202,9 +202,13 @@ def test_phone_without_a_default_prefix_strips_separators_and_turns_00_into_plus
         ("0600100200", "+48600100200"),  # a national trunk 0 is dropped before the prefix
         ("0049301234567", "+49301234567"),  # an international 00 number keeps its own country code
         ("+44 20 7946 0958", "+442079460958"),
+        # the country code typed without its "+" (11 digits and more: longer than a national number)
+        ("48600100200", "+48600100200"),  # before: +4848600100200
+        (48600100200, "+48600100200"),
+        ("486001002", "+48486001002"),  # 9 digits: a national number that happens to start with 48
     ],
 )
-def test_phone_with_a_default_prefix_adds_it_only_to_national_numbers(value: str, expected: str) -> None:
+def test_phone_with_a_default_prefix_adds_it_only_to_national_numbers(value: Any, expected: str) -> None:
     assert transform({"phone": {"default_prefix": "+48"}}, value) == expected
 
 

@@ -68,6 +68,9 @@ def _empty_to_null(value: Value) -> Value:
 
 _PHONE_JUNK = re.compile(r"[\s\-().\u00a0/]")
 _PHONE_OK = re.compile(r"^\+?[0-9]{3,20}$")
+#: Longer than a national number in most numbering plans: digits starting with the default country code and
+#: longer than this already carry it (a "+" left out), e.g. 48600100200 with default_prefix +48.
+_NATIONAL_DIGITS_MAX = 10
 
 
 def _phone(default_prefix: str | None) -> TransformFn:
@@ -78,7 +81,11 @@ def _phone(default_prefix: str | None) -> TransformFn:
         if text.startswith("00"):
             text = "+" + text[2:]
         if default_prefix and not text.startswith("+"):
-            text = default_prefix + text.lstrip("0")
+            country = default_prefix[1:]
+            if text.startswith(country) and len(text) > _NATIONAL_DIGITS_MAX:
+                text = "+" + text  # the country code was typed without its "+"
+            else:
+                text = default_prefix + text.lstrip("0")
         if not _PHONE_OK.match(text):
             raise TransformValueError(f"'{value}' is not a phone number")
         return text
