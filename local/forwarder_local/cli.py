@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import click
 
 from forwarder_local.hooks_cli import hooks
+from forwarder_local.values import parse_set_value
 
 DEFAULT_STATE = Path(os.environ.get("FORWARDER_STATE_DIR", ".forwarder"))
 ROUTES = {
@@ -368,18 +369,6 @@ def replay(which: str, state_dir: Path, integration: str | None, limit: int) -> 
 # --- send --------------------------------------------------------------------------------------------------
 
 
-def parse_set_value(text: str) -> Any:
-    """A ``--set`` value: a JSON list, ``true``, ``false`` or ``null`` as such; anything else is text, so that
-    a phone number or a zip code with a leading zero stays exactly as typed (never a number)."""
-    stripped = text.strip()
-    if stripped in ("true", "false", "null") or stripped.startswith("["):
-        try:
-            return json.loads(stripped)
-        except json.JSONDecodeError:
-            return text
-    return text
-
-
 @main.command()
 @click.argument("kind", type=click.Choice(sorted(ROUTES)))
 @click.option("--group-key", "-g", required=False, help="the group key (or give it in --file)")
@@ -388,7 +377,8 @@ def parse_set_value(text: str) -> Any:
     "-f",
     "data_file",
     type=click.File("r"),
-    help='JSON file: {"data": {...}, "group_key": ..} or just the data object; - for stdin',
+    help='JSON file: {"data": {...}, "group_key": ..} or just the data object; - for stdin. A .csv or '
+    ".jsonl file is a backfill: one request per row (see --concurrency, --rate)",
 )
 @click.option(
     "--set",
@@ -433,6 +423,26 @@ def parse_set_value(text: str) -> Any:
 )
 @click.option("--queue-url", help="--via sqs: this SQS queue on AWS, not the embedded stack's producer queue")
 @click.option("--event-bus", help="--via eventbridge: this bus on AWS, not the embedded stack's")
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 64),
+    default=8,
+    show_default=True,
+    help="backfill: rows in flight at once",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0),
+    default=100.0,
+    show_default=True,
+    help="backfill: at most this many rows per second (0: no limit)",
+)
+@click.option(
+    "--max-rows",
+    type=click.IntRange(min=1),
+    default=None,
+    help="backfill: send at most this many rows in this run (the next run sends the rest)",
+)
 def send(
     kind: str,
     group_key: str | None,
@@ -450,14 +460,22 @@ def send(
     source: str | None,
     queue_url: str | None,
     event_bus: str | None,
+    concurrency: int,
+    rate: float,
+    max_rows: int | None,
 ) -> None:
     """Send one record: signed to the API (SigV4, service execute-api), or as a producer would through SQS or
     EventBridge (--via), and print the answer."""
     import requests
     from requests_aws4auth import AWS4Auth
 
+    from forwarder_local.backfill import is_backfill_file
+
+    rows_file = Path(data_file.name) if data_file is not None and is_backfill_file(data_file.name) else None
+    if rows_file is not None and (via != "api" or idempotency_key):
+        raise click.UsageError("a backfill (--file .csv/.jsonl) is sent to the API, with a key per row")
     document: dict[str, Any] = {}
-    if data_file is not None:
+    if data_file is not None and rows_file is None:
         loaded = json.load(data_file)
         if not isinstance(loaded, dict):
             raise click.BadParameter("the file must hold a JSON object", param_hint="--file")
@@ -501,6 +519,9 @@ def send(
             session_token = None
     method, path = ROUTES[kind]
     auth = AWS4Auth(access_key, secret_key, region, "execute-api", session_token=session_token)
+    if rows_file is not None:
+        _backfill(rows_file, url, method, path, group_key, auth, state_dir, data, concurrency, rate, max_rows)
+        return
     headers = {"Content-Type": "application/json"}
     if idempotency_key:
         headers["Idempotency-Key"] = idempotency_key
@@ -520,6 +541,46 @@ def send(
     click.echo(f"{response.status_code} {response.reason}")
     click.echo(response.text)
     if response.status_code >= 400:
+        sys.exit(1)
+
+
+def _backfill(
+    rows_file: Path,
+    url: str,
+    method: str,
+    route: str,
+    group_key: str,
+    auth: Any,
+    state_dir: Path,
+    extra: dict[str, Any],
+    concurrency: int,
+    rate: float,
+    max_rows: int | None,
+) -> None:
+    """Send a CSV / JSON Lines file row by row (forwarder_local.backfill) and print the summary."""
+    from forwarder_local.backfill import BackfillError, backfill
+
+    try:
+        summary = backfill(
+            rows_file,
+            url=url,
+            method=method,
+            route=route,
+            group_key=group_key,
+            auth=auth,
+            state_dir=state_dir,
+            extra=extra,
+            concurrency=concurrency,
+            rate=rate,
+            max_rows=max_rows,
+        )
+    except BackfillError as error:
+        raise click.ClickException(str(error)) from None
+    for line in summary.lines():
+        click.echo(line)
+    if summary.interrupted:
+        sys.exit(130)
+    if summary.fatal or summary.refused_count or summary.unsent:
         sys.exit(1)
 
 
