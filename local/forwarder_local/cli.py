@@ -227,7 +227,9 @@ def _queue_summary(store: Any) -> str:
 )
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_STATE)
 @click.option("--limit", default=20, show_default=True)
-@click.option("--show-data", is_flag=True, help="also print the record (personal data)")
+@click.option(
+    "--show-data", is_flag=True, help="also print each record (personal data); reasons are always shown"
+)
 def trail(which: str, state_dir: Path, limit: int, show_data: bool) -> None:
     """List records rejected for good, or dead-lettered deliveries, with their reasons (embedded stack)."""
     from forwarder_local.queue import DurableQueueStore
@@ -272,14 +274,8 @@ def trail(which: str, state_dir: Path, limit: int, show_data: bool) -> None:
             click.echo(
                 f"{document['rejected_at']}  {document['request_id']}  [{where}]  {document['reason']}"
             )
-            errors = document.get("errors", [])
-            if show_data:
-                for error in errors:
-                    click.echo(f"    - {error}")
-            elif errors:
-                click.echo(
-                    f"    ({len(errors)} problem(s); --show-data lists them, they may quote the record)"
-                )
+            for error in document.get("errors", []):
+                click.echo(f"    - {error}")
             record = document.get("record")
         else:
             delivery = document["delivery"]
