@@ -26,8 +26,8 @@ browser:
 	  fi; \
 	fi
 
-run: $(STAMP)  ## start the embedded stack (gateway, queues, pollers, secrets, sandboxes)
-	$(VENV)/bin/forwarder run
+run: $(STAMP)  ## start the embedded stack (gateway, queues, pollers, secrets, sandboxes); flags: make run ARGS="--port 9090"
+	$(VENV)/bin/forwarder run $(ARGS)
 
 test: $(STAMP) browser  ## lint, type-check, config check, then the whole test suite
 	$(VENV)/bin/ruff check .

@@ -33,6 +33,7 @@ SANDBOX_BANNER = (
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="forwarder", prog_name="forwarder")
 def main() -> None:
     """Forwarder: validate, map and deliver customer records to CRM and marketing platforms."""
 
@@ -136,6 +137,7 @@ def run(
         options.circuit_probe_seconds = circuit_probe_seconds
     if deliver_workers is not None:
         options.deliver_workers = deliver_workers
+    _check_ports(options)
     try:
         stack = EmbeddedStack(options).start()
     except ConfigError as error:
@@ -144,7 +146,8 @@ def run(
         raise click.ClickException(str(error)) from None
     except OSError as error:
         raise click.ClickException(
-            f"cannot start: {error.strerror} (is another stack running? try --port)"
+            f"cannot start: {error.strerror} (is another stack running? move it with --port, and the "
+            "sandboxes with --sandbox-port)"
         ) from None
     assert stack.gateway is not None
     counts = {name: stack.store.counts(name) for name in ("ingest", "delivery")}
@@ -207,6 +210,34 @@ def run(
     finally:
         stack.stop()
         click.echo("stopped")
+
+
+def _check_ports(options: Any) -> None:
+    """Refuse, naming the port, what uses it and the option that moves it, when a port the stack would listen
+    on is taken (another stack, most likely)."""
+    import socket
+
+    wanted = [(options.port, "the gateway", "--port", 1)]
+    if options.with_sandboxes and options.sandbox_port:
+        wanted += [
+            (options.sandbox_port + offset, f"the {title[: -len(' sandbox')]} sandbox", "--sandbox-port", 3)
+            for offset, (title, _, _) in enumerate(SANDBOX_BANNER)
+        ]
+    for port, what, option, span in wanted:
+        if not port:
+            continue
+        with socket.socket(socket.AF_INET6 if ":" in options.host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as http.server binds
+            try:
+                probe.bind((options.host, port))
+            except OSError:
+                start = options.port if option == "--port" else options.sandbox_port
+                raise click.ClickException(
+                    f"cannot start: port {port} ({what}) is in use, perhaps by another stack. Stop it, or "
+                    f"choose another port with {option} (e.g. {option} {start + 100}"
+                    + (f": the sandboxes take it and the next {span - 1}" if span > 1 else "")
+                    + ")"
+                ) from None
 
 
 def _queue_summary(store: Any) -> str:

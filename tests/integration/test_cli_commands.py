@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -50,3 +52,71 @@ def test_trail_rejects_shows_the_reasons_always_and_the_record_only_on_request(t
     # and --show-data adds the record
     detailed = CliRunner().invoke(main, ["trail", "rejects", "--state-dir", str(state), "--show-data"])
     assert '"first_name": "Nobody"' in detailed.output
+
+
+def test_version_says_which_forwarder_this_is() -> None:
+    from importlib.metadata import version
+
+    result = CliRunner().invoke(main, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.strip() == f"forwarder, version {version('forwarder')}"
+
+
+def free_ports(count: int) -> int:
+    """The first of ``count`` consecutive ports nothing listens on."""
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            first = int(probe.getsockname()[1])
+        if first + count < 65_000 and all(_free(first + offset) for offset in range(count)):
+            return first
+    raise AssertionError("no free ports")
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def test_a_busy_gateway_port_is_named_with_the_option_that_moves_it(tmp_path: Path) -> None:
+    port = free_ports(1)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", port))
+        busy.listen()
+        result = CliRunner().invoke(
+            main, ["run", "--port", str(port), "--no-sandboxes", "--state-dir", str(tmp_path / "state")]
+        )
+    assert result.exit_code == 1
+    assert f"port {port} (the gateway) is in use" in result.output
+    assert "--port" in result.output
+
+
+def test_a_busy_sandbox_port_is_named_with_the_sandbox_option(tmp_path: Path) -> None:
+    # given the port DM Hub's sandbox would take (the ExpertSender sandbox's + 1) in use
+    first = free_ports(3)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", first + 1))
+        busy.listen()
+        result = CliRunner().invoke(
+            main,
+            ["run", "--port", "0", "--sandbox-port", str(first), "--state-dir", str(tmp_path / "state")],
+        )
+    # then the message names that port, the sandbox using it, and --sandbox-port, not --port
+    assert result.exit_code == 1
+    assert f"port {first + 1} (the Convertlab DM Hub sandbox) is in use" in result.output
+    assert "--sandbox-port" in result.output and "try --port" not in result.output
+
+
+def test_make_run_passes_args_to_forwarder_run(repo_root: Path) -> None:
+    dry = subprocess.run(
+        ["make", "-n", "run", "ARGS=--port 9090 --verbose"],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "forwarder run --port 9090 --verbose" in dry.stdout
