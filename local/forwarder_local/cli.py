@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import click
 
 from forwarder_local.hooks_cli import hooks
+from forwarder_local.secrets_cli import secrets
 from forwarder_local.values import parse_set_value
 
 DEFAULT_STATE = Path(os.environ.get("FORWARDER_STATE_DIR", ".forwarder"))
@@ -39,6 +40,7 @@ def main() -> None:
 
 
 main.add_command(hooks)
+main.add_command(secrets)
 
 
 # --- run ---------------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from click.testing import CliRunner
 
@@ -12,6 +13,7 @@ from forwarder.messages import Rejection
 from forwarder_local.cli import main
 from forwarder_local.queue import DurableQueueStore
 from forwarder_local.stack import QUEUES
+from forwarder_local.stores import LocalSecretStore
 
 
 def put_rejection(state: Path, rejection: Rejection) -> None:
@@ -120,3 +122,47 @@ def test_make_run_passes_args_to_forwarder_run(repo_root: Path) -> None:
         check=True,
     )
     assert "forwarder run --port 9090 --verbose" in dry.stdout
+
+
+SHIPPED = Path(__file__).resolve().parents[2] / "config" / "forwarder.yaml"
+
+
+def secrets_set(state: Path, *args: str, input: str | None = None) -> Any:
+    return CliRunner().invoke(
+        main, ["secrets", "set", *args, "--state-dir", str(state), "--config", str(SHIPPED)], input=input
+    )
+
+
+def test_secrets_set_stores_an_integration_secret_from_stdin_and_never_shows_it(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    # given a secret the stack had pointed at its sandbox (with a token it fetched)
+    LocalSecretStore(state / "secrets.json").put(
+        "forwarder/demo/dmhub", {"app_id": "old", "secret": "old", "access_token": "t", "sandbox": True}
+    )
+    # when the operator sets the DM Hub app's credentials, piped in
+    result = secrets_set(
+        state, "forwarder/demo/dmhub", input='{"app_id": "cl0001", "secret": "s3cr3t-value"}'
+    )
+    # then the store holds exactly them, and nothing printed quotes a value
+    assert result.exit_code == 0, result.output
+    stored = LocalSecretStore(state / "secrets.json").get("forwarder/demo/dmhub")
+    assert stored == {"app_id": "cl0001", "secret": "s3cr3t-value"}
+    assert "s3cr3t-value" not in result.output and "cl0001" not in result.output
+    assert "keys: app_id, secret" in result.output and "integration 'dmhub'" in result.output
+
+
+def test_secrets_set_refuses_a_value_without_the_keys_the_integration_needs(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    result = secrets_set(state, "forwarder/demo/expertsender", "--value", '{"apikey": "typo-d-key"}')
+    assert result.exit_code == 1
+    assert "needs api_key" in result.output and "missing or empty: api_key" in result.output
+    assert "typo-d-key" not in result.output
+    assert not (state / "secrets.json").exists()
+    not_json = secrets_set(state, "forwarder/demo/expertsender", input="api_key=abc")
+    assert not_json.exit_code == 1 and "is not JSON" in not_json.output and "abc" not in not_json.output
+
+
+def test_secrets_set_refuses_a_name_no_integration_uses(tmp_path: Path) -> None:
+    result = secrets_set(tmp_path / "state", "forwarder/demo/expertsendr", "--value", '{"api_key": "k"}')
+    assert result.exit_code == 1
+    assert "no integration or hook" in result.output and "forwarder/demo/expertsender" in result.output
