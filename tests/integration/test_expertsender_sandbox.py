@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -481,3 +482,32 @@ def test_runs_standalone_as_a_module() -> None:
     finally:
         process.terminate()
         assert process.wait(timeout=10) == 0
+
+
+def test_customers_survive_a_restart_and_the_state_reads_back_page_by_page(tmp_path: Path) -> None:
+    # given three customers added to a sandbox that keeps its state in a file
+    state = tmp_path / "expertsender.jsonl"
+    with ExpertSenderSandbox(API_KEY, state_path=state) as first, requests.Session() as http:
+        http.headers["x-api-key"] = API_KEY
+        added = post(
+            http,
+            first,
+            "Add",
+            "Email",
+            *({"email": f"c{number}@example.com", "firstName": f"C{number}"} for number in range(3)),
+        )
+        assert added.status_code in (200, 201), added.text
+    # when it starts again on the same file
+    with ExpertSenderSandbox(API_KEY, state_path=state) as second, requests.Session() as http:
+        http.headers["x-api-key"] = API_KEY
+        # then the customers are still there, found by the vendor's own API
+        found = http.get(f"{second.url}/customers/email/c2@example.com", timeout=TIMEOUT)
+        assert found.status_code == 200 and found.json()["data"]["firstName"] == "C2"
+        # and the state reads back in pages, not in one answer
+        state_url = f"{second.url}/_sandbox/state/customers"
+        page = requests.get(state_url, params={"offset": 0, "limit": 2}, timeout=TIMEOUT).json()
+        rest = requests.get(state_url, params={"offset": 2, "limit": 2}, timeout=TIMEOUT).json()
+    assert (len(page["items"]), page["total"], page["next_offset"]) == (2, 3, 2)
+    assert (len(rest["items"]), rest["next_offset"]) == (1, None)
+    emails = {item["email"] for item in page["items"] + rest["items"]}
+    assert emails == {"c0@example.com", "c1@example.com", "c2@example.com"}
