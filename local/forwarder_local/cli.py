@@ -1059,20 +1059,25 @@ def config_preview(path: Path, group_key: str, kind: str, pairs: tuple[str, ...]
             received_at=utcnow_iso(),
             client="preview",
         )
-        deliveries, rejections = plan(load_config(path), message)
+        loaded = load_config(path)
+        deliveries, rejections = plan(loaded, message)
     except ConfigError as error:
         raise click.ClickException("\n".join(error.problems)) from None
     except ContractError as error:
         raise click.ClickException(error.message) from None
+    from forwarder_local.preview import vendor_requests
+
+    previews = vendor_requests(loaded, deliveries)
     output = {
-        "deliveries": [
-            delivery.model_dump(include={"integration", "operation", "payload"}) for delivery in deliveries
-        ],
+        "deliveries": previews,
         "rejections": [
             rejection.model_dump(include={"integration", "reason", "errors"}) for rejection in rejections
         ],
     }
-    click.echo(json.dumps(output, indent=2))
+    click.echo(json.dumps(output, indent=2, ensure_ascii=False))
+    if not any(item["outcome"] == "delivered" for item in previews):
+        click.echo("every integration would reject this record", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

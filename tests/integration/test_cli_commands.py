@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 from pathlib import Path
@@ -166,3 +167,42 @@ def test_secrets_set_refuses_a_name_no_integration_uses(tmp_path: Path) -> None:
     result = secrets_set(tmp_path / "state", "forwarder/demo/expertsendr", "--value", '{"api_key": "k"}')
     assert result.exit_code == 1
     assert "no integration or hook" in result.output and "forwarder/demo/expertsender" in result.output
+
+
+def preview(*args: str) -> Any:
+    return CliRunner().invoke(main, ["config", "preview", str(SHIPPED), "-g", "demo", *args])
+
+
+def test_config_preview_shows_the_vendor_requests_a_record_causes(tmp_path: Path) -> None:
+    # when a record is previewed against the shipped config (ExpertSender, DM Hub, CareCloud)
+    result = preview("--set", "email=jane@example.com", "--set", "first_name=Jane", "--set", 'tags=["vip"]')
+    # then each integration shows the HTTP requests its vendor would receive, as the integration sends them
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.output)
+    by_integration = {item["integration"]: item for item in shown["deliveries"]}
+    assert set(by_integration) == {"expertsender", "dmhub", "carecloud"}
+    expertsender = by_integration["expertsender"]["requests"]
+    assert [(request["method"], request["url"]) for request in expertsender] == [
+        ("POST", "https://api.ecdp.app/customers")
+    ]
+    assert expertsender[0]["body"]["data"][0]["email"] == "jane@example.com"
+    assert expertsender[0]["body"]["mode"] == "AddOrUpdate"
+    carecloud = by_integration["carecloud"]["requests"]
+    created = [request for request in carecloud if request["method"] == "POST"]
+    assert created and created[0]["body"]["customer"]["personal_information"]["email"] == "jane@example.com"
+    assert all(item["outcome"] == "delivered" for item in shown["deliveries"])
+    # and no token request, nor any credential, is shown
+    sent = [request for item in shown["deliveries"] for request in item["requests"]]
+    assert not [request["url"] for request in sent if "token" in request["url"].lower()]
+    tokens = [
+        value for request in sent for name, value in request.get("query", {}).items() if "token" in name
+    ]
+    assert tokens and all(value == ["***"] for value in tokens)
+
+
+def test_config_preview_fails_when_every_integration_would_reject_the_record() -> None:
+    result = preview("--set", "first_name=Nobody")
+    assert result.exit_code == 1
+    shown = json.loads(result.output[: result.output.rindex("}") + 1])
+    assert shown["deliveries"] == [] and len(shown["rejections"]) == 3
+    assert "every integration would reject this record" in result.output
