@@ -36,7 +36,16 @@ SANDBOX_BANNER = (
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="forwarder", prog_name="forwarder")
 def main() -> None:
-    """Forwarder: validate, map and deliver customer records to CRM and marketing platforms."""
+    """Forwarder: validate, map and deliver customer records to CRM and marketing platforms.
+
+    Each command has its own help: forwarder COMMAND --help.
+
+    \b
+    Example:
+      forwarder run                                   # the embedded stack (make run)
+      forwarder send contacts -g demo --set email=jane@example.com
+      forwarder trail rejects                         # what was rejected, and why
+    """
 
 
 main.add_command(hooks)
@@ -61,7 +70,9 @@ main.add_command(secrets)
     show_default=True,
     help="queues, local secrets and issued keys live here",
 )
-@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="the address the gateway and sandboxes listen on"
+)
 @click.option("--port", default=8080, show_default=True, help="the gateway's port")
 @click.option(
     "--region",
@@ -115,7 +126,16 @@ def run(
     circuit_probe_seconds: float | None,
     deliver_workers: int | None,
 ) -> None:
-    """Start the embedded stack: gateway, durable queues, pollers, secret store, scheduler, sandboxes."""
+    """Start the embedded stack: gateway, durable queues, pollers, secret store, scheduler, sandboxes.
+
+    Runs until Ctrl-C; accepted records stay queued in the state folder and are delivered on the next start.
+
+    \b
+    Example:
+      forwarder run                                   # what make run starts
+      forwarder run --port 9090 --sandbox-port 8801 --verbose
+      make run ARGS="--port 9090"
+    """
     os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "INFO" if verbose else "WARNING")
     os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
     os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
@@ -258,13 +278,28 @@ def _queue_summary(store: Any) -> str:
 @click.argument(
     "which", type=click.Choice(["rejects", "dead-letters", "ingest-dead-letters", "producer-dead-letters"])
 )
-@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_STATE)
-@click.option("--limit", default=20, show_default=True)
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_STATE,
+    show_default=True,
+    help="the embedded stack's state folder (its queues are in queues.db there)",
+)
+@click.option("--limit", default=20, show_default=True, help="list at most this many, oldest first")
 @click.option(
     "--show-data", is_flag=True, help="also print each record (personal data); reasons are always shown"
 )
 def trail(which: str, state_dir: Path, limit: int, show_data: bool) -> None:
-    """List records rejected for good, or dead-lettered deliveries, with their reasons (embedded stack)."""
+    """List records rejected for good, or dead-lettered deliveries, with their reasons (embedded stack).
+
+    WHICH: rejects (rejected at validate, by a vendor, or a producer's message refused), dead-letters
+    (deliveries that exhausted their retries), ingest-dead-letters, producer-dead-letters.
+
+    \b
+    Example:
+      forwarder trail rejects
+      forwarder trail dead-letters --limit 5 --show-data
+    """
     from forwarder_local.queue import DurableQueueStore
 
     path = state_dir / "queues.db"
@@ -345,14 +380,26 @@ def _producer_dead_letters(store: Any, limit: int, show_data: bool) -> None:
 
 @main.command()
 @click.argument("which", type=click.Choice(["dead-letters", "ingest-dead-letters"]))
-@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_STATE)
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_STATE,
+    show_default=True,
+    help="the embedded stack's state folder (its queues are in queues.db there)",
+)
 @click.option("--integration", help="only dead letters of this integration")
-@click.option("--limit", default=10_000, show_default=True)
+@click.option("--limit", default=10_000, show_default=True, help="move at most this many messages")
 def replay(which: str, state_dir: Path, integration: str | None, limit: int) -> None:
     """Move dead letters back onto their queue to be delivered again (e.g. after fixing a secret).
 
     Works while the stack runs or not. On AWS, the same is an SQS DLQ redrive (StartMessageMoveTask): deliver
-    unwraps the dead-letter envelope either way."""
+    unwraps the dead-letter envelope either way.
+
+    \b
+    Example:
+      forwarder replay dead-letters
+      forwarder replay dead-letters --integration dmhub
+    """
     from forwarder_local.queue import DurableQueueStore
 
     source, target = {
@@ -429,7 +476,13 @@ def replay(which: str, state_dir: Path, integration: str | None, limit: int) -> 
     "--region",
     help="default: the embedded stack's (local URL), else AWS_REGION, else us-east-1",
 )
-@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_STATE)
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_STATE,
+    show_default=True,
+    help="the embedded stack's state folder: its issued keys, and a backfill's progress files",
+)
 @click.option("--idempotency-key", help="sent as the Idempotency-Key header")
 @click.option(
     "--config",
@@ -494,7 +547,21 @@ def send(
     max_rows: int | None,
 ) -> None:
     """Send one record: signed to the API (SigV4, service execute-api), or as a producer would through SQS or
-    EventBridge (--via), and print the answer."""
+    EventBridge (--via), and print the answer.
+
+    KIND: contacts (upsert), delete (delete / anonymise) or event. A --file ending in .csv or .jsonl is a
+    backfill: each row is sent as its own request, with an Idempotency-Key derived from the file and the row,
+    under a progress bar; run the same command again to resume after an interruption. It ends with a summary
+    of accepted and refused rows (by code, with their lines). CSV: the header names the attributes, an empty
+    cell is absent, a JSON list cell (["vip"]) is a list, other cells are text as written.
+
+    \b
+    Example:
+      forwarder send contacts -g demo --set email=jane@example.com --set 'tags=["vip"]'
+      forwarder send delete -g demo --set email=jane@example.com
+      forwarder send contacts -g demo --file customers.csv --concurrency 8 --rate 50
+      forwarder send event -g demo --via sqs --set email=jane@example.com --set event=purchase
+    """
     import requests
     from requests_aws4auth import AWS4Auth
 
@@ -795,7 +862,13 @@ def clients() -> None:
 
     A client is an entry of the config's `clients`; the stack issues keys to its IAM user principal
     (arn:aws:iam::ACCOUNT:user/NAME), so the key signs as that client. The gateway reads the keys on every
-    request: a key issued or revoked here counts at once, with no restart."""
+    request: a key issued or revoked here counts at once, with no restart.
+
+    \b
+    Example:
+      forwarder clients create -g demo
+      forwarder clients list
+    """
 
 
 def _clients_config(state_dir: Path, config_path: Path | None) -> tuple[Any, Path]:
@@ -877,7 +950,12 @@ def _config_option(function: Any) -> Any:
 def clients_create(
     group_key: str, client_name: str | None, state_dir: Path, config_path: Path | None
 ) -> None:
-    """Issue a new access key to the client allowed to use GROUP_KEY. The secret is shown once."""
+    """Issue a new access key to the client allowed to use GROUP_KEY. The secret is shown once.
+
+    \b
+    Example:
+      forwarder clients create --group-key demo
+    """
     from forwarder_local.stores import LocalCredentials
 
     config, path = _clients_config(state_dir, config_path)
@@ -899,7 +977,12 @@ def clients_create(
 @_state_option
 @_config_option
 def clients_list(group_key: str | None, state_dir: Path, config_path: Path | None) -> None:
-    """List the issued access keys (never a secret): client, user, kind, state."""
+    """List the issued access keys (never a secret): client, user, kind, state.
+
+    \b
+    Example:
+      forwarder clients list -g demo
+    """
     from forwarder_local.stores import LocalCredentials
 
     config, _ = _clients_config(state_dir, config_path)
@@ -932,7 +1015,12 @@ def clients_list(group_key: str | None, state_dir: Path, config_path: Path | Non
 @_state_option
 @_config_option
 def clients_revoke(access_key: str, state_dir: Path, config_path: Path | None) -> None:
-    """Revoke ACCESS_KEY (and the temporary credentials issued with it): the gateway refuses it at once."""
+    """Revoke ACCESS_KEY (and the temporary credentials issued with it): the gateway refuses it at once.
+
+    \b
+    Example:
+      forwarder clients revoke AKIAEXAMPLEKEY123456
+    """
     from forwarder_local.stores import CredentialsError, LocalCredentials
 
     credentials = LocalCredentials(state_dir / "credentials.json")
@@ -973,7 +1061,12 @@ def clients_session(
     """Issue temporary credentials (access key id, secret, session token, expiry), as STS GetSessionToken does.
 
     Prints shell exports, so `eval "$(forwarder clients session -g demo)"` lets `forwarder send`, the AWS
-    SDKs and curl's aws-sigv4 sign with them."""
+    SDKs and curl's aws-sigv4 sign with them.
+
+    \b
+    Example:
+      eval "$(forwarder clients session -g demo --duration-seconds 3600)"
+    """
     from forwarder_local.stores import CredentialsError, LocalCredentials
 
     credentials = LocalCredentials(state_dir / "credentials.json")
@@ -1007,13 +1100,24 @@ def clients_session(
 
 @main.group()
 def config() -> None:
-    """Check and preview config documents."""
+    """Check and preview config documents.
+
+    \b
+    Example:
+      forwarder config check config/forwarder.yaml
+      forwarder config preview config/forwarder.yaml -g demo --set email=jane@example.com
+    """
 
 
 @config.command("check")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def config_check(path: Path) -> None:
-    """Validate a config document; every problem is printed with its path and line."""
+    """Validate a config document; every problem is printed with its path and line (exit 1 if any).
+
+    \b
+    Example:
+      forwarder config check config/forwarder.yaml
+    """
     from forwarder.config import ConfigError, load_config_text
 
     try:
@@ -1033,12 +1137,35 @@ def config_check(path: Path) -> None:
 
 @config.command("preview")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--group-key", "-g", required=True)
-@click.option("--kind", type=click.Choice(sorted(ROUTES)), default="contacts", show_default=True)
-@click.option("--set", "-s", "pairs", multiple=True, metavar="ATTR=VALUE")
+@click.option("--group-key", "-g", required=True, help="the group key whose integrations the record goes to")
+@click.option(
+    "--kind",
+    type=click.Choice(sorted(ROUTES)),
+    default="contacts",
+    show_default=True,
+    help="the route: contacts (upsert), delete or event",
+)
+@click.option(
+    "--set",
+    "-s",
+    "pairs",
+    multiple=True,
+    metavar="ATTR=VALUE",
+    help="a data attribute, as for forwarder send (text, or a JSON list, true, false, null)",
+)
 @click.option("--file", "-f", "data_file", type=click.File("r"), help="JSON file with the data object")
 def config_preview(path: Path, group_key: str, kind: str, pairs: tuple[str, ...], data_file: Any) -> None:
-    """Dry run: the delivery payloads (or rejections) a record would cause, without sending anything."""
+    """Dry run: the vendor requests (or rejections) a record would cause, without reaching any vendor.
+
+    Each integration's own code delivers the record to its vendor's sandbox, started in memory for the
+    preview; the requests it received are printed (method, the vendor's URL, query, body; tokens hidden), as
+    for a customer the vendor does not hold yet. Exit 1 when every integration would reject the record.
+
+    \b
+    Example:
+      forwarder config preview config/forwarder.yaml -g demo --set email=jane@example.com --set first_name=Jane
+      forwarder config preview config/forwarder.yaml -g demo --kind delete --set email=jane@example.com
+    """
     from forwarder.config import ConfigError, load_config
     from forwarder.contract import ContractError, check_flat
     from forwarder.flows.validate import plan

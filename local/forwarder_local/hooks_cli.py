@@ -78,7 +78,13 @@ def _gateway_url(state_dir: Path) -> str:
 
 
 _common = [
-    click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_STATE),
+    click.option(
+        "--state-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=DEFAULT_STATE,
+        show_default=True,
+        help="the embedded stack's state folder (its secret store is secrets.json there)",
+    ),
     click.option(
         "--config",
         "config_path",
@@ -100,7 +106,13 @@ def _options(function: Any) -> Any:
 
 @click.group("hooks")
 def hooks() -> None:
-    """Issue, list and revoke the secrets of web-form hooks (POST /v1/hooks/{hook_id})."""
+    """Issue, list and revoke the secrets of web-form hooks (POST /v1/hooks/{hook_id}).
+
+    \b
+    Example:
+      forwarder hooks list
+      forwarder hooks create newsletter
+    """
 
 
 @hooks.command("create")
@@ -113,7 +125,13 @@ def hooks() -> None:
 def create(
     hook_id: str, rotate: bool, url: str | None, state_dir: Path, config_path: Path | None, aws: bool
 ) -> None:
-    """Issue the hook's secret and print it once, with how to use it."""
+    """Issue the hook's secret and print it once, with how to use it.
+
+    \b
+    Example:
+      forwarder hooks create newsletter
+      forwarder hooks create typeform-signup --rotate --aws
+    """
     from forwarder.config.hooks import FormTokenAuth
     from forwarder.ports.secrets import SecretStoreError
 
@@ -162,7 +180,12 @@ def create(
 @hooks.command("list")
 @_options
 def list_hooks(state_dir: Path, config_path: Path | None, aws: bool) -> None:
-    """The config's hooks and whether each has a secret (never the secret itself)."""
+    """The config's hooks and whether each has a secret (never the secret itself).
+
+    \b
+    Example:
+      forwarder hooks list --aws
+    """
     configured = _config_hooks(config_path, state_dir)
     if not configured:
         click.echo("no hooks in the config (add a 'hooks:' section)")
@@ -186,7 +209,12 @@ def list_hooks(state_dir: Path, config_path: Path | None, aws: bool) -> None:
 @click.argument("hook_id")
 @_options
 def revoke(hook_id: str, state_dir: Path, config_path: Path | None, aws: bool) -> None:
-    """Make the hook refuse every post (410) until a new secret is created."""
+    """Make the hook refuse every post (410) until a new secret is created.
+
+    \b
+    Example:
+      forwarder hooks revoke newsletter
+    """
     from forwarder.ports.secrets import SecretStoreError
 
     hook = _hook(_config_hooks(config_path, state_dir), hook_id)

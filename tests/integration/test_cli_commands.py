@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import click
 from click.testing import CliRunner
 
 from forwarder.messages import Rejection
@@ -206,3 +208,25 @@ def test_config_preview_fails_when_every_integration_would_reject_the_record() -
     shown = json.loads(result.output[: result.output.rindex("}") + 1])
     assert shown["deliveries"] == [] and len(shown["rejections"]) == 3
     assert "every integration would reject this record" in result.output
+
+
+def commands(command: click.Command, path: str = "forwarder") -> Iterator[tuple[str, click.Command]]:
+    yield path, command
+    if isinstance(command, click.Group):
+        for name, sub in sorted(command.commands.items()):
+            yield from commands(sub, f"{path} {name}")
+
+
+def test_every_command_has_help_with_an_example_and_every_option_says_what_it_does() -> None:
+    undocumented = [
+        f"{path} {param.opts[0]}"
+        for path, command in commands(main)
+        for param in command.params
+        if isinstance(param, click.Option) and not param.help and param.name not in ("help", "version")
+    ]
+    without_example = [path for path, command in commands(main) if "Example:" not in (command.help or "")]
+    assert undocumented == [], "options without help"
+    assert without_example == [], "commands without an example"
+    # and --help shows the example as written (one per line, not rewrapped)
+    shown = CliRunner().invoke(main, ["send", "--help"]).output
+    assert "\n    forwarder send contacts -g demo --file customers.csv --concurrency 8 --rate 50\n" in shown
