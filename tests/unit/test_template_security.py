@@ -118,7 +118,8 @@ def load_sam_template() -> dict[str, Any]:
     return loaded
 
 
-def sam_transform(sam_template: dict[str, Any]) -> dict[str, Any]:
+def sam_transform(sam_template: dict[str, Any], parameters: dict[str, str] | None = None) -> dict[str, Any]:
+    """The CloudFormation SAM generates, given these parameter values (SAM resolves a few intrinsics with them)."""
     template = copy.deepcopy(sam_template)
     for resource in template["Resources"].values():
         for key in ("CodeUri", "ContentUri"):
@@ -126,7 +127,7 @@ def sam_transform(sam_template: dict[str, Any]) -> dict[str, Any]:
                 resource["Properties"][key] = "s3://artifacts/forwarder.zip"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("AWS_DEFAULT_REGION", "eu-west-1")
-        transformed = transform(template, {}, _NoManagedPolicies())  # type: ignore[arg-type]
+        transformed = transform(template, parameters or {}, _NoManagedPolicies())  # type: ignore[arg-type]
     assert isinstance(transformed, dict)
     return transformed
 
@@ -201,8 +202,8 @@ def default_stack(transformed: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def keyed_stack(transformed: dict[str, Any]) -> dict[str, Any]:
-    return resolve(transformed, CUSTOMER_KEY)
+def keyed_stack() -> dict[str, Any]:
+    return resolve(sam_transform(load_sam_template(), CUSTOMER_KEY), CUSTOMER_KEY)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -593,12 +594,21 @@ def test_the_stage_throttles_every_route_and_the_hooks_tighter_by_parameters(
     [{}, CUSTOMER_KEY, {**CUSTOMER_KEY, "IngestReservedConcurrency": "0", "ExistingProducerQueueArn": ""}],
     ids=["aws-managed", "customer-key", "customer-key-unreserved"],
 )
-def test_cfn_lint_passes_on_what_cloudformation_would_create(
-    transformed: dict[str, Any], parameters: dict[str, str]
+def test_the_transform_and_cfn_lint_pass_on_what_cloudformation_would_create(
+    parameters: dict[str, str],
 ) -> None:
-    stack = resolve(transformed, parameters)
+    stack = resolve(sam_transform(load_sam_template(), parameters), parameters)
     matches = lint(json.dumps(stack), config=ManualArgs(regions=["eu-west-1"]))
     assert [f"{m.rule.id} {m.message} {m.path}" for m in matches if m.rule.id.startswith("E")] == []
+
+
+def test_cfn_lint_reads_the_resolved_template(keyed_stack: dict[str, Any]) -> None:
+    stack = copy.deepcopy(keyed_stack)
+    stack["Resources"]["DeletionLedgerTable"]["Properties"]["SSESpecification"]["SSEType"] = "AES"
+    matches = lint(json.dumps(stack), config=ManualArgs(regions=["eu-west-1"]))
+    assert [m.path[:2] for m in matches if m.rule.id.startswith("E")] == [
+        ["Resources", "DeletionLedgerTable"]
+    ]
 
 
 # ------------------------------------------------------------------------------------------------------------
