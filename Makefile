@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PYTHON ?= $(shell (pyenv which python3.13 2>/dev/null) || command -v python3.13 || command -v python3)
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck bench chaos check-config clean install browser
+.PHONY: run test lint typecheck bench chaos check-config clean install browser checkov
 
 $(STAMP): pyproject.toml layers/forwarder/requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,6 +14,24 @@ $(STAMP): pyproject.toml layers/forwarder/requirements.txt
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# checkov pins dependencies below the ones the forwarder runs and is tested with (boto3, networkx, packaging), so
+# it lives in a virtualenv of its own; its version is pyproject.toml's `scan` extra. Every check on template.yaml
+# passes or is skipped in the resource's Metadata with its reason (README, "Security"). cfn-lint runs first: a
+# template checkov cannot parse would otherwise pass unscanned.
+CHECKOV_VENV := $(VENV)/checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
+CHECKOV := $(CHECKOV_VENV)/bin/checkov --file template.yaml --framework cloudformation --compact --quiet --skip-download
+
+$(CHECKOV_STAMP): pyproject.toml
+	test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet \
+	  $$($(CHECKOV_VENV)/bin/python -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["scan"])')
+	touch $@
+
+checkov: $(CHECKOV_STAMP)  ## the infrastructure scanner on template.yaml
+	$(CHECKOV)
 
 # The browser e2e test (a plain HTML form in headless Chromium) drives Debian's chromium through its driver.
 # As root (CI, a fresh machine) they are installed when missing; elsewhere that test is skipped, saying why.
@@ -29,7 +47,7 @@ browser:
 run: $(STAMP)  ## start the embedded stack (gateway, queues, pollers, secrets, sandboxes); flags: make run ARGS="--port 9090"
 	$(VENV)/bin/forwarder run $(ARGS)
 
-test: $(STAMP) browser  ## lint, type-check, config check, then the whole test suite
+test: $(STAMP) $(CHECKOV_STAMP) browser  ## lint, type-check, config check, checkov, then the whole test suite
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
@@ -37,13 +55,15 @@ test: $(STAMP) browser  ## lint, type-check, config check, then the whole test s
 	$(VENV)/bin/forwarder config check config/examples/expertsender-only.yaml
 	$(VENV)/bin/forwarder config check chaos/forwarder.yaml
 	$(VENV)/bin/cfn-lint template.yaml
+	$(CHECKOV)
 	$(VENV)/bin/pytest -n 2 tests
 
-lint: $(STAMP)
+lint: $(STAMP) $(CHECKOV_STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/cfn-lint template.yaml
+	$(CHECKOV)
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .

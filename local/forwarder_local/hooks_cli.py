@@ -41,11 +41,11 @@ def _config_hooks(config_path: Path | None, state_dir: Path) -> dict[str, HookCo
         raise click.ClickException("\n".join([f"invalid config {error.source}:", *error.problems])) from None
 
 
-def _store(state_dir: Path, aws: bool) -> SecretsPort:
+def _store(state_dir: Path, aws: bool, kms_key_id: str | None = None) -> SecretsPort:
     if aws:
         from forwarder.adapters.aws import SecretsManagerSecrets
 
-        return SecretsManagerSecrets()
+        return SecretsManagerSecrets(kms_key_id=kms_key_id)
     from forwarder_local.stores import LocalSecretStore
 
     return LocalSecretStore(state_dir / "secrets.json")
@@ -121,9 +121,21 @@ def hooks() -> None:
 @click.option(
     "--url", default=None, help="the API's base URL to print in examples (default: the local gateway)"
 )
+@click.option(
+    "--kms-key-id",
+    envvar="FORWARDER_SECRETS_KMS_KEY_ID",
+    default=None,
+    help="with --aws: the KMS key a new secret is created under (the stack's KmsKeyArn; default AWS managed)",
+)
 @_options
 def create(
-    hook_id: str, rotate: bool, url: str | None, state_dir: Path, config_path: Path | None, aws: bool
+    hook_id: str,
+    rotate: bool,
+    url: str | None,
+    kms_key_id: str | None,
+    state_dir: Path,
+    config_path: Path | None,
+    aws: bool,
 ) -> None:
     """Issue the hook's secret and print it once, with how to use it.
 
@@ -136,7 +148,7 @@ def create(
     from forwarder.ports.secrets import SecretStoreError
 
     hook = _hook(_config_hooks(config_path, state_dir), hook_id)
-    store = _store(state_dir, aws)
+    store = _store(state_dir, aws, kms_key_id)
     existing = _read(store, hook.secret)
     if existing and existing.get("secret") and not rotate:
         raise click.ClickException(

@@ -66,9 +66,24 @@ def _template() -> dict[str, Any]:
     return loaded
 
 
+#: The template's conditions as the stack is deployed with its default parameters (no KmsKeyArn: SSE-SQS).
+DEFAULT_CONDITIONS = {"UseCustomerKey": False}
+
+
+def _as_deployed(value: Any) -> Any:
+    """A property's value with its Fn::If decided as for the default parameters."""
+    if isinstance(value, dict) and "Fn::If" in value:
+        condition, when_true, when_false = value["Fn::If"]
+        return _as_deployed(when_true if DEFAULT_CONDITIONS[condition] else when_false)
+    return value
+
+
 def _attributes(name: str, properties: dict[str, Any], arns: dict[str, str]) -> dict[str, str]:
     attributes: dict[str, str] = {}
-    for prop, value in properties.items():
+    for prop, conditional in properties.items():
+        value = _as_deployed(conditional)
+        if value == {"Ref": "AWS::NoValue"}:
+            continue
         if prop == "RedrivePolicy":
             dlq, attribute = value["deadLetterTargetArn"]["Fn::GetAtt"]
             assert attribute == "Arn"
@@ -349,6 +364,21 @@ def test_put_creates_a_secret_that_does_not_exist_yet(secretsmanager: Any) -> No
 
     stored = secretsmanager.get_secret_value(SecretId="forwarder/dmhub/brand-b/token")
     assert json.loads(stored["SecretString"]) == {"access_token": "tok-1", "expires_at": 1700000000}
+
+
+def test_a_secret_created_by_a_store_with_a_key_is_encrypted_under_it(secretsmanager: Any) -> None:
+    key_id = boto3.client("kms").create_key()["KeyMetadata"]["Arn"]
+    keyed = SecretsManagerSecrets(client=secretsmanager, kms_key_id=key_id)
+
+    keyed.put("forwarder/hooks/newsletter", {"secret": "s-1"})
+    # a new version of an existing secret keeps that secret's own key
+    keyed.put("forwarder/expertsender/brand-a", {"api_key": "es-key-0002"})
+    SecretsManagerSecrets(client=secretsmanager).put("forwarder/hooks/signup", {"secret": "s-2"})
+
+    assert secretsmanager.describe_secret(SecretId="forwarder/hooks/newsletter")["KmsKeyId"] == key_id
+    assert "KmsKeyId" not in secretsmanager.describe_secret(SecretId="forwarder/expertsender/brand-a")
+    assert "KmsKeyId" not in secretsmanager.describe_secret(SecretId="forwarder/hooks/signup")
+    assert keyed.get("forwarder/hooks/newsletter", max_age_seconds=0) == {"secret": "s-1"}
 
 
 def test_a_missing_secret_raises_not_found_naming_it(secretsmanager: Any) -> None:

@@ -198,9 +198,18 @@ class SecretsManagerSecrets(SecretsPort):
     ``name -> (fetched_at, value)`` is a few lines, keeps the client injectable and the clock testable.
     """
 
-    def __init__(self, client: Any | None = None, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        client: Any | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        kms_key_id: str | None = None,
+    ) -> None:
         self._client_instance = client
         self._clock = clock
+        #: The key a secret this store creates is encrypted with (the stack's KmsKeyArn); None: Secrets
+        #: Manager's AWS managed key. A new version of an existing secret keeps that secret's key.
+        self._kms_key_id = kms_key_id
         self._cache: dict[str, tuple[float, dict[str, Any]]] = {}
         self._lock = threading.Lock()
 
@@ -241,7 +250,8 @@ class SecretsManagerSecrets(SecretsPort):
 
     def _create(self, name: str, secret_string: str) -> None:
         try:
-            self._client.create_secret(Name=name, SecretString=secret_string)
+            key = {"KmsKeyId": self._kms_key_id} if self._kms_key_id else {}
+            self._client.create_secret(Name=name, SecretString=secret_string, **key)
         except ClientError as exc:
             if _error_code(exc) != "ResourceExistsException":
                 raise SecretStoreError(
