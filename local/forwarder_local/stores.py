@@ -513,6 +513,9 @@ class LocalDeliveryLog(DeliveryLog):
             " validated_at REAL NOT NULL, planned TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '')"
         )
         self._db.execute("CREATE INDEX IF NOT EXISTS requests_by_time ON requests (validated_at)")
+        # The request records' own connection: WAL with synchronous=NORMAL (see record_requests).
+        self._unsynced = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
+        self._unsynced.execute("PRAGMA synchronous=NORMAL")
         # Kept 30 days, as DynamoDB's TTL keeps them: what is older goes when the stack starts.
         horizon = clock() - ttl_days * 86400
         self._db.execute("DELETE FROM requests WHERE validated_at < ?", (horizon,))
@@ -537,19 +540,14 @@ class LocalDeliveryLog(DeliveryLog):
         return found
 
     def _write(self, statement: str, rows: list[tuple[Any, ...]], *, fsync: bool = True) -> None:
+        db = self._db if fsync else self._unsynced
         try:
             with self._lock:
-                if not fsync:
-                    self._db.execute("PRAGMA synchronous=NORMAL")
+                db.execute("BEGIN IMMEDIATE")
                 try:
-                    self._db.execute("BEGIN IMMEDIATE")
-                    try:
-                        self._db.executemany(statement, rows)
-                    finally:
-                        self._db.execute("COMMIT")
+                    db.executemany(statement, rows)
                 finally:
-                    if not fsync:
-                        self._db.execute("PRAGMA synchronous=FULL")
+                    db.execute("COMMIT")
         except sqlite3.Error as error:
             raise DeliveryLogError(f"local delivery log: {type(error).__name__}") from None
 
@@ -641,3 +639,4 @@ class LocalDeliveryLog(DeliveryLog):
 
     def close(self) -> None:
         self._db.close()
+        self._unsynced.close()

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 import yaml
 from click.testing import CliRunner, Result
 
@@ -160,3 +161,13 @@ def test_another_clients_request_answers_as_an_unknown_one(stack: EmbeddedStack)
     assert theirs.output == unknown.output
     assert "404" in theirs.output and "REQUEST_NOT_FOUND" in theirs.output
     assert "private@example.com" not in theirs.output
+
+
+def test_the_status_route_is_signed_like_the_others(stack: EmbeddedStack) -> None:
+    assert stack.gateway is not None
+    # an unsigned call is refused at the gateway, as API Gateway refuses it for an AWS_IAM route
+    unsigned = requests.get(
+        f"{stack.gateway.url}/v1/requests/00000000-0000-4000-8000-000000000000", timeout=10
+    )
+    assert unsigned.status_code == 403
+    assert unsigned.json()["code"] == "MISSING_AUTHENTICATION_TOKEN"

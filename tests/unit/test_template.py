@@ -458,6 +458,16 @@ def test_web_form_hooks_are_throttled_apart_and_tighter(cfn: dict[str, Any]) -> 
         assert 0 < hook["ThrottlingBurstLimit"] < default["ThrottlingBurstLimit"], method
 
 
+def test_status_polling_is_throttled_apart(cfn: dict[str, Any]) -> None:
+    (stage,) = resources(cfn, "AWS::ApiGateway::Stage").values()
+    settings = {(item["ResourcePath"], item["HttpMethod"]): item for item in stage["MethodSettings"]}
+    default = settings[("/*", "*")]
+    # clients polling their requests cannot use up the capacity that accepts records
+    polling = settings[("/" + STATUS_RESOURCE.replace("/", "~1"), STATUS_METHOD)]
+    assert 0 < polling["ThrottlingRateLimit"] < default["ThrottlingRateLimit"]
+    assert 0 < polling["ThrottlingBurstLimit"] < default["ThrottlingBurstLimit"]
+
+
 # --------------------------------------------------------------------------------------------------
 # functions: logs, least privilege, packaging
 # --------------------------------------------------------------------------------------------------
