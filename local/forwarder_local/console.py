@@ -340,7 +340,8 @@ class LocalConsole:
         integrations: set[str] = set()
         for entry in self.store.peek("delivery-dlq", ROWS):
             document = _document(entry["body"])
-            delivery = document.get("delivery") or {}
+            # a dead letter the deliver flow wrote carries its delivery; one the redrive policy moved is one
+            delivery = document.get("delivery") or (document if document.get("kind") == "delivery" else {})
             integration = str(delivery.get("integration", ""))
             integrations.add(integration)
             rows.append(
