@@ -16,6 +16,7 @@ import click
 
 from forwarder_local.hooks_cli import hooks
 from forwarder_local.secrets_cli import secrets
+from forwarder_local.status_cli import status
 from forwarder_local.values import parse_set_value
 
 DEFAULT_STATE = Path(os.environ.get("FORWARDER_STATE_DIR", ".forwarder"))
@@ -50,6 +51,7 @@ def main() -> None:
 
 main.add_command(hooks)
 main.add_command(secrets)
+main.add_command(status)
 
 
 # --- run ---------------------------------------------------------------------------------------------------
@@ -87,6 +89,12 @@ main.add_command(secrets)
     help="the ExpertSender sandbox's port; DM Hub's and CareCloud's are the next two",
 )
 @click.option("--no-sandboxes", is_flag=True, help="do not start vendor sandboxes (use real vendors)")
+@click.option(
+    "--console-port",
+    default=8090,
+    show_default=True,
+    help="the console's port (queues, requests, rejects, dead letters; 0: any free port)",
+)
 @click.option("--verbose", "-v", is_flag=True, help="print the handlers' structured logs (INFO)")
 @click.option(
     "--retry-base-seconds",
@@ -120,6 +128,7 @@ def run(
     region: str,
     sandbox_port: int,
     no_sandboxes: bool,
+    console_port: int,
     verbose: bool,
     retry_base_seconds: float | None,
     retry_max_seconds: float | None,
@@ -150,6 +159,7 @@ def run(
         region=region,
         sandbox_port=sandbox_port,
         with_sandboxes=not no_sandboxes,
+        console_port=console_port,
     )
     if retry_base_seconds is not None:
         options.retry_base_seconds = retry_base_seconds
@@ -176,7 +186,8 @@ def run(
     pending = sum(count["visible"] + count["in_flight"] + count["delayed"] for count in counts.values())
     click.echo(f"Forwarder embedded stack (state in {state_dir.resolve()})")
     click.echo(
-        f"  gateway (SigV4, like API Gateway)  {stack.gateway.url}   POST|DELETE /v1/contacts, POST /v1/events"
+        f"  gateway (SigV4, like API Gateway)  {stack.gateway.url}   POST|DELETE /v1/contacts, POST /v1/events, "
+        "GET /v1/requests/{request_id}"
     )
     click.echo(f"  signing                            region {options.region}, service execute-api")
     if stack.config.hooks:
@@ -196,6 +207,12 @@ def run(
         "forwarder send --via sqs|eventbridge"
     )
     click.echo(f"  config                             {options.config_path}")
+    if stack.console is not None:
+        # printed to the terminal only, never logged
+        click.echo(
+            f"  console (admin secret)             {stack.console.url}   secret {stack.console_secret} "
+            f"(kept in {state_dir / 'console-secret'})"
+        )
     first = stack.first_client()
     if first:
         name, group_key, access_key, _ = first
@@ -206,6 +223,9 @@ def run(
             f"  .venv/bin/forwarder send contacts --group-key {group_key} --url {stack.gateway.url}{state_flag} \\"
         )
         click.echo("      --set email=jane@example.com --set first_name=Jane --set city=Oslo\n")
+        click.echo(
+            f"and follow it: .venv/bin/forwarder status REQUEST_ID{state_flag}   (the request_id it answers)\n"
+        )
         if stack.sandboxes:
             click.echo("then see it in the sandboxes:")
             for _, sandbox_name, reads in SANDBOX_BANNER:

@@ -2,7 +2,8 @@
 each request into a REST proxy event with the caller's identity in ``requestContext.identity`` and invokes the
 ingest handler. A refusal is a 403 with API Gateway's ``{"message"}`` and ``x-amzn-ErrorType``, plus a stable
 ``code``. Web-form hooks (``POST|OPTIONS /v1/hooks/{hook_id}``) are served without SigV4, as their API
-Gateway methods have no authorisation: the handler checks their token or signature."""
+Gateway methods have no authorisation: the handler checks their token or signature. The status route
+(``GET /v1/requests/{request_id}``) is signed like the others."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from forwarder.auth.sigv4 import SignatureError
-from forwarder.contract import ROUTES
+from forwarder.contract import ROUTES, STATUS_METHOD, STATUS_RESOURCE, status_request_id
 from forwarder.hooks import HOOK_METHODS, HOOK_RESOURCE, hook_id_of
 from forwarder_local.authorizer import IamAuthorizer
 from forwarder_local.poller import LambdaContext
@@ -232,7 +233,10 @@ class LocalGateway:
                 request, error.status, {"message": error.message, "code": error.code}, error.error_type
             )
             return
-        if route not in ROUTES:
+        request_id_param = (
+            status_request_id(unquote(split.path)) if request.command == STATUS_METHOD else None
+        )
+        if route not in ROUTES and request_id_param is None:
             # API Gateway answers an unknown resource or method this way, signed or not.
             self._reply(
                 request,
@@ -251,6 +255,7 @@ class LocalGateway:
             caller.access_key,
             caller.user_arn,
             None,
+            request_id_param,
         )
 
     def _invoke(
@@ -264,7 +269,13 @@ class LocalGateway:
         access_key: str | None,
         user_arn: str | None,
         hook_id: str | None,
+        status_of: str | None = None,
     ) -> None:
+        resource, parameters = None, None
+        if hook_id is not None:
+            resource, parameters = HOOK_RESOURCE, {"hook_id": hook_id}
+        elif status_of is not None:
+            resource, parameters = STATUS_RESOURCE, {"request_id": status_of}
         event = proxy_event(
             method=request.command,
             raw_path=raw_path,
@@ -274,8 +285,8 @@ class LocalGateway:
             access_key=access_key,
             user_arn=user_arn,
             source_ip=request.client_address[0],
-            resource=HOOK_RESOURCE if hook_id is not None else None,
-            path_parameters={"hook_id": hook_id} if hook_id is not None else None,
+            resource=resource,
+            path_parameters=parameters,
         )
         event["requestContext"]["requestId"] = request_id
         try:

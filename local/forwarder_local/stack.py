@@ -3,6 +3,7 @@
 A local gateway (SigV4 like API Gateway) -> the ingest handler -> a durable ``ingest`` queue -> a poller
 invoking the validate handler -> a durable ``delivery`` queue -> a poller invoking the deliver handler ->
 the vendor (a sandbox by default). Queues have SQS semantics and DLQs; a scheduler invokes refresh tokens.
+A console (``forwarder_local.console``) shows queues, requests, rejects and dead letters, behind an admin secret.
 Producers write to a ``producer`` queue (SQS) or put events on a local bus whose rule forwards them to a
 ``producer-events`` queue (``forwarder_local.eventbus``); a poller invokes the sources handler on both.
 The handlers are the very files in ``functions/``, invoked with the same event shapes as on AWS.
@@ -29,6 +30,7 @@ from forwarder.config import ForwarderConfig, load_config
 from forwarder.ports.secrets import SecretStoreError
 from forwarder.runtime import RuntimeSettings, Services
 from forwarder_local.authorizer import IamAuthorizer
+from forwarder_local.console import LocalConsole, admin_secret
 from forwarder_local.eventbus import EVENTS_QUEUE, PRODUCER_QUEUE, LocalEventBus
 from forwarder_local.gateway import LocalGateway
 from forwarder_local.idempotency import SqliteIdempotencyLayer
@@ -125,6 +127,9 @@ class StackOptions:
     delivery_visibility_seconds: float = 180
     refresh_interval_seconds: float = 900
     poll_window_seconds: float = 0.2
+    #: the console's port (``forwarder run`` passes 8090); 0: any free port, so stacks in tests never collide
+    console_port: int = 0
+    with_console: bool = True
 
 
 class EmbeddedStack:
@@ -160,6 +165,8 @@ class EmbeddedStack:
         self.idempotency = SqliteIdempotencyLayer(state / "idempotency.db")
         self.sandboxes: dict[str, Sandbox] = {}
         self.gateway: LocalGateway | None = None
+        self.console: LocalConsole | None = None
+        self.console_secret = ""
         self.pollers: list[SqsPoller] = []
         self._stop = threading.Event()
         self._scheduler: threading.Thread | None = None
@@ -245,6 +252,9 @@ class EmbeddedStack:
             host=self.options.host,
             port=self.options.port,
         ).start()
+        if self.options.with_console:
+            self.console_secret = admin_secret(self.options.state_dir)
+            self.console = self._console(self.options.console_port).start()
         self._scheduler = threading.Thread(target=self._schedule_refresh, name="refresh-tokens", daemon=True)
         self._scheduler.start()
         # What `forwarder send` and `forwarder clients` read to reach this stack: its config, URL and region.
@@ -263,6 +273,8 @@ class EmbeddedStack:
         self._stop.set()
         if self.gateway:
             self.gateway.stop()
+        if self.console:
+            self.console.stop()
         for poller in self.pollers:
             poller.stop(timeout=5)
         for sandbox in self.sandboxes.values():
@@ -365,6 +377,23 @@ class EmbeddedStack:
                 self.secrets.put(
                     integration.secret, {**(current or {}), **connection[integration.type], "sandbox": True}
                 )
+
+    def _console(self, port: int) -> LocalConsole:
+        """The console on ``port``; on any free port when that one is taken (it is an aid, not the API: the
+        banner prints where it is)."""
+        try:
+            return LocalConsole(
+                self.store,
+                self.deliveries,
+                self.console_secret,
+                queues=lambda: [spec.name for spec in QUEUES],
+                host=self.options.host,
+                port=port,
+            )
+        except OSError:
+            if port == 0:
+                raise
+            return self._console(0)
 
     def _issue_caller_keys(self) -> None:
         for client in self.config.clients:

@@ -26,6 +26,7 @@ from forwarder.ports.deliveries import (
     DeliveryLogError,
     DeliveryRecord,
     DeliveryState,
+    RequestRecord,
 )
 from forwarder.ports.ledger import DeletionLedger, LedgerError
 from forwarder.ports.locks import LockError, LockPort
@@ -478,11 +479,24 @@ class LocalLocks(LockPort):
         self._db.close()
 
 
+def _request_of(row: tuple[Any, ...]) -> RequestRecord:
+    return RequestRecord(
+        request_id=row[0],
+        client=row[1],
+        group_key=row[2],
+        action=row[3],
+        received_at=row[4],
+        validated_at=float(row[5]),
+        planned=RequestRecord.parse_planned(row[6]),
+        reason=row[7],
+    )
+
+
 class LocalDeliveryLog(DeliveryLog):
     """The delivery log in SQLite (``deliveries.db`` in the state folder), with DynamoDB's rules: a final
     state is never replaced; ``begin`` counts an attempt and keeps the first attempt's time."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, ttl_days: int = 30, clock: Callable[[], float] = time.time) -> None:
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -492,6 +506,20 @@ class LocalDeliveryLog(DeliveryLog):
             " state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, first_attempt_at REAL,"
             " updated_at REAL NOT NULL, reason TEXT NOT NULL DEFAULT '', PRIMARY KEY (request_id, delivery))"
         )
+        # The requests validate handled: their client and plan (the status route's), newest first for the console.
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS requests (request_id TEXT PRIMARY KEY, client TEXT NOT NULL,"
+            " group_key TEXT NOT NULL, action TEXT NOT NULL, received_at TEXT NOT NULL,"
+            " validated_at REAL NOT NULL, planned TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '')"
+        )
+        self._db.execute("CREATE INDEX IF NOT EXISTS requests_by_time ON requests (validated_at)")
+        # The request records' own connection: WAL with synchronous=NORMAL (see record_requests).
+        self._unsynced = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
+        self._unsynced.execute("PRAGMA synchronous=NORMAL")
+        # Kept 30 days, as DynamoDB's TTL keeps them: what is older goes when the stack starts.
+        horizon = clock() - ttl_days * 86400
+        self._db.execute("DELETE FROM requests WHERE validated_at < ?", (horizon,))
+        self._db.execute("DELETE FROM deliveries WHERE updated_at < ?", (horizon,))
 
     def get(self, keys: list[DeliveryKey]) -> dict[DeliveryKey, DeliveryRecord]:
         found: dict[DeliveryKey, DeliveryRecord] = {}
@@ -511,14 +539,15 @@ class LocalDeliveryLog(DeliveryLog):
             raise DeliveryLogError(f"local delivery log: {type(error).__name__}") from None
         return found
 
-    def _write(self, statement: str, rows: list[tuple[Any, ...]]) -> None:
+    def _write(self, statement: str, rows: list[tuple[Any, ...]], *, fsync: bool = True) -> None:
+        db = self._db if fsync else self._unsynced
         try:
             with self._lock:
-                self._db.execute("BEGIN IMMEDIATE")
+                db.execute("BEGIN IMMEDIATE")
                 try:
-                    self._db.executemany(statement, rows)
+                    db.executemany(statement, rows)
                 finally:
-                    self._db.execute("COMMIT")
+                    db.execute("COMMIT")
         except sqlite3.Error as error:
             raise DeliveryLogError(f"local delivery log: {type(error).__name__}") from None
 
@@ -550,5 +579,64 @@ class LocalDeliveryLog(DeliveryLog):
             [(key.request_id, key.sort_key) for key in dict.fromkeys(keys)],
         )
 
+    def record_requests(self, requests: list[RequestRecord]) -> None:
+        self._write(
+            "INSERT OR REPLACE INTO requests (request_id, client, group_key, action, received_at, validated_at,"
+            " planned, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    record.request_id,
+                    record.client,
+                    record.group_key,
+                    record.action,
+                    record.received_at,
+                    record.validated_at,
+                    record.planned_json(),
+                    record.reason[:1000],
+                )
+                for record in requests
+            ],
+            # WAL with synchronous=NORMAL: it survives the stack's crash, and only a power cut may lose the
+            # last moments' records (a status, never a delivery: the deliveries' writes stay fsynced).
+            fsync=False,
+        )
+
+    def request(self, request_id: str) -> tuple[RequestRecord | None, dict[DeliveryKey, DeliveryRecord]]:
+        try:
+            with self._lock:
+                row = self._db.execute(
+                    "SELECT request_id, client, group_key, action, received_at, validated_at, planned, reason"
+                    " FROM requests WHERE request_id = ?",
+                    (request_id,),
+                ).fetchone()
+                rows = self._db.execute(
+                    "SELECT delivery, state, attempts, first_attempt_at, updated_at, reason FROM deliveries"
+                    " WHERE request_id = ?",
+                    (request_id,),
+                ).fetchall()
+        except sqlite3.Error as error:
+            raise DeliveryLogError(f"local delivery log: {type(error).__name__}") from None
+        deliveries: dict[DeliveryKey, DeliveryRecord] = {}
+        for delivery, state, attempts, first, updated, reason in rows:
+            integration, _, operation = str(delivery).partition("#")
+            deliveries[DeliveryKey(request_id, integration, operation)] = DeliveryRecord(
+                DeliveryState(state), int(attempts), first, float(updated), reason
+            )
+        return (_request_of(row) if row else None), deliveries
+
+    def recent(self, limit: int = 50) -> list[RequestRecord]:
+        """The requests validate handled last, newest first (the embedded console lists them)."""
+        try:
+            with self._lock:
+                rows = self._db.execute(
+                    "SELECT request_id, client, group_key, action, received_at, validated_at, planned, reason"
+                    " FROM requests ORDER BY validated_at DESC LIMIT ?",
+                    (limit,),
+                ).fetchall()
+        except sqlite3.Error as error:
+            raise DeliveryLogError(f"local delivery log: {type(error).__name__}") from None
+        return [_request_of(row) for row in rows]
+
     def close(self) -> None:
         self._db.close()
+        self._unsynced.close()

@@ -10,6 +10,7 @@ from typing import Any
 
 import boto3
 import pytest
+import yaml
 from moto import mock_aws
 
 from forwarder import runtime
@@ -212,3 +213,73 @@ def test_a_retry_hides_the_sqs_message_for_the_backoff(aws: dict[str, str]) -> N
         assert response == {"batchItemFailures": [{"itemIdentifier": event["Records"][0]["messageId"]}]}
         # the message's visibility was changed to the backoff: it is not receivable right away
         assert receive_event(aws["delivery"])["Records"] == []
+
+
+def _status(request_id: str, user: str = "forwarder-demo") -> tuple[int, dict[str, Any]]:
+    """GET /v1/requests/{request_id} as API Gateway invokes ingest for an IAM user's signed call."""
+    event = load_event("api_get_request_status.json")
+    event["path"] = f"/v1/requests/{request_id}"
+    event["pathParameters"] = {"request_id": request_id}
+    event["requestContext"]["identity"]["userArn"] = f"arn:aws:iam::000000000000:user/{user}"
+    response = load_handler("ingest")(event, LambdaContext("IngestFunction"))
+    return response["statusCode"], json.loads(response["body"])
+
+
+def _post(data: dict[str, Any]) -> str:
+    event = load_event("api_post_contacts.json")
+    event["body"] = json.dumps({"data": data, "group_key": "demo"})
+    del event["headers"]["Idempotency-Key"], event["multiValueHeaders"]["Idempotency-Key"]
+    response = load_handler("ingest")(event, LambdaContext("IngestFunction"))
+    assert response["statusCode"] == 202, response["body"]
+    return str(json.loads(response["body"])["request_id"])
+
+
+def test_a_request_is_followed_from_pending_to_delivered_on_dynamodb(
+    aws: dict[str, str], tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given ExpertSender as the demo group key's integration, and a second client of the same group key
+    config = yaml.safe_load((REPO_ROOT / "config" / "examples" / "expertsender-only.yaml").read_text())
+    config["clients"].append(
+        {
+            "name": "other",
+            "principals": ["arn:aws:iam::000000000000:user/forwarder-other"],
+            "group_keys": ["demo"],
+        }
+    )
+    (tmp_path / "forwarder.yaml").write_text(yaml.safe_dump(config))
+    monkeypatch.setenv("FORWARDER_CONFIG_PATH", str(tmp_path / "forwarder.yaml"))
+    with ExpertSenderSandbox("aws-mode-key") as sandbox:
+        boto3.client("secretsmanager").create_secret(
+            Name="forwarder/demo/expertsender",
+            SecretString=json.dumps({"api_key": "aws-mode-key", "base_url": sandbox.url}),
+        )
+        # when a contact and a contact without an e-mail are accepted
+        good = _post({"email": "jane@example.com", "first_name": "Jane"})
+        bad = _post({"first_name": "No e-mail"})
+        # then before validate has seen them, they are unknown (as any other id)
+        unknown = _status("5b0d2f7e-0000-4c3e-9d1a-000000000000")
+        assert unknown[0] == 404 and unknown[1]["code"] == "REQUEST_NOT_FOUND"
+        assert _status(good) == unknown
+        # when validate has run, the good one is pending at ExpertSender, the bad one rejected with the reason
+        assert run("validate", aws["ingest"]) == {"batchItemFailures": []}
+        code, pending = _status(good)
+        assert code == 200 and pending["status"] == "pending"
+        [entry] = pending["integrations"]
+        assert entry["integration"] == "expertsender" and entry["status"] == "pending"
+        assert entry["attempts"] == 0
+        code, rejected = _status(bad)
+        assert code == 200
+        [entry] = rejected["integrations"]
+        assert entry["status"] == "rejected" and entry["stage"] == "validate"
+        assert "does not map to ExpertSender" in entry["reason"]
+        assert entry["errors"] == ["attribute 'email' is required (it maps to 'email')"]
+        # and the other client of the same group key gets exactly the answer of an unknown id
+        assert _status(good, user="forwarder-other") == unknown
+        # when deliver has run, it is delivered after one attempt, with the times
+        assert run("deliver", aws["delivery"]) == {"batchItemFailures": []}
+        code, delivered = _status(good)
+        assert code == 200 and delivered["status"] == "done"
+        [entry] = delivered["integrations"]
+        assert entry["status"] == "delivered" and entry["attempts"] == 1
+        assert entry["first_attempt_at"] and entry["updated_at"] >= entry["first_attempt_at"]
+        assert sandbox.find(email="jane@example.com") is not None

@@ -387,3 +387,38 @@ def test_ingest_refuses_a_client_using_a_group_key_it_is_not_allowed(world: Worl
     assert response["statusCode"] == 403
     assert json.loads(response["body"])["code"] == "GROUP_KEY_FORBIDDEN"
     assert world.bodies("ingest") == []
+
+
+def test_validate_records_each_request_for_its_status_before_queueing_its_deliveries(world: World) -> None:
+    # given the canonical batch: a contact ExpertSender takes, and one it cannot (no e-mail)
+    response = invoke("validate", load_event("sqs_ingest.json"))
+    assert response == {"batchItemFailures": []}
+    # then each request's client and plan are in the delivery log, for the status route
+    good, _ = world.deliveries.request("5b0d2f7e-1111-4c3e-9d1a-000000000001")
+    bad, _ = world.deliveries.request("5b0d2f7e-1111-4c3e-9d1a-000000000002")
+    assert good is not None and good.client == "demo" and good.group_key == "demo"
+    assert [(item.integration, item.state) for item in good.planned] == [("expertsender", "pending")]
+    assert bad is not None
+    [rejected] = bad.planned
+    assert rejected.state == "rejected" and "does not map" in rejected.reason
+    assert rejected.errors == ("attribute 'email' is required (it maps to 'email')",)
+
+
+def test_validate_retries_a_batch_whose_requests_could_not_be_recorded(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from forwarder.ports.deliveries import DeliveryLogError
+
+    # given a delivery log that cannot be written
+    def unavailable(requests: Any) -> None:
+        raise DeliveryLogError("local delivery log: OperationalError")
+
+    monkeypatch.setattr(world.deliveries, "record_requests", unavailable)
+    event = load_event("sqs_ingest.json")
+    # when validate handles the batch, then every record is reported failed and nothing is queued (the queue
+    # hands the batch over again: no delivery goes out that the status route would not know)
+    response = invoke("validate", event)
+    assert {failure["itemIdentifier"] for failure in response["batchItemFailures"]} == {
+        record["messageId"] for record in event["Records"]
+    }
+    assert world.bodies("delivery") == [] and world.bodies("rejects") == []

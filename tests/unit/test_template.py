@@ -18,6 +18,7 @@ from cfnlint.decode import cfn_yaml
 from samtranslator.translator.transform import transform
 
 from forwarder.adapters.aws import LEDGER_TABLE_ENV_VAR, LEDGER_TTL_DAYS, LOCKS_TABLE_ENV_VAR
+from forwarder.contract import STATUS_METHOD, STATUS_RESOURCE
 from forwarder.flows.ingest import IDEMPOTENCY_TTL_SECONDS
 from forwarder.hooks import HOOK_METHODS, HOOK_RESOURCE
 from forwarder.producers import DETAIL_TYPES, EVENT_SOURCE_PREFIX
@@ -30,7 +31,12 @@ LEDGER_ACTIONS = {"dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:UpdateI
 LOCK_ACTIONS = {"dynamodb:PutItem", "dynamodb:DeleteItem"}
 IDEMPOTENCY_ACTIONS = {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"}
 
-SIGNED_ROUTES = {("/v1/contacts", "post"), ("/v1/contacts", "delete"), ("/v1/events", "post")}
+SIGNED_ROUTES = {
+    ("/v1/contacts", "post"),
+    ("/v1/contacts", "delete"),
+    ("/v1/events", "post"),
+    (STATUS_RESOURCE, STATUS_METHOD.lower()),
+}
 # The web-form hook's methods, as the embedded gateway and the API serve them (forwarder.hooks).
 HOOK_ROUTES = {(HOOK_RESOURCE, method.lower()) for method in HOOK_METHODS}
 #: A MethodSettings ResourcePath: a leading "/", then each "/" of the path as "~1".
@@ -226,7 +232,16 @@ def test_the_delivery_queue_orders_each_customer_and_its_dlq_keeps_the_groups(cf
     assert int(mapping["BatchSize"]) <= 10 and "MaximumBatchingWindowInSeconds" not in mapping
 
 
-def test_only_deliver_reaches_the_delivery_log(cfn: dict[str, Any]) -> None:
+#: Who may do what on the delivery log: deliver keeps the deliveries; validate writes each request's record;
+#: ingest (the status route) only reads a request's partition.
+DELIVERY_LOG_ACTIONS = {
+    "DeliverFunction": {"dynamodb:BatchGetItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"},
+    "ValidateFunction": {"dynamodb:BatchWriteItem"},
+    "IngestFunction": {"dynamodb:Query"},
+}
+
+
+def test_the_delivery_log_is_reached_with_least_privilege(cfn: dict[str, Any]) -> None:
     table = resources(cfn, "AWS::DynamoDB::Table")["DeliveryLogTable"]
     assert table["KeySchema"] == [
         {"AttributeName": "request_id", "KeyType": "HASH"},
@@ -241,12 +256,9 @@ def test_only_deliver_reaches_the_delivery_log(cfn: dict[str, Any]) -> None:
         for statement in policy_statements(cfn, str(target(function["Role"]))):
             if "DeliveryLogTable" in referenced_ids(statement.get("Resource")):
                 reachers.add(name)
-                assert set(actions(statement)) == {
-                    "dynamodb:BatchGetItem",
-                    "dynamodb:UpdateItem",
-                    "dynamodb:DeleteItem",
-                }
-    assert reachers == {"DeliverFunction"}
+                assert set(actions(statement)) == DELIVERY_LOG_ACTIONS.get(name), name
+                assert statement["Resource"] == {"Fn::GetAtt": ["DeliveryLogTable", "Arn"]}, name
+    assert reachers == set(DELIVERY_LOG_ACTIONS)
 
 
 def test_visibility_timeout_outlasts_six_consumer_timeouts(cfn: dict[str, Any]) -> None:
@@ -454,6 +466,16 @@ def test_web_form_hooks_are_throttled_apart_and_tighter(cfn: dict[str, Any]) -> 
             assert 0 < default_value(cfn, hook[limit]) < default_value(cfn, default[limit]), (method, limit)
 
 
+def test_status_polling_is_throttled_apart(cfn: dict[str, Any]) -> None:
+    (stage,) = resources(cfn, "AWS::ApiGateway::Stage").values()
+    settings = {(item["ResourcePath"], item["HttpMethod"]): item for item in stage["MethodSettings"]}
+    default = settings[("/*", "*")]
+    # clients polling their requests cannot use up the capacity that accepts records
+    polling = settings[("/" + STATUS_RESOURCE.replace("/", "~1"), STATUS_METHOD)]
+    for limit in ("ThrottlingRateLimit", "ThrottlingBurstLimit"):
+        assert 0 < default_value(cfn, polling[limit]) < default_value(cfn, default[limit]), limit
+
+
 # --------------------------------------------------------------------------------------------------
 # functions: logs, least privilege, packaging
 # --------------------------------------------------------------------------------------------------
@@ -613,7 +635,7 @@ def test_only_deliver_can_reach_the_deletion_ledger(cfn: dict[str, Any]) -> None
             if touches_dynamodb and "IdempotencyTable" in referenced_ids(statement.get("Resource")):
                 continue  # see test_only_ingest_can_reach_the_idempotency_table
             if touches_dynamodb and "DeliveryLogTable" in referenced_ids(statement.get("Resource")):
-                continue  # see test_only_deliver_reaches_the_delivery_log
+                continue  # see test_the_delivery_log_is_reached_with_least_privilege
             if touches_dynamodb or "DeletionLedgerTable" in referenced_ids(statement.get("Resource")):
                 reachers.add(function)
                 # exactly read and conditional-write, on the table itself (no Scan, Query, DeleteItem, ...)

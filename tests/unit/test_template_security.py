@@ -579,14 +579,19 @@ def test_the_stage_throttles_every_route_and_the_hooks_tighter_by_parameters(
     settings = {(item["ResourcePath"], item["HttpMethod"]): item for item in stage["MethodSettings"]}
     assert settings[("/*", "*")]["ThrottlingRateLimit"] == {"Ref": "ApiThrottlingRateLimit"}
     assert settings[("/*", "*")]["ThrottlingBurstLimit"] == {"Ref": "ApiThrottlingBurstLimit"}
-    hooks = [item for path, item in settings.items() if path[0] != "/*"]
+    overrides = {path: item for path, item in settings.items() if path[0] != "/*"}
+    hooks = [item for path, item in overrides.items() if path[0].startswith("/~1v1~1hooks~1")]
     assert hooks, "the hook routes have their own limits"
     for item in hooks:
         assert item["ThrottlingRateLimit"] == {"Ref": "HookThrottlingRateLimit"}
         assert item["ThrottlingBurstLimit"] == {"Ref": "HookThrottlingBurstLimit"}
     params = default_stack["Parameters"]
-    assert 0 < params["HookThrottlingRateLimit"]["Default"] < params["ApiThrottlingRateLimit"]["Default"]
-    assert 0 < params["HookThrottlingBurstLimit"]["Default"] < params["ApiThrottlingBurstLimit"]["Default"]
+    # every override is a parameter of its own, with a default below the stage's
+    for item in overrides.values():
+        for limit in ("ThrottlingRateLimit", "ThrottlingBurstLimit"):
+            name = item[limit]["Ref"]
+            api = "ApiThrottlingRateLimit" if limit == "ThrottlingRateLimit" else "ApiThrottlingBurstLimit"
+            assert 0 < params[name]["Default"] < params[api]["Default"], name
 
 
 @pytest.mark.parametrize(

@@ -9,8 +9,9 @@ from typing import Any
 
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
 
+from forwarder import status
 from forwarder.config.hooks import FormTokenAuth, HookConfig
-from forwarder.contract import Action, ContractError
+from forwarder.contract import STATUS_RESOURCE, Action, ContractError
 from forwarder.flows import hooks
 from forwarder.flows.ingest import (
     Accepted,
@@ -22,11 +23,13 @@ from forwarder.flows.ingest import (
 )
 from forwarder.hooks import HOOK_RESOURCE
 from forwarder.observability import logger
+from forwarder.ports.deliveries import DeliveryLogError
 from forwarder.runtime import services
 
 app = APIGatewayRestResolver()
 #: The hook route in the resolver's spelling of a path parameter.
 _HOOK_ROUTE = HOOK_RESOURCE.replace("{hook_id}", "<hook_id>")
+_STATUS_ROUTE = STATUS_RESOURCE.replace("{request_id}", "<request_id>")
 
 
 def _json(
@@ -76,6 +79,49 @@ def delete_contact() -> Response[Any]:
 @app.post("/v1/events")
 def custom_event() -> Response[Any]:
     return _accept(Action.EVENT)
+
+
+# --- a request's status: GET /v1/requests/{request_id} (SigV4; only the client that sent it may read it) ------
+
+
+def _request_not_found() -> ContractError:
+    # One answer for an unknown id, an expired one, one not validated yet and another client's.
+    return ContractError(
+        404,
+        "REQUEST_NOT_FOUND",
+        "no request with this id from this client in the last 30 days (a request shows here a few seconds "
+        "after its 202; check the id, and sign with the credentials that sent it)",
+    )
+
+
+@app.get(_STATUS_ROUTE)
+def request_status(request_id: str) -> Response[Any]:
+    identity = app.current_event.request_context.identity
+    current = services()
+    client = current.config.client_for(identity.access_key, identity.user_arn)
+    if client is None:
+        raise ContractError(
+            403, "ACCESS_DENIED", "these credentials are not registered for any group key; ask for access"
+        )
+    if current.deliveries is None:
+        raise StatusUnavailable()
+    try:
+        document = status.status_for(current.deliveries, request_id, client.name)
+    except DeliveryLogError:
+        logger.exception("the delivery log could not be read for a status request")
+        raise StatusUnavailable() from None
+    if document is None:
+        raise _request_not_found()
+    return _json(200, document)
+
+
+class StatusUnavailable(Exception):
+    """The delivery log could not be read: the client retries."""
+
+
+@app.exception_handler(StatusUnavailable)  # type: ignore[untyped-decorator]
+def status_unavailable(_: StatusUnavailable) -> Response[Any]:
+    return _json(503, {"code": "UNAVAILABLE", "message": "the status could not be read; retry shortly"})
 
 
 # --- web-form hooks: POST /v1/hooks/{hook_id} (no SigV4: a token or an HMAC signature) -----------------------
@@ -240,6 +286,7 @@ def not_found(_: Exception) -> Response[Any]:
         404,
         {
             "code": "NOT_FOUND",
-            "message": "no such route; use POST|DELETE /v1/contacts, POST /v1/events or POST /v1/hooks/{hook_id}",
+            "message": "no such route; use POST|DELETE /v1/contacts, POST /v1/events, GET /v1/requests/{request_id}"
+            " or POST /v1/hooks/{hook_id}",
         },
     )

@@ -40,6 +40,20 @@ ROUTES: dict[tuple[str, str], Action] = {
     ("POST", "/v1/events"): Action.EVENT,
 }
 
+#: The status route (SigV4, GET): a request's status per integration, for the client that sent it. The
+#: embedded gateway, api.py and template.yaml read it here.
+STATUS_RESOURCE = "/v1/requests/{request_id}"
+STATUS_METHOD = "GET"
+_STATUS_PATH_PREFIX = "/v1/requests/"
+
+
+def status_request_id(path: str) -> str | None:
+    """The request id when ``path`` is the status route's (one non-empty segment after the prefix)."""
+    if not path.startswith(_STATUS_PATH_PREFIX):
+        return None
+    rest = path[len(_STATUS_PATH_PREFIX) :]
+    return rest if rest and "/" not in rest else None
+
 
 class ContractError(Exception):
     """A request the contract refuses. ``status`` is the HTTP status, ``code`` a stable machine-readable name,

@@ -25,6 +25,7 @@ from forwarder.ports.deliveries import (
     DeliveryLogError,
     DeliveryRecord,
     DeliveryState,
+    RequestRecord,
 )
 from forwarder.ports.ledger import DeletionLedger, LedgerError
 from forwarder.ports.locks import LockError, LockPort
@@ -515,6 +516,11 @@ DELIVERY_LOG_TABLE_ENV_VAR = "FORWARDER_DELIVERY_LOG_TABLE"
 #: How long a delivery's record is kept: longer than any retry horizon (24 h) and the DLQ's 14 days, so a
 #: replayed dead letter still finds whether it was delivered.
 DELIVERY_LOG_TTL_DAYS = 30
+#: The sort key of a request's own record (its client and plan) next to its deliveries: integration names
+#: cannot start with '#', so it never meets a delivery's ``integration#operation``.
+REQUEST_SORT_KEY = "#request"
+#: BatchWriteItem writes at most 25 items a call.
+DYNAMODB_BATCH_WRITE_MAX_ITEMS = 25
 _LOG_NAMES = {
     "#state": "state",
     "#attempts": "attempts",
@@ -647,3 +653,84 @@ class DynamoDbDeliveryLog(_DynamoDbTable, DeliveryLog):
                 self._client.delete_item(TableName=self._table, Key=self._key(key))
             except (ClientError, BotoCoreError) as exc:
                 raise self._fail("write", exc) from exc
+
+    def record_requests(self, requests: list[RequestRecord]) -> None:
+        """One BatchWriteItem per 25 requests (a validate batch of 10 is one call); what DynamoDB leaves
+        unprocessed (throttling) is written again with backoff."""
+        expires = {"N": str(int(self._clock() + DELIVERY_LOG_TTL_DAYS * _SECONDS_PER_DAY))}
+        items = {
+            record.request_id: {
+                "request_id": {"S": record.request_id},
+                "delivery": {"S": REQUEST_SORT_KEY},
+                "client": {"S": record.client},
+                "group_key": {"S": record.group_key},
+                "action": {"S": record.action},
+                "received_at": {"S": record.received_at},
+                "validated_at": {"N": repr(record.validated_at)},
+                "planned": {"S": record.planned_json()},
+                "reason": {"S": record.reason[:1000]},
+                "expires_at": expires,
+            }
+            for record in requests
+        }
+        puts = [{"PutRequest": {"Item": item}} for item in items.values()]
+        for start in range(0, len(puts), DYNAMODB_BATCH_WRITE_MAX_ITEMS):
+            pending: list[dict[str, Any]] = puts[start : start + DYNAMODB_BATCH_WRITE_MAX_ITEMS]
+            for attempt in range(LEDGER_BATCH_GET_ATTEMPTS):
+                if attempt:
+                    time.sleep(LEDGER_BATCH_GET_BACKOFF_SECONDS * 2 ** (attempt - 1))
+                try:
+                    response = self._client.batch_write_item(RequestItems={self._table: pending})
+                except (ClientError, BotoCoreError) as exc:
+                    raise self._fail("write", exc) from exc
+                pending = (response.get("UnprocessedItems") or {}).get(self._table) or []
+                if not pending:
+                    break
+            else:
+                raise DeliveryLogError(
+                    f"DynamoDB left requests unwritten in table {self._table!r} (throttled)"
+                )
+
+    def request(self, request_id: str) -> tuple[RequestRecord | None, dict[DeliveryKey, DeliveryRecord]]:
+        """One Query (strongly consistent) of the request's partition: its record and its deliveries."""
+        items: list[dict[str, Any]] = []
+        arguments: dict[str, Any] = {
+            "TableName": self._table,
+            "KeyConditionExpression": "request_id = :id",
+            "ExpressionAttributeValues": {":id": {"S": request_id}},
+            "ConsistentRead": True,
+        }
+        try:
+            while True:
+                response = self._client.query(**arguments)
+                items.extend(response.get("Items") or [])
+                if not response.get("LastEvaluatedKey"):
+                    break
+                arguments["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+        except (ClientError, BotoCoreError) as exc:
+            raise self._fail("read", exc) from exc
+        record: RequestRecord | None = None
+        deliveries: dict[DeliveryKey, DeliveryRecord] = {}
+        for item in items:
+            sort_key = item["delivery"]["S"]
+            if sort_key == REQUEST_SORT_KEY:
+                record = RequestRecord(
+                    request_id=request_id,
+                    client=item["client"]["S"],
+                    group_key=item["group_key"]["S"],
+                    action=item["action"]["S"],
+                    received_at=item["received_at"]["S"],
+                    validated_at=float(item["validated_at"]["N"]),
+                    planned=RequestRecord.parse_planned(item.get("planned", {}).get("S", "[]")),
+                    reason=item.get("reason", {}).get("S", ""),
+                )
+                continue
+            integration, _, operation = sort_key.partition("#")
+            deliveries[DeliveryKey(request_id, integration, operation)] = DeliveryRecord(
+                state=DeliveryState(item["state"]["S"]),
+                attempts=int(item.get("attempts", {}).get("N", "0")),
+                first_attempt_at=float(item["first_attempt_at"]["N"]) if "first_attempt_at" in item else None,
+                updated_at=float(item.get("updated_at", {}).get("N", "0")),
+                reason=str(item.get("reason", {}).get("S", "")),
+            )
+        return record, deliveries

@@ -1,6 +1,8 @@
 """validate: per record, map and check it for each of its group key's integrations; emit one delivery
 message per (record, integration); a record that cannot be mapped for an integration is rejected for that
-integration, with the reason, to the rejects trail."""
+integration, with the reason, to the rejects trail. Each request's record for the status route (its client,
+and per integration pending or rejected with the reason) goes to the delivery log, one write per batch,
+before its deliveries are queued."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from forwarder.mapping import MappingError
 from forwarder.messages import DeliveryMessage, IngestMessage, Rejection
 from forwarder.observability import logger, request_scope
 from forwarder.ordering import deduplication_id, delivery_group
+from forwarder.ports.deliveries import DeliveryLogError, PlannedDelivery, RequestRecord
 from forwarder.ports.queues import MAX_MESSAGE_BYTES, OutgoingMessage, QueueError
 from forwarder.runtime import Services
 
@@ -89,6 +92,50 @@ def outgoing(
     config: ForwarderConfig, record: SQSRecord
 ) -> tuple[list[OutgoingMessage], list[OutgoingMessage]]:
     """The delivery and rejection messages one ingest message leads to."""
+    deliveries, rejections, _ = _validated(config, record, 0.0)
+    return deliveries, rejections
+
+
+#: Field problems kept per rejected integration in a request's status record (the rejects trail has them all).
+_STATUS_ERRORS = 20
+_STATUS_ERROR_CHARS = 500
+
+
+def request_record(
+    message: IngestMessage, deliveries: list[DeliveryMessage], rejections: list[Rejection], now: float
+) -> RequestRecord:
+    """What the status route shows of a validated request: its client, and per integration a queued delivery
+    (pending) or a rejection with its reason."""
+    planned = [
+        PlannedDelivery(delivery.integration, delivery.operation, "pending") for delivery in deliveries
+    ]
+    planned.extend(
+        PlannedDelivery(
+            rejection.integration,
+            rejection.operation,
+            "rejected",
+            rejection.reason,
+            tuple(error[:_STATUS_ERROR_CHARS] for error in rejection.errors[:_STATUS_ERRORS]),
+        )
+        for rejection in rejections
+        if rejection.integration is not None
+    )
+    whole = next((rejection for rejection in rejections if rejection.integration is None), None)
+    return RequestRecord(
+        request_id=message.request_id,
+        client=message.client,
+        group_key=message.group_key,
+        action=message.action.value,
+        received_at=message.received_at,
+        validated_at=now,
+        planned=tuple(planned),
+        reason=whole.reason if whole is not None else "",
+    )
+
+
+def _validated(
+    config: ForwarderConfig, record: SQSRecord, now: float
+) -> tuple[list[OutgoingMessage], list[OutgoingMessage], RequestRecord | None]:
     try:
         message = IngestMessage.model_validate_json(record.body)
     except ValidationError as error:
@@ -100,7 +147,7 @@ def outgoing(
             errors=[f"{'.'.join(map(str, item['loc']))}: {item['msg']}" for item in error.errors()][:10],
             record={"body": record.body[:2000]},
         )
-        return [], [OutgoingMessage(rejection.fitted(MAX_MESSAGE_BYTES).model_dump_json())]
+        return [], [OutgoingMessage(rejection.fitted(MAX_MESSAGE_BYTES).model_dump_json())], None
     deliveries, rejections = plan(config, message)
     logger.info(
         "record validated",
@@ -134,6 +181,7 @@ def outgoing(
     return (
         outgoing_deliveries,
         [OutgoingMessage(rejection.fitted(MAX_MESSAGE_BYTES).model_dump_json()) for rejection in rejections],
+        request_record(message, deliveries, rejections, now),
     )
 
 
@@ -144,7 +192,9 @@ def handle_batch(services: Services, event: dict[str, Any], context: Any = None)
     failures: list[str] = []
     deliveries: list[tuple[str, OutgoingMessage]] = []
     rejections: list[tuple[str, OutgoingMessage]] = []
+    requests: list[tuple[str, RequestRecord]] = []
     config = services.config  # once per batch
+    now = services.clock()
     failed_groups: set[str] = set()
     for raw in event.get("Records", []):
         record = SQSRecord(raw)
@@ -158,7 +208,7 @@ def handle_batch(services: Services, event: dict[str, Any], context: Any = None)
         request_id = (raw.get("messageAttributes") or {}).get("request_id", {}).get("stringValue")
         try:
             with request_scope(request_id or record.message_id):
-                to_deliver, to_reject = outgoing(config, record)
+                to_deliver, to_reject, request = _validated(config, record, now)
         except Exception:  # a defect for this record must not fail its neighbours
             logger.exception("validation failed unexpectedly", extra={"message_id": record.message_id})
             failures.append(record.message_id)
@@ -166,6 +216,20 @@ def handle_batch(services: Services, event: dict[str, Any], context: Any = None)
             continue
         deliveries.extend((record.message_id, message) for message in to_deliver)
         rejections.extend((record.message_id, message) for message in to_reject)
+        if request is not None:
+            requests.append((record.message_id, request))
+    if requests and services.deliveries is not None:
+        # Before the deliveries are queued: a delivery is never recorded before its request is.
+        try:
+            services.deliveries.record_requests([request for _, request in requests])
+        except DeliveryLogError as error:
+            logger.error(
+                "could not record the batch's requests; they will be retried", extra={"error": str(error)}
+            )
+            recorded = dict.fromkeys(owner for owner, _ in requests)
+            failures.extend(owner for owner in recorded if owner not in failures)
+            deliveries = [(owner, message) for owner, message in deliveries if owner not in recorded]
+            rejections = [(owner, message) for owner, message in rejections if owner not in recorded]
     for queue, messages in (("delivery", deliveries), ("rejects", rejections)):
         if not messages:
             continue
