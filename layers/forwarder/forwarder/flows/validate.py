@@ -4,6 +4,7 @@ integration, with the reason, to the rejects trail."""
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
@@ -13,7 +14,7 @@ from forwarder.config import ForwarderConfig
 from forwarder.integrations.base import RecordContext, RecordInvalid
 from forwarder.mapping import MappingError
 from forwarder.messages import DeliveryMessage, IngestMessage, Rejection
-from forwarder.observability import logger, request_scope
+from forwarder.observability import NO_INTEGRATION, emit_rejections, logger, request_scope
 from forwarder.ordering import deduplication_id, delivery_group
 from forwarder.ports.queues import MAX_MESSAGE_BYTES, OutgoingMessage, QueueError
 from forwarder.runtime import Services
@@ -86,9 +87,10 @@ def plan(config: ForwarderConfig, message: IngestMessage) -> tuple[list[Delivery
 
 
 def outgoing(
-    config: ForwarderConfig, record: SQSRecord
+    config: ForwarderConfig, record: SQSRecord, rejected: list[str] | None = None
 ) -> tuple[list[OutgoingMessage], list[OutgoingMessage]]:
-    """The delivery and rejection messages one ingest message leads to."""
+    """The delivery and rejection messages one ingest message leads to; ``rejected`` gets, per rejection, the
+    integration it concerns (for the ``RecordsRejected`` metric)."""
     try:
         message = IngestMessage.model_validate_json(record.body)
     except ValidationError as error:
@@ -100,8 +102,12 @@ def outgoing(
             errors=[f"{'.'.join(map(str, item['loc']))}: {item['msg']}" for item in error.errors()][:10],
             record={"body": record.body[:2000]},
         )
+        if rejected is not None:
+            rejected.append(NO_INTEGRATION)
         return [], [OutgoingMessage(rejection.fitted(MAX_MESSAGE_BYTES).model_dump_json())]
     deliveries, rejections = plan(config, message)
+    if rejected is not None:
+        rejected.extend(rejection.integration or NO_INTEGRATION for rejection in rejections)
     logger.info(
         "record validated",
         extra={
@@ -144,6 +150,7 @@ def handle_batch(services: Services, event: dict[str, Any], context: Any = None)
     failures: list[str] = []
     deliveries: list[tuple[str, OutgoingMessage]] = []
     rejections: list[tuple[str, OutgoingMessage]] = []
+    rejected: list[tuple[str, str]] = []  # (the ingest message, the integration) per rejection
     config = services.config  # once per batch
     failed_groups: set[str] = set()
     for raw in event.get("Records", []):
@@ -156,9 +163,10 @@ def handle_batch(services: Services, event: dict[str, Any], context: Any = None)
             continue
         # ingest sets the request id as a message attribute: this record's lines carry it
         request_id = (raw.get("messageAttributes") or {}).get("request_id", {}).get("stringValue")
+        integrations: list[str] = []
         try:
             with request_scope(request_id or record.message_id):
-                to_deliver, to_reject = outgoing(config, record)
+                to_deliver, to_reject = outgoing(config, record, integrations)
         except Exception:  # a defect for this record must not fail its neighbours
             logger.exception("validation failed unexpectedly", extra={"message_id": record.message_id})
             failures.append(record.message_id)
@@ -166,6 +174,7 @@ def handle_batch(services: Services, event: dict[str, Any], context: Any = None)
             continue
         deliveries.extend((record.message_id, message) for message in to_deliver)
         rejections.extend((record.message_id, message) for message in to_reject)
+        rejected.extend((record.message_id, integration) for integration in integrations)
     for queue, messages in (("delivery", deliveries), ("rejects", rejections)):
         if not messages:
             continue
@@ -177,4 +186,6 @@ def handle_batch(services: Services, event: dict[str, Any], context: Any = None)
                 extra={"queue": queue, "error": str(error)},
             )
             failures.extend(owner for owner, _ in messages if owner not in failures)
+    # counted once: a record reported failed is validated again, and counted then
+    emit_rejections(Counter(integration for owner, integration in rejected if owner not in failures))
     return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in dict.fromkeys(failures)]}
