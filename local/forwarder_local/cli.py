@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 import click
 
+from forwarder_local.aws_cli import aws_options, profile_option, stack_option
 from forwarder_local.hooks_cli import hooks
 
 DEFAULT_STATE = Path(os.environ.get("FORWARDER_STATE_DIR", ".forwarder"))
@@ -227,14 +228,28 @@ def _queue_summary(store: Any) -> str:
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_STATE)
 @click.option("--limit", default=20, show_default=True)
 @click.option("--show-data", is_flag=True, help="also print the record (personal data)")
-def trail(which: str, state_dir: Path, limit: int, show_data: bool) -> None:
-    """List records rejected for good, or dead-lettered deliveries, with their reasons (embedded stack)."""
-    from forwarder_local.queue import DurableQueueStore
+@aws_options
+def trail(
+    which: str,
+    state_dir: Path,
+    limit: int,
+    show_data: bool,
+    stack: str | None,
+    region: str | None,
+    profile: str | None,
+) -> None:
+    """List records rejected for good, or dead-lettered deliveries, with their reasons (embedded stack, or
+    a deployed one with --stack).
 
-    path = state_dir / "queues.db"
-    if not path.exists():
-        raise click.ClickException(f"no queues at {path}; start the embedded stack first")
-    store = DurableQueueStore(path)
+    With --stack, the queues are read without deleting anything: each message is received, hidden for a
+    moment, and made visible again at once (its receive count goes up by one).
+
+    \b
+    Examples:
+      forwarder trail rejects
+      forwarder trail dead-letters --stack forwarder --profile prod --limit 50
+    """
+    store = _trail_store(state_dir, stack, region, profile)
     if which == "producer-dead-letters":
         try:
             _producer_dead_letters(store, limit, show_data)
@@ -291,6 +306,26 @@ def trail(which: str, state_dir: Path, limit: int, show_data: bool) -> None:
             click.echo(f"    record: {json.dumps(record)}")
 
 
+def _trail_store(state_dir: Path, stack: str | None, region: str | None, profile: str | None) -> Any:
+    """Where ``trail`` reads: the embedded stack's queue store, or the deployed stack's queues."""
+    if stack:
+        from forwarder_local.aws_cli import StackQueues, find_stack
+
+        found = find_stack(stack, region, profile)
+        click.echo(
+            f"(stack '{stack}', {found.target.where()}: messages are received and made visible again at once, "
+            "nothing is deleted)",
+            err=True,
+        )
+        return StackQueues(found)
+    from forwarder_local.queue import DurableQueueStore
+
+    path = state_dir / "queues.db"
+    if not path.exists():
+        raise click.ClickException(f"no queues at {path}; start the embedded stack first")
+    return DurableQueueStore(path)
+
+
 def _producer_dead_letters(store: Any, limit: int, show_data: bool) -> None:
     """Producer messages the sources handler could not queue (nor refuse) in 5 receives: the ingest queue or
     the rejects trail was down. They are the producers' messages as sent."""
@@ -318,11 +353,49 @@ def _producer_dead_letters(store: Any, limit: int, show_data: bool) -> None:
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_STATE)
 @click.option("--integration", help="only dead letters of this integration")
 @click.option("--limit", default=10_000, show_default=True)
-def replay(which: str, state_dir: Path, integration: str | None, limit: int) -> None:
+@aws_options
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="with --stack: follow the move task until it is done, with a progress bar",
+)
+@click.option(
+    "--max-per-second",
+    type=click.IntRange(1, 500),
+    help="with --stack: the move task's rate, messages per second (default: as fast as SQS moves them)",
+)
+def replay(
+    which: str,
+    state_dir: Path,
+    integration: str | None,
+    limit: int,
+    stack: str | None,
+    region: str | None,
+    profile: str | None,
+    wait: bool,
+    max_per_second: int | None,
+) -> None:
     """Move dead letters back onto their queue to be delivered again (e.g. after fixing a secret).
 
-    Works while the stack runs or not. On AWS, the same is an SQS DLQ redrive (StartMessageMoveTask): deliver
-    unwraps the dead-letter envelope either way."""
+    Works while the stack runs or not. With --stack, it starts an SQS message move task from the stack's
+    dead-letter queue to its queue (DeliveryDeadLetterQueue -> DeliveryQueue, IngestDeadLetterQueue ->
+    IngestQueue) and reports its progress: deliver unwraps the dead-letter envelope either way.
+
+    \b
+    Examples:
+      forwarder replay dead-letters --integration dmhub
+      forwarder replay dead-letters --stack forwarder --profile prod --wait
+    """
+    if stack:
+        from forwarder_local.aws_cli import replay_on_stack
+
+        if integration:
+            raise click.UsageError(
+                "--integration filters the embedded stack's dead letters only: a move task moves the whole "
+                "dead-letter queue"
+            )
+        replay_on_stack(stack, which, region, profile, wait=wait, max_per_second=max_per_second)
+        return
     from forwarder_local.queue import DurableQueueStore
 
     source, target = {
@@ -400,15 +473,18 @@ def parse_set_value(text: str) -> Any:
 )
 @click.option("--url", default="http://127.0.0.1:8080", show_default=True, help="the API's base URL")
 @click.option(
-    "--access-key", help="default: the key the embedded stack issued (local URL), else AWS_ACCESS_KEY_ID"
+    "--access-key",
+    help="default: the key the embedded stack issued (local URL), else botocore's credentials (--profile)",
 )
 @click.option(
-    "--secret-key", help="default: from the embedded stack's state folder, else AWS_SECRET_ACCESS_KEY"
+    "--secret-key",
+    help="default: from the embedded stack's state folder, else botocore's credentials (--profile)",
 )
 @click.option("--session-token", envvar="AWS_SESSION_TOKEN", help="with temporary credentials")
 @click.option(
     "--region",
-    help="default: the embedded stack's (local URL), else AWS_REGION, else us-east-1",
+    help="default: the embedded stack's (local URL); else AWS_REGION, AWS_DEFAULT_REGION, the profile's, "
+    "or the region an execute-api URL names",
 )
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_STATE)
 @click.option("--idempotency-key", help="sent as the Idempotency-Key header")
@@ -433,6 +509,8 @@ def parse_set_value(text: str) -> Any:
 )
 @click.option("--queue-url", help="--via sqs: this SQS queue on AWS, not the embedded stack's producer queue")
 @click.option("--event-bus", help="--via eventbridge: this bus on AWS, not the embedded stack's")
+@stack_option
+@profile_option
 def send(
     kind: str,
     group_key: str | None,
@@ -450,9 +528,21 @@ def send(
     source: str | None,
     queue_url: str | None,
     event_bus: str | None,
+    stack: str | None,
+    profile: str | None,
 ) -> None:
     """Send one record: signed to the API (SigV4, service execute-api), or as a producer would through SQS or
-    EventBridge (--via), and print the answer."""
+    EventBridge (--via), and print the answer.
+
+    To a deployed API (--stack, or a --url that is not local) it signs with botocore's credentials (--profile
+    or AWS_PROFILE, SSO, AWS_* variables, instance roles) for the stack's region, unless --access-key and
+    --secret-key are given.
+
+    \b
+    Examples:
+      forwarder send contacts -g demo --set email=jane@example.com --set first_name=Jane
+      forwarder send contacts -g demo --stack forwarder --profile prod --set email=jane@example.com
+    """
     import requests
     from requests_aws4auth import AWS4Auth
 
@@ -471,11 +561,19 @@ def send(
     group_key = group_key or document.get("group_key")
     if not group_key:
         raise click.UsageError("give --group-key (or group_key in --file)")
+    if stack:
+        from forwarder_local.aws_cli import api_url_for_stack
+
+        url = api_url_for_stack(stack, region, profile)
     host = (urlsplit(url).hostname or "").lower()
-    local = host in ("127.0.0.1", "localhost", "::1") and (state_dir / "credentials.json").exists()
-    if local:
-        region = region or _stack_region(state_dir)
-    region = region or os.environ.get("AWS_REGION") or "us-east-1"
+    local_host = host in ("127.0.0.1", "localhost", "::1")
+    local = local_host and (state_dir / "credentials.json").exists()
+    if local_host:
+        region = region or _stack_region(state_dir) or "us-east-1"  # the embedded stack's default region
+    else:
+        from forwarder_local.aws_cli import region_for
+
+        region = region_for(url, region, profile)  # --region, else botocore's (AWS_REGION, the profile's)
     if via != "api":
         _send_as_producer(
             via,
@@ -490,7 +588,13 @@ def send(
             region,
         )
         return
-    if not access_key or not secret_key:
+    aws_auth = None
+    if not local_host and not access_key and not secret_key:
+        # a deployed API: botocore's credential chain (profiles, SSO, AWS_* variables, instance roles)
+        from forwarder_local.aws_cli import execute_api_auth
+
+        aws_auth = execute_api_auth(region, profile)
+    if aws_auth is None and (not access_key or not secret_key):
         env_key, env_secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
         # Against the local stack, the environment's keys count only if the stack issued them (e.g. from
         # `eval "$(forwarder clients session ...)"`), never a developer's own AWS keys.
@@ -500,7 +604,7 @@ def send(
             access_key, secret_key = _local_keys(state_dir, access_key, group_key, config_path)
             session_token = None
     method, path = ROUTES[kind]
-    auth = AWS4Auth(access_key, secret_key, region, "execute-api", session_token=session_token)
+    auth = aws_auth or AWS4Auth(access_key, secret_key, region, "execute-api", session_token=session_token)
     headers = {"Content-Type": "application/json"}
     if idempotency_key:
         headers["Idempotency-Key"] = idempotency_key
