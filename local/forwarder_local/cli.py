@@ -568,7 +568,8 @@ def send(
     host = (urlsplit(url).hostname or "").lower()
     local_host = host in ("127.0.0.1", "localhost", "::1")
     local = local_host and (state_dir / "credentials.json").exists()
-    if local_host:
+    to_aws_producer = bool(queue_url if via == "sqs" else event_bus if via == "eventbridge" else None)
+    if local_host and not to_aws_producer:
         region = region or _stack_region(state_dir) or "us-east-1"  # the embedded stack's default region
     else:
         from forwarder_local.aws_cli import region_for
@@ -586,6 +587,7 @@ def send(
             state_dir,
             config_path,
             region,
+            profile,
         )
         return
     aws_auth = None
@@ -638,6 +640,7 @@ def _send_as_producer(
     state_dir: Path,
     config_path: Path | None,
     region: str,
+    profile: str | None = None,
 ) -> None:
     """Send a record as an SQS or EventBridge producer: to AWS when --queue-url / --event-bus says where, else
     to the embedded stack's producer queue, or its bus (which forwards it as the stack's rule does)."""
@@ -654,18 +657,23 @@ def _send_as_producer(
 
         try:
             if via == "sqs":
-                sent = boto3.client("sqs", region_name=region).send_message(
-                    QueueUrl=queue_url,
-                    MessageBody=json.dumps({"group_key": group_key, "data": data}, ensure_ascii=False),
-                    MessageAttributes={
-                        "source": {"DataType": "String", "StringValue": source},
-                        "action": {"DataType": "String", "StringValue": action.value},
-                    },
+                sent = (
+                    boto3.Session(profile_name=profile)
+                    .client("sqs", region_name=region)
+                    .send_message(
+                        QueueUrl=queue_url,
+                        MessageBody=json.dumps({"group_key": group_key, "data": data}, ensure_ascii=False),
+                        MessageAttributes={
+                            "source": {"DataType": "String", "StringValue": source},
+                            "action": {"DataType": "String", "StringValue": action.value},
+                        },
+                    )
                 )
                 click.echo(json.dumps({"MessageId": sent["MessageId"]}))
             else:
                 entry = {**put_entry(group_key, data, action, source), "EventBusName": event_bus}
-                put = boto3.client("events", region_name=region).put_events(Entries=[entry])
+                events = boto3.Session(profile_name=profile).client("events", region_name=region)
+                put = events.put_events(Entries=[entry])
                 click.echo(
                     json.dumps({"FailedEntryCount": put["FailedEntryCount"], "Entries": put["Entries"]})
                 )

@@ -266,6 +266,23 @@ def test_send_to_a_deployed_url_without_a_region_is_refused_not_signed_for_us_ea
     assert api.calls == []
 
 
+def test_send_as_a_producer_to_an_aws_queue_uses_the_profile_and_its_region(
+    operator: Path, tmp_path: Path
+) -> None:
+    # given a producer queue on AWS, in the profile's region
+    queue_url = sqs().create_queue(QueueName="brand-producer")["QueueUrl"]
+    # when a record is sent to it as the producer demo-queue, with the profile (no keys in the environment)
+    result = forwarder(
+        "send", "contacts", "-g", "demo", "--via", "sqs", "--queue-url", queue_url, "--source", "demo-queue",
+        "--profile", PROFILE, "--set", "email=jane@example.com", "--state-dir", str(tmp_path / "none"),
+    )  # fmt: skip
+    # then it is on that queue, with the producer's attributes
+    assert result.exit_code == 0, result.output
+    (message,) = sqs().receive_message(QueueUrl=queue_url, MessageAttributeNames=["All"])["Messages"]
+    assert json.loads(message["Body"]) == {"group_key": "demo", "data": {"email": "jane@example.com"}}
+    assert message["MessageAttributes"]["source"]["StringValue"] == "demo-queue"
+
+
 def test_send_to_an_unknown_stack_names_it_and_the_region(operator: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(
         main,

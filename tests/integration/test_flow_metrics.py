@@ -179,3 +179,28 @@ def test_deliver_reports_no_latency_for_a_delivery_that_will_be_retried(world: W
     # when deliver reports it failed, then no latency is reported (it is not delivered yet)
     assert len(invoke("deliver", event)["batchItemFailures"]) == 1
     assert series(emf(), DELIVERY_LATENCY) == []
+
+
+def test_sources_count_producer_records_queued_and_refused_by_code(tmp_path: Any, emf: Any) -> None:
+    from tests.integration.test_sources_handler import PRODUCER_EVENT, producer_message
+    from tests.integration.test_sources_handler import World as SourcesWorld
+    from tests.integration.test_sources_handler import invoke as handle
+
+    world = SourcesWorld(tmp_path)
+    try:
+        # given the canonical producer batch (two records queued), then a message of an unknown producer
+        assert handle(PRODUCER_EVENT) == {"batchItemFailures": []}
+        unknown = producer_message(
+            {"group_key": "demo", "data": {"email": "x@example.com"}},
+            source="nobody",
+            action="upsert_contact",
+        )
+        assert handle(unknown) == {"batchItemFailures": []}
+    finally:
+        world.store.close()
+    # then the queued ones count as accepted, the refused one under its code, as at the API
+    documents = emf()
+    assert series(documents, REQUESTS_ACCEPTED) == [({"service": "forwarder"}, [1.0, 1.0])]
+    assert series(documents, REQUESTS_REFUSED) == [
+        ({"code": "UNKNOWN_SOURCE", "service": "forwarder"}, [1.0])
+    ]

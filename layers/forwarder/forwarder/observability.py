@@ -80,9 +80,9 @@ metrics = Metrics(namespace="Forwarder", service="forwarder")
 # dashboard name them; tests/unit/test_template.py holds the template to these names. Dimensions stay
 # bounded: a refusal code (a fixed vocabulary of the code), an integration's name (as many as the config
 # has); never a group key, a client or anything from a record.
-#: ingest: requests queued (202); an Idempotency-Key answered again with its first answer queues nothing.
+#: ingest and sources: requests (producers' records) queued; an Idempotency-Key answered again queues nothing.
 REQUESTS_ACCEPTED = "RequestsAccepted"
-#: ingest: requests answered with a refusal, by ``code`` (the ``code`` of the answer's body).
+#: ingest and sources: requests refused, by ``code`` (the answer's, or the producer rejection's).
 REQUESTS_REFUSED = "RequestsRefused"
 #: validate: records rejected for an integration (the mapping or the vendor's field rules), by ``integration``.
 RECORDS_REJECTED = "RecordsRejected"
