@@ -9,7 +9,8 @@ profile's: never a default of this tool's. The stack's API is signed for the reg
 The commands that use it: ``forwarder send --stack`` (the ``ApiUrl`` output), ``forwarder trail ... --stack``
 (reads the rejects trail and the dead-letter queues without deleting: see :class:`StackQueues`),
 ``forwarder replay ... --stack`` (an SQS message move task from a dead-letter queue to its queue), and
-``forwarder status --stack``, through :func:`api_url_for_stack` and :func:`execute_api_auth`.
+``forwarder status --stack``, through :func:`stack_api` (or :func:`api_url_for_stack` and
+:func:`execute_api_auth`).
 
 The CLI's AWS clients have their own botocore config (:data:`CLI_CONFIG`): a read timeout above SQS's
 20-second long poll, where the functions' clients (``forwarder.adapters.aws``) are sized for Lambda.
@@ -248,6 +249,13 @@ def execute_api_auth(region: str | None = None, profile: str | None = None) -> A
     # Resolve them now (an SSO profile fetches its role credentials here), so a problem is said at once.
     aws_call(target, "reading AWS credentials", credentials.get_frozen_credentials)
     return AWS4Auth(refreshable_credentials=credentials, region=target.region, service="execute-api")
+
+
+def stack_api(name: str, region: str | None = None, profile: str | None = None) -> tuple[str, AWS4Auth]:
+    """Stack ``name``'s API base URL and an auth that signs for it (its region, botocore's credentials): what
+    a command calling the deployed API needs. Raises AwsCliError."""
+    stack = find_stack(name, region, profile)
+    return stack.output("ApiUrl").rstrip("/"), execute_api_auth(stack.target.region, profile)
 
 
 _EXECUTE_API_HOST = re.compile(r"^[a-z0-9]+\.execute-api\.([a-z0-9-]+)\.amazonaws\.com(\.cn)?$")

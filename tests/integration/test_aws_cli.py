@@ -25,7 +25,14 @@ from moto import mock_aws
 from forwarder.auth.sigv4 import SignatureError, verify
 from forwarder.messages import DeadLetter, DeliveryMessage, Rejection
 from forwarder_local import aws_cli
-from forwarder_local.aws_cli import QUEUE_OUTPUTS, AwsCliError, AwsTarget, api_url_for_stack, execute_api_auth
+from forwarder_local.aws_cli import (
+    QUEUE_OUTPUTS,
+    AwsCliError,
+    AwsTarget,
+    api_url_for_stack,
+    execute_api_auth,
+    stack_api,
+)
 from forwarder_local.cli import main
 from tests.conftest import REPO_ROOT
 
@@ -123,12 +130,15 @@ class SigningApi:
         api = self
 
         class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.do_POST()
+
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 raw_path, _, raw_query = self.path.partition("?")
                 try:
                     caller = verify(
-                        method="POST",
+                        method=self.command,
                         raw_path=raw_path,
                         raw_query=raw_query,
                         headers=list(self.headers.items()),
@@ -146,7 +156,7 @@ class SigningApi:
                             "path": raw_path,
                             "access_key": caller.access_key_id,
                             "region": caller.region,
-                            "body": json.loads(body),
+                            "body": json.loads(body) if body else None,
                         }
                     )
                     answer, status = {"request_id": "r-1", "status": "accepted"}, 202
@@ -214,6 +224,17 @@ def test_the_signing_helper_signs_for_the_stacks_region_with_the_profiles_keys(
     response = requests.post(f"{api.url}/v1/contacts", json={"ping": 1}, auth=auth, timeout=10)
     assert response.status_code == 202
     assert api.calls[-1]["access_key"] == ACCESS_KEY and api.calls[-1]["region"] == REGION
+    # and stack_api gives a command both: the stack's API and an auth for the region the stack is in
+    deploy(api.url)
+    url, stack_auth = stack_api(STACK, None, PROFILE)
+    assert url == api.url
+    assert requests.get(f"{url}/v1/requests/r-1", auth=stack_auth, timeout=10).status_code == 202
+    assert api.calls[-1] == {
+        "path": "/dev/v1/requests/r-1",
+        "access_key": ACCESS_KEY,
+        "region": REGION,
+        "body": None,
+    }
 
 
 # --------------------------------------------------------------------------------------------------
