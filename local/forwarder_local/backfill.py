@@ -319,9 +319,23 @@ class _RateLimit:
         self.next_at = max(self.next_at, now - self.interval) + self.interval
 
 
+class _SerialAuth(requests.auth.AuthBase):
+    """Signs one request at a time: an auth shared by the sending threads (``AWS4Auth`` keeps its signing key
+    and, with botocore's refreshable credentials, renews them in place) is not thread-safe."""
+
+    def __init__(self, auth: Any) -> None:
+        self._auth, self._lock = auth, threading.Lock()
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        with self._lock:
+            signed: requests.PreparedRequest = self._auth(request)
+        return signed
+
+
 class _Sender:
     def __init__(self, url: str, method: str, auth: Any, timeout: float, stop: threading.Event) -> None:
-        self.url, self.method, self.auth, self.timeout, self.stop = url, method, auth, timeout, stop
+        self.url, self.method, self.timeout, self.stop = url, method, timeout, stop
+        self.auth = _SerialAuth(auth) if auth is not None else None
         self._local = threading.local()
 
     def _session(self) -> requests.Session:

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 import click
 
+from forwarder_local.aws_cli import aws_options, profile_option, stack_option
 from forwarder_local.hooks_cli import hooks
 from forwarder_local.secrets_cli import secrets
 from forwarder_local.status_cli import status
@@ -309,23 +310,32 @@ def _queue_summary(store: Any) -> str:
 @click.option(
     "--show-data", is_flag=True, help="also print each record (personal data); reasons are always shown"
 )
-def trail(which: str, state_dir: Path, limit: int, show_data: bool) -> None:
-    """List records rejected for good, or dead-lettered deliveries, with their reasons (embedded stack).
+@aws_options
+def trail(
+    which: str,
+    state_dir: Path,
+    limit: int,
+    show_data: bool,
+    stack: str | None,
+    region: str | None,
+    profile: str | None,
+) -> None:
+    """List records rejected for good, or dead-lettered deliveries, with their reasons (embedded stack, or
+    a deployed one with --stack).
 
     WHICH: rejects (rejected at validate, by a vendor, or a producer's message refused), dead-letters
     (deliveries that exhausted their retries), ingest-dead-letters, producer-dead-letters.
+
+    With --stack, the queues are read without deleting anything: each message is received, hidden for a
+    moment, and made visible again at once (its receive count goes up by one).
 
     \b
     Example:
       forwarder trail rejects
       forwarder trail dead-letters --limit 5 --show-data
+      forwarder trail dead-letters --stack forwarder --profile prod --limit 50
     """
-    from forwarder_local.queue import DurableQueueStore
-
-    path = state_dir / "queues.db"
-    if not path.exists():
-        raise click.ClickException(f"no queues at {path}; start the embedded stack first")
-    store = DurableQueueStore(path)
+    store = _trail_store(state_dir, stack, region, profile)
     if which == "producer-dead-letters":
         try:
             _producer_dead_letters(store, limit, show_data)
@@ -376,6 +386,26 @@ def trail(which: str, state_dir: Path, limit: int, show_data: bool) -> None:
             click.echo(f"    record: {json.dumps(record)}")
 
 
+def _trail_store(state_dir: Path, stack: str | None, region: str | None, profile: str | None) -> Any:
+    """Where ``trail`` reads: the embedded stack's queue store, or the deployed stack's queues."""
+    if stack:
+        from forwarder_local.aws_cli import StackQueues, find_stack
+
+        found = find_stack(stack, region, profile)
+        click.echo(
+            f"(stack '{stack}', {found.target.where()}: messages are received and made visible again at once, "
+            "nothing is deleted)",
+            err=True,
+        )
+        return StackQueues(found)
+    from forwarder_local.queue import DurableQueueStore
+
+    path = state_dir / "queues.db"
+    if not path.exists():
+        raise click.ClickException(f"no queues at {path}; start the embedded stack first")
+    return DurableQueueStore(path)
+
+
 def _producer_dead_letters(store: Any, limit: int, show_data: bool) -> None:
     """Producer messages the sources handler could not queue (nor refuse) in 5 receives: the ingest queue or
     the rejects trail was down. They are the producers' messages as sent."""
@@ -409,17 +439,49 @@ def _producer_dead_letters(store: Any, limit: int, show_data: bool) -> None:
 )
 @click.option("--integration", help="only dead letters of this integration")
 @click.option("--limit", default=10_000, show_default=True, help="move at most this many messages")
-def replay(which: str, state_dir: Path, integration: str | None, limit: int) -> None:
+@aws_options
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="with --stack: follow the move task until it is done, with a progress bar",
+)
+@click.option(
+    "--max-per-second",
+    type=click.IntRange(1, 500),
+    help="with --stack: the move task's rate, messages per second (default: as fast as SQS moves them)",
+)
+def replay(
+    which: str,
+    state_dir: Path,
+    integration: str | None,
+    limit: int,
+    stack: str | None,
+    region: str | None,
+    profile: str | None,
+    wait: bool,
+    max_per_second: int | None,
+) -> None:
     """Move dead letters back onto their queue to be delivered again (e.g. after fixing a secret).
 
-    Works while the stack runs or not. On AWS, the same is an SQS DLQ redrive (StartMessageMoveTask): deliver
-    unwraps the dead-letter envelope either way.
+    Works while the stack runs or not. With --stack, it starts an SQS message move task from the stack's
+    dead-letter queue to its queue (DeliveryDeadLetterQueue -> DeliveryQueue, IngestDeadLetterQueue ->
+    IngestQueue) and reports its progress: deliver unwraps the dead-letter envelope either way.
 
     \b
     Example:
-      forwarder replay dead-letters
       forwarder replay dead-letters --integration dmhub
+      forwarder replay dead-letters --stack forwarder --profile prod --wait
     """
+    if stack:
+        from forwarder_local.aws_cli import replay_on_stack
+
+        if integration:
+            raise click.UsageError(
+                "--integration filters the embedded stack's dead letters only: a move task moves the whole "
+                "dead-letter queue"
+            )
+        replay_on_stack(stack, which, region, profile, wait=wait, max_per_second=max_per_second)
+        return
     from forwarder_local.queue import DurableQueueStore
 
     source, target = {
@@ -486,15 +548,18 @@ def replay(which: str, state_dir: Path, integration: str | None, limit: int) -> 
 )
 @click.option("--url", default="http://127.0.0.1:8080", show_default=True, help="the API's base URL")
 @click.option(
-    "--access-key", help="default: the key the embedded stack issued (local URL), else AWS_ACCESS_KEY_ID"
+    "--access-key",
+    help="default: the key the embedded stack issued (local URL), else botocore's credentials (--profile)",
 )
 @click.option(
-    "--secret-key", help="default: from the embedded stack's state folder, else AWS_SECRET_ACCESS_KEY"
+    "--secret-key",
+    help="default: from the embedded stack's state folder, else botocore's credentials (--profile)",
 )
 @click.option("--session-token", envvar="AWS_SESSION_TOKEN", help="with temporary credentials")
 @click.option(
     "--region",
-    help="default: the embedded stack's (local URL), else AWS_REGION, else us-east-1",
+    help="default: the embedded stack's (local URL); else AWS_REGION, AWS_DEFAULT_REGION, the profile's, "
+    "or the region an execute-api URL names",
 )
 @click.option(
     "--state-dir",
@@ -545,6 +610,8 @@ def replay(which: str, state_dir: Path, integration: str | None, limit: int) -> 
     default=None,
     help="backfill: send at most this many rows in this run (the next run sends the rest)",
 )
+@stack_option
+@profile_option
 def send(
     kind: str,
     group_key: str | None,
@@ -565,6 +632,8 @@ def send(
     concurrency: int,
     rate: float,
     max_rows: int | None,
+    stack: str | None,
+    profile: str | None,
 ) -> None:
     """Send one record: signed to the API (SigV4, service execute-api), or as a producer would through SQS or
     EventBridge (--via), and print the answer.
@@ -575,12 +644,17 @@ def send(
     of accepted and refused rows (by code, with their lines). CSV: the header names the attributes, an empty
     cell is absent, a JSON list cell (["vip"]) is a list, other cells are text as written.
 
+    To a deployed API (--stack, or a --url that is not local) it signs with botocore's credentials (--profile
+    or AWS_PROFILE, SSO, AWS_* variables, instance roles) for the stack's region, unless --access-key and
+    --secret-key are given.
+
     \b
     Example:
       forwarder send contacts -g demo --set email=jane@example.com --set 'tags=["vip"]'
       forwarder send delete -g demo --set email=jane@example.com
       forwarder send contacts -g demo --file customers.csv --concurrency 8 --rate 50
       forwarder send event -g demo --via sqs --set email=jane@example.com --set event=purchase
+      forwarder send contacts -g demo --stack forwarder --profile prod --set email=jane@example.com
     """
     import requests
     from requests_aws4auth import AWS4Auth
@@ -605,11 +679,20 @@ def send(
     group_key = group_key or document.get("group_key")
     if not group_key:
         raise click.UsageError("give --group-key (or group_key in --file)")
+    if stack:
+        from forwarder_local.aws_cli import api_url_for_stack
+
+        url = api_url_for_stack(stack, region, profile)
     host = (urlsplit(url).hostname or "").lower()
-    local = host in ("127.0.0.1", "localhost", "::1") and (state_dir / "credentials.json").exists()
-    if local:
-        region = region or _stack_region(state_dir)
-    region = region or os.environ.get("AWS_REGION") or "us-east-1"
+    local_host = host in ("127.0.0.1", "localhost", "::1")
+    local = local_host and (state_dir / "credentials.json").exists()
+    to_aws_producer = bool(queue_url if via == "sqs" else event_bus if via == "eventbridge" else None)
+    if local_host and not to_aws_producer:
+        region = region or _stack_region(state_dir) or "us-east-1"  # the embedded stack's default region
+    else:
+        from forwarder_local.aws_cli import region_for
+
+        region = region_for(url, region, profile)  # --region, else botocore's (AWS_REGION, the profile's)
     if via != "api":
         _send_as_producer(
             via,
@@ -622,9 +705,16 @@ def send(
             state_dir,
             config_path,
             region,
+            profile,
         )
         return
-    if not access_key or not secret_key:
+    aws_auth = None
+    if not local_host and not access_key and not secret_key:
+        # a deployed API: botocore's credential chain (profiles, SSO, AWS_* variables, instance roles)
+        from forwarder_local.aws_cli import execute_api_auth
+
+        aws_auth = execute_api_auth(region, profile)
+    if aws_auth is None and (not access_key or not secret_key):
         env_key, env_secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
         # Against the local stack, the environment's keys count only if the stack issued them (e.g. from
         # `eval "$(forwarder clients session ...)"`), never a developer's own AWS keys.
@@ -634,7 +724,7 @@ def send(
             access_key, secret_key = _local_keys(state_dir, access_key, group_key, config_path)
             session_token = None
     method, path = ROUTES[kind]
-    auth = AWS4Auth(access_key, secret_key, region, "execute-api", session_token=session_token)
+    auth = aws_auth or AWS4Auth(access_key, secret_key, region, "execute-api", session_token=session_token)
     if rows_file is not None:
         _backfill(rows_file, url, method, path, group_key, auth, state_dir, data, concurrency, rate, max_rows)
         return
@@ -711,6 +801,7 @@ def _send_as_producer(
     state_dir: Path,
     config_path: Path | None,
     region: str,
+    profile: str | None = None,
 ) -> None:
     """Send a record as an SQS or EventBridge producer: to AWS when --queue-url / --event-bus says where, else
     to the embedded stack's producer queue, or its bus (which forwards it as the stack's rule does)."""
@@ -727,18 +818,23 @@ def _send_as_producer(
 
         try:
             if via == "sqs":
-                sent = boto3.client("sqs", region_name=region).send_message(
-                    QueueUrl=queue_url,
-                    MessageBody=json.dumps({"group_key": group_key, "data": data}, ensure_ascii=False),
-                    MessageAttributes={
-                        "source": {"DataType": "String", "StringValue": source},
-                        "action": {"DataType": "String", "StringValue": action.value},
-                    },
+                sent = (
+                    boto3.Session(profile_name=profile)
+                    .client("sqs", region_name=region)
+                    .send_message(
+                        QueueUrl=queue_url,
+                        MessageBody=json.dumps({"group_key": group_key, "data": data}, ensure_ascii=False),
+                        MessageAttributes={
+                            "source": {"DataType": "String", "StringValue": source},
+                            "action": {"DataType": "String", "StringValue": action.value},
+                        },
+                    )
                 )
                 click.echo(json.dumps({"MessageId": sent["MessageId"]}))
             else:
                 entry = {**put_entry(group_key, data, action, source), "EventBusName": event_bus}
-                put = boto3.client("events", region_name=region).put_events(Entries=[entry])
+                events = boto3.Session(profile_name=profile).client("events", region_name=region)
+                put = events.put_events(Entries=[entry])
                 click.echo(
                     json.dumps({"FailedEntryCount": put["FailedEntryCount"], "Entries": put["Entries"]})
                 )

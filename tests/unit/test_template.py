@@ -379,11 +379,49 @@ def test_credential_problems_raise_an_alarm_on_the_metric_the_functions_emit(cfn
     assert alarm["TreatMissingData"] == "notBreaching"
 
 
-def test_alarms_notify_the_alarm_topic_only_when_one_is_given(cfn: dict[str, Any]) -> None:
-    notify = {"Fn::If": ["HasAlarmTopic", [{"Ref": "AlarmTopicArn"}], {"Ref": "AWS::NoValue"}]}
+def _evaluate(value: Any, conditions: dict[str, bool]) -> Any:
+    """A value with its Fn::If resolved for the given condition values."""
+    if isinstance(value, dict):
+        if "Fn::If" in value:
+            name, when_true, when_false = value["Fn::If"]
+            return _evaluate(when_true if conditions[name] else when_false, conditions)
+        return {key: _evaluate(item, conditions) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_evaluate(item, conditions) for item in value]
+    return value
+
+
+@pytest.mark.parametrize("topic_given", [True, False], ids=["AlarmTopicArn-set", "AlarmTopicArn-empty"])
+def test_every_alarm_notifies_a_topic_into_alarm_and_back_to_ok(
+    cfn: dict[str, Any], topic_given: bool
+) -> None:
+    # given AlarmTopicArn set, or left empty (the default)
     assert cfn["Conditions"]["HasAlarmTopic"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "AlarmTopicArn"}, ""]}]}
-    for alarm in _alarms(cfn):
-        assert alarm["AlarmActions"] == notify, alarm["MetricName"]
+    assert cfn["Conditions"]["CreateAlarmTopic"] == {"Fn::Equals": [{"Ref": "AlarmTopicArn"}, ""]}
+    conditions = {"HasAlarmTopic": topic_given, "CreateAlarmTopic": not topic_given}
+    # then every alarm notifies that topic, or the stack's own: none notifies nobody
+    expected = [{"Ref": "AlarmTopicArn"}] if topic_given else [{"Ref": "AlarmTopic"}]
+    assert _alarms(cfn)
+    for name, alarm in resources(cfn, "AWS::CloudWatch::Alarm").items():
+        for actions in ("AlarmActions", "OKActions"):
+            assert _evaluate(alarm.get(actions), conditions) == expected, f"{name}.{actions}"
+    # and the stack's topic exists exactly when no topic is given; the output names the one alarms notify
+    topic = cfn["Resources"]["AlarmTopic"]
+    assert topic["Type"] == "AWS::SNS::Topic" and topic["Condition"] == "CreateAlarmTopic"
+    assert _evaluate(cfn["Outputs"]["AlarmTopicArn"]["Value"], conditions) == expected[0]
+
+
+def test_an_alarm_email_subscribes_to_the_topic_alarms_notify(cfn: dict[str, Any]) -> None:
+    subscription = cfn["Resources"]["AlarmEmailSubscription"]
+    assert subscription["Condition"] == "HasAlarmEmail"
+    assert subscription["Properties"]["Protocol"] == "email"
+    assert subscription["Properties"]["Endpoint"] == {"Ref": "AlarmEmail"}
+    for given in (True, False):
+        conditions = {"HasAlarmTopic": given}
+        alarm = cfn["Resources"]["CredentialProblemsAlarm"]["Properties"]
+        assert [_evaluate(subscription["Properties"]["TopicArn"], conditions)] == _evaluate(
+            alarm["AlarmActions"], conditions
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -854,3 +892,169 @@ def test_sources_can_only_enqueue_on_the_ingest_queue_and_the_rejects_trail(cfn:
     variables = function["Environment"]["Variables"]
     assert "producer_events_queue_arn" in RuntimeSettings.model_fields
     assert variables["FORWARDER_PRODUCER_EVENTS_QUEUE_ARN"] == {"Fn::GetAtt": ["ProducerEventsQueue", "Arn"]}
+
+
+# --------------------------------------------------------------------------------------------------
+# the flows' alarms and the operations dashboard
+# --------------------------------------------------------------------------------------------------
+
+
+def test_api_5xx_answers_raise_an_alarm_on_this_stacks_api_and_stage(cfn: dict[str, Any]) -> None:
+    (api,) = resources(cfn, "AWS::ApiGateway::RestApi").values()
+    (stage,) = resources(cfn, "AWS::ApiGateway::Stage").values()
+    matching = [
+        alarm
+        for alarm in _alarms(cfn)
+        if alarm["Namespace"] == "AWS/ApiGateway" and alarm["MetricName"] == "5XXError"
+    ]
+    assert len(matching) == 1
+    (alarm,) = matching
+    dimensions = {item["Name"]: item["Value"] for item in alarm["Dimensions"]}
+    # API Gateway reports metrics under the REST API's name, which SAM takes from the OpenAPI body's title
+    assert "Name" not in api and dimensions["ApiName"] == api["Body"]["info"]["title"]
+    assert dimensions["Stage"] == stage["StageName"]
+    # any 5XX is a fault (no input a client can send gets one): one in five minutes is enough
+    assert alarm["Statistic"] == "Sum" and float(alarm["Threshold"]) == 0
+    assert alarm["ComparisonOperator"] == "GreaterThanThreshold"
+
+
+def test_a_stalled_ingest_queue_raises_an_alarm(cfn: dict[str, Any]) -> None:
+    (alarm,) = [
+        alarm
+        for alarm in _alarms(cfn)
+        if _watches(alarm, "AWS/SQS", "ApproximateAgeOfOldestMessage", "QueueName") == "IngestQueue"
+    ]
+    assert alarm["Statistic"] == "Maximum" and float(alarm["Threshold"]) <= 900
+
+
+def test_a_growing_rejects_trail_raises_an_alarm_at_the_configured_rate(cfn: dict[str, Any]) -> None:
+    # the trail has no consumer (its depth only grows): the alarm counts records rejected per period
+    (alarm,) = [
+        alarm
+        for alarm in _alarms(cfn)
+        if _watches(alarm, "AWS/SQS", "NumberOfMessagesSent", "QueueName") == "RejectsQueue"
+    ]
+    assert alarm["Statistic"] == "Sum" and alarm["ComparisonOperator"] == "GreaterThanThreshold"
+    assert alarm["Threshold"] == {"Ref": "RejectsAlarmThreshold"}
+    assert cfn["Parameters"]["RejectsAlarmThreshold"]["Type"] == "Number"
+
+
+def _dashboard_bodies(cfn: dict[str, Any]) -> dict[bool, dict[str, Any]]:
+    """The dashboard body as CloudFormation renders it, with and without the stack's own producer queue;
+    ``${Logical.Attr}`` and ``${Logical}`` become ``<Logical.Attr>`` and ``<Logical>``."""
+    (dashboard,) = resources(cfn, "AWS::CloudWatch::Dashboard").values()
+    text, variables = dashboard["DashboardBody"]["Fn::Sub"]
+
+    def render(template: str, values: dict[str, str]) -> str:
+        return re.sub(r"\$\{([^}]+)\}", lambda m: values.get(m.group(1), f"<{m.group(1)}>"), template)
+
+    def value_of(value: Any) -> str:
+        if isinstance(value, str):
+            return value
+        if "Fn::GetAtt" in value:
+            return "<{}.{}>".format(*value["Fn::GetAtt"])
+        if "Fn::Sub" in value:
+            return render(value["Fn::Sub"], {})
+        if "Fn::Select" in value:
+            return "<existing producer queue>"
+        raise AssertionError(f"unexpected {value!r}")
+
+    bodies = {}
+    for create in (True, False):
+        values = {
+            name: value_of(_evaluate(value, {"CreateProducerQueue": create}))
+            for name, value in variables.items()
+        }
+        bodies[create] = json.loads(render(text, values))
+    return bodies
+
+
+def _dashboard_metrics(body: dict[str, Any]) -> list[list[Any]]:
+    return [line for widget in body["widgets"] for line in widget["properties"].get("metrics", [])]
+
+
+def test_the_dashboard_renders_to_valid_json_with_or_without_the_stacks_producer_queue(
+    cfn: dict[str, Any],
+) -> None:
+    bodies = _dashboard_bodies(cfn)
+    dlq = [
+        "AWS/SQS",
+        "ApproximateNumberOfMessagesVisible",
+        "QueueName",
+        "<ProducerDeadLetterQueue.QueueName>",
+    ]
+    assert any(line[:4] == dlq for line in _dashboard_metrics(bodies[True]))
+    assert not any(line[:4] == dlq for line in _dashboard_metrics(bodies[False]))
+    producer = ["AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName", "<existing producer queue>"]
+    assert any(line[:4] == producer for line in _dashboard_metrics(bodies[False]))
+    # and it has a name of the stack's, not one two stacks would share
+    (dashboard,) = resources(cfn, "AWS::CloudWatch::Dashboard").values()
+    assert "AWS::StackName" in referenced_ids(dashboard["DashboardName"])
+
+
+def test_the_dashboard_shows_every_queue_dead_letter_queue_and_function(cfn: dict[str, Any]) -> None:
+    lines = _dashboard_metrics(_dashboard_bodies(cfn)[True])
+    watched = {(line[0], line[1], line[3]) for line in lines if isinstance(line[0], str)}
+    dlqs = dead_letter_queues(cfn)
+    for queue in resources(cfn, "AWS::SQS::Queue"):
+        if queue == "RejectsQueue":
+            assert ("AWS/SQS", "NumberOfMessagesSent", f"<{queue}.QueueName>") in watched
+        elif queue in dlqs:
+            assert ("AWS/SQS", "ApproximateNumberOfMessagesVisible", f"<{queue}.QueueName>") in watched, queue
+        else:
+            for metric in ("ApproximateNumberOfMessagesVisible", "ApproximateAgeOfOldestMessage"):
+                assert ("AWS/SQS", metric, f"<{queue}.QueueName>") in watched, (queue, metric)
+    for function in resources(cfn, "AWS::Lambda::Function"):
+        for metric in ("Errors", "Throttles", "Duration"):
+            assert ("AWS/Lambda", metric, f"<{function}>") in watched, (function, metric)
+
+
+def test_the_dashboard_shows_the_apis_answers_and_latency(cfn: dict[str, Any]) -> None:
+    (api,) = resources(cfn, "AWS::ApiGateway::RestApi").values()
+    assert api["Body"]["info"]["title"] == {"Ref": "AWS::StackName"}
+    lines = _dashboard_metrics(_dashboard_bodies(cfn)[True])
+    api_metrics = {
+        line[1]
+        for line in lines
+        if line[0] == "AWS/ApiGateway" and line[2:6] == ["ApiName", "<AWS::StackName>", "Stage", "<Stage>"]
+    }
+    assert {"Count", "4XXError", "5XXError", "Latency", "IntegrationLatency"} <= api_metrics
+
+
+def test_the_dashboard_shows_the_metrics_the_flows_emit(cfn: dict[str, Any]) -> None:
+    from forwarder.observability import (
+        CREDENTIAL_PROBLEMS,
+        DELIVERY_LATENCY,
+        RECORDS_REJECTED,
+        REQUESTS_ACCEPTED,
+        REQUESTS_REFUSED,
+    )
+
+    lines = _dashboard_metrics(_dashboard_bodies(cfn)[True])
+    namespace = cfn["Resources"]["IngestFunction"]["Properties"]["Environment"]["Variables"][
+        "POWERTOOLS_METRICS_NAMESPACE"
+    ]
+    # the service dimension's metrics, by name
+    plain = {line[1] for line in lines if line[0] == namespace and line[2:4] == ["service", "forwarder"]}
+    assert {REQUESTS_ACCEPTED, CREDENTIAL_PROBLEMS} <= plain
+    # the per-code and per-integration metrics, through SEARCH on their dimension sets
+    searches = [line[0]["expression"] for line in lines if isinstance(line[0], dict)]
+    for metric, dimension in (
+        (REQUESTS_REFUSED, "code"),
+        (RECORDS_REJECTED, "integration"),
+        (DELIVERY_LATENCY, "integration"),
+        ("DeliveriesDelivered", "integration"),
+        ("DeliveriesDeadLettered", "integration"),
+    ):
+        assert any(
+            f"{{{namespace},{dimension},service}}" in search and f'MetricName="{metric}"' in search
+            for search in searches
+        ), metric
+
+
+def test_the_dashboard_shows_every_alarm_the_stack_always_has(cfn: dict[str, Any]) -> None:
+    (widget,) = [w for w in _dashboard_bodies(cfn)[True]["widgets"] if w["type"] == "alarm"]
+    shown = set(widget["properties"]["alarms"])
+    for name, resource in cfn["Resources"].items():
+        if resource["Type"] == "AWS::CloudWatch::Alarm" and "Condition" not in resource:
+            assert f"<{name}.Arn>" in shown, name

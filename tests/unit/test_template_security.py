@@ -83,11 +83,11 @@ KEY_PROPERTY: dict[str, Callable[[dict[str, Any]], Any]] = {
     "AWS::DynamoDB::Table": lambda props: props.get("SSESpecification", {}).get("KMSMasterKeyId"),
     "AWS::Logs::LogGroup": lambda props: props.get("KmsKeyId"),
     "AWS::SecretsManager::Secret": lambda props: props.get("KmsKeyId"),
+    "AWS::SNS::Topic": lambda props: props.get("KmsMasterKeyId"),
 }
 #: Resource types that hold data and for which no rule is written yet: adding one must add its rule.
 UNRULED_STORES = {
     "AWS::S3::Bucket",
-    "AWS::SNS::Topic",
     "AWS::Kinesis::Stream",
     "AWS::KinesisFirehose::DeliveryStream",
     "AWS::Events::Archive",

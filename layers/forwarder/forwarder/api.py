@@ -22,7 +22,7 @@ from forwarder.flows.ingest import (
     accept,
 )
 from forwarder.hooks import HOOK_RESOURCE
-from forwarder.observability import logger
+from forwarder.observability import count_accepted, count_refused, logger
 from forwarder.ports.deliveries import DeliveryLogError
 from forwarder.runtime import services
 
@@ -63,6 +63,8 @@ def _accept(action: Action) -> Response[Any]:
         idempotency_key=(event.headers or {}).get("idempotency-key"),
         deadline=app.lambda_context,
     )
+    if not accepted.repeated:
+        count_accepted()
     return _json(202, {"request_id": accepted.request_id, "status": "accepted"}, accepted.request_id)
 
 
@@ -177,11 +179,14 @@ def receive_hook(hook_id: str) -> Response[Any]:
         logger.info(
             "hook request refused", extra={"hook": hook_id[:64], "status": error.status, "code": error.code}
         )
+        count_refused(error.code)
         browser_form = hook is not None and isinstance(hook.auth, FormTokenAuth)
         if browser_form and "text/html" in headers.get("accept", ""):
             return _refusal_page(error, cors)
         return _json(error.status, error.body(), headers=cors or None)
     request_id = answer.accepted.request_id if answer.accepted else None
+    if answer.accepted is not None and not answer.accepted.repeated:
+        count_accepted()
     if answer.redirect is not None:
         return Response(
             status_code=303,
@@ -222,12 +227,14 @@ def hook_preflight(hook_id: str) -> Response[Any]:
 @app.exception_handler(ContractError)  # type: ignore[untyped-decorator]
 def contract_error(error: ContractError) -> Response[Any]:
     logger.info("request refused", extra={"status": error.status, "code": error.code})
+    count_refused(error.code)
     return _json(error.status, error.body())
 
 
 @app.exception_handler(IdempotencyKeyReused)  # type: ignore[untyped-decorator]
 def idempotency_key_reused(_: IdempotencyKeyReused) -> Response[Any]:
     logger.info("request refused", extra={"status": 422, "code": "IDEMPOTENCY_KEY_REUSED"})
+    count_refused("IDEMPOTENCY_KEY_REUSED")
     return _json(
         422,
         {
@@ -241,6 +248,7 @@ def idempotency_key_reused(_: IdempotencyKeyReused) -> Response[Any]:
 @app.exception_handler(IdempotencyKeyInProgress)  # type: ignore[untyped-decorator]
 def idempotency_key_in_progress(_: IdempotencyKeyInProgress) -> Response[Any]:
     logger.info("request refused", extra={"status": 409, "code": "IDEMPOTENCY_KEY_IN_PROGRESS"})
+    count_refused("IDEMPOTENCY_KEY_IN_PROGRESS")
     return _json(
         409,
         {
@@ -253,6 +261,7 @@ def idempotency_key_in_progress(_: IdempotencyKeyInProgress) -> Response[Any]:
 
 @app.exception_handler(ServiceUnavailable)  # type: ignore[untyped-decorator]
 def unavailable(_: ServiceUnavailable) -> Response[Any]:
+    count_refused("UNAVAILABLE")
     return _json(503, {"code": "UNAVAILABLE", "message": "the request could not be queued; retry it"})
 
 
@@ -261,6 +270,7 @@ def unexpected(error: Exception) -> Response[Any]:
     """A bug or an outage below the API: logged with the request id, answered 500 quoting it."""
     request_id = _request_id()
     logger.exception("unexpected error in ingest", extra={"api_request_id": request_id})
+    count_refused("INTERNAL_ERROR")
     return _json(
         500,
         {
@@ -282,6 +292,7 @@ def _request_id() -> str:
 
 @app.not_found
 def not_found(_: Exception) -> Response[Any]:
+    count_refused("NOT_FOUND")
     return _json(
         404,
         {

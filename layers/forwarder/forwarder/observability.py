@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
-from aws_lambda_powertools.metrics import MetricUnit, single_metric
+from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit, single_metric
 from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 
 
@@ -76,6 +76,78 @@ tracer = Tracer(service="forwarder", patch_modules=["boto3", "botocore"])
 metrics = Metrics(namespace="Forwarder", service="forwarder")
 
 
+# The flows' metrics, in the ``Forwarder`` namespace with the ``service`` dimension. template.yaml's alarms and
+# dashboard name them; tests/unit/test_template.py holds the template to these names. Dimensions stay
+# bounded: a refusal code (a fixed vocabulary of the code), an integration's name (as many as the config
+# has); never a group key, a client or anything from a record.
+#: ingest and sources: requests (producers' records) queued; an Idempotency-Key answered again queues nothing.
+REQUESTS_ACCEPTED = "RequestsAccepted"
+#: ingest and sources: requests refused, by ``code`` (the answer's, or the producer rejection's).
+REQUESTS_REFUSED = "RequestsRefused"
+#: validate: records rejected for an integration (the mapping or the vendor's field rules), by ``integration``.
+RECORDS_REJECTED = "RecordsRejected"
+#: deliver: seconds from the request's acceptance (``received_at``) to its delivery, by ``integration``.
+DELIVERY_LATENCY = "DeliveryLatency"
+#: refresh tokens and deliver: a vendor credential or token that cannot be used or renewed.
+CREDENTIAL_PROBLEMS = "CredentialProblems"
+#: The dimension value for a rejection that concerns no single integration (e.g. none handles the action).
+NO_INTEGRATION = "none"
+#: The dimension value for a refusal code outside the code's vocabulary (never expected: a guard on cardinality).
+OTHER_CODE = "OTHER"
+_CODE = re.compile(r"[A-Z][A-Z0-9_]{0,47}")
+
+
+def count_accepted() -> None:
+    """One ``RequestsAccepted``, flushed with the invocation's metrics (``@metrics.log_metrics``)."""
+    if is_metrics_disabled():
+        return
+    metrics.add_metric(name=REQUESTS_ACCEPTED, unit=MetricUnit.Count, value=1)
+
+
+def count_refused(code: str) -> None:
+    """One ``RequestsRefused`` with the refusal's code as its dimension."""
+    if is_metrics_disabled():
+        return
+    _emit(
+        {"code": code if _CODE.fullmatch(code) else OTHER_CODE}, {REQUESTS_REFUSED: [1.0]}, MetricUnit.Count
+    )
+
+
+def emit_rejections(counts: Counter[str]) -> None:
+    """``RecordsRejected`` per integration (``NO_INTEGRATION`` for a record no integration could take)."""
+    if is_metrics_disabled():
+        return
+    for integration, count in counts.items():
+        _emit({"integration": integration}, {RECORDS_REJECTED: [float(count)]}, MetricUnit.Count)
+
+
+def emit_latencies(latencies: dict[str, list[float]]) -> None:
+    """``DeliveryLatency`` per integration: one value per delivered delivery (CloudWatch keeps the
+    distribution, so the dashboard shows percentiles)."""
+    if is_metrics_disabled():
+        return
+    for integration, values in latencies.items():
+        if values:
+            _emit({"integration": integration}, {DELIVERY_LATENCY: values}, MetricUnit.Seconds)
+
+
+#: Values of one metric per EMF document: EMF takes up to 100, and Powertools flushes by itself at the 100th.
+_VALUES_PER_DOCUMENT = 99
+
+
+def _emit(dimensions: dict[str, str], values: dict[str, list[float]], unit: MetricUnit) -> None:
+    """EMF documents with their own dimensions, written now (the invocation's shared ``metrics`` has only the
+    service dimension)."""
+    for metric, numbers in values.items():
+        for start in range(0, len(numbers), _VALUES_PER_DOCUMENT):
+            document = EphemeralMetrics(namespace=metrics.namespace, service=metrics.service)
+            for name, value in dimensions.items():
+                document.add_dimension(name=name, value=value)
+            for number in numbers[start : start + _VALUES_PER_DOCUMENT]:
+                document.add_metric(name=metric, unit=unit, value=number)
+            document.flush_metrics()
+
+
 def emit_counts(counts: Counter[tuple[str, str]], namespace: str = "Forwarder") -> None:
     """One metric per (integration, outcome) with the integration as a dimension: Deliveries<Outcome>."""
     if is_metrics_disabled():
@@ -95,4 +167,4 @@ def count_credential_problem(integration: str) -> None:
     """One ``CredentialProblems`` (the metric an alarm watches; the refresh schedule emits it too)."""
     if is_metrics_disabled():
         return
-    metrics.add_metric(name="CredentialProblems", unit=MetricUnit.Count, value=1)
+    metrics.add_metric(name=CREDENTIAL_PROBLEMS, unit=MetricUnit.Count, value=1)

@@ -26,6 +26,7 @@ import random
 import time
 from collections import Counter
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import Field, TypeAdapter, ValidationError
@@ -35,7 +36,13 @@ from forwarder.contract import Action
 from forwarder.flow_control import FlowControl
 from forwarder.integrations.base import NOT_ATTEMPTED, Budget, CredentialsError, Outcome, TokenError, Verdict
 from forwarder.messages import DeadLetter, DeliveryMessage, Rejection
-from forwarder.observability import count_credential_problem, emit_counts, logger, request_scope
+from forwarder.observability import (
+    count_credential_problem,
+    emit_counts,
+    emit_latencies,
+    logger,
+    request_scope,
+)
 from forwarder.ordering import deduplication_id
 from forwarder.ports.deliveries import DeliveryKey, DeliveryLogError, DeliveryRecord, DeliveryState
 from forwarder.ports.ledger import DeletionLedger, LedgerError
@@ -77,6 +84,7 @@ def handle_batch(services: Services, event: dict[str, Any], context: Any = None)
     budget = Budget.from_remaining_ms(remaining() if callable(remaining) else None)
     failures: list[str] = []
     counts: Counter[tuple[str, str]] = Counter()
+    latencies: dict[str, list[float]] = {}
     lanes: dict[str, list[_Item]] = {}
     for record in event.get("Records", []):
         message_id = record["messageId"]
@@ -111,6 +119,8 @@ def handle_batch(services: Services, event: dict[str, Any], context: Any = None)
             break
         for item, (verdict, delay) in zip(wave, _deliver_wave(services, config, wave, budget), strict=True):
             counts[(item.delivery.integration, verdict)] += 1
+            if verdict == "delivered" and (latency := _latency(services, item.delivery)) is not None:
+                latencies.setdefault(item.delivery.integration, []).append(latency)
             if verdict in _WAITING:
                 failures.append(item.message_id)
                 waiting[item.lane] = (position, delay)
@@ -125,7 +135,17 @@ def handle_batch(services: Services, event: dict[str, Any], context: Any = None)
             except QueueError as error:
                 logger.warning("could not hold a delivery back", extra={"error": str(error)})
     emit_counts(counts)
+    emit_latencies(latencies)
     return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in dict.fromkeys(failures)]}
+
+
+def _latency(services: Services, delivery: DeliveryMessage) -> float | None:
+    """Seconds from the request's acceptance at ingest to now (its delivery); None if unreadable."""
+    try:
+        received = datetime.fromisoformat(delivery.received_at).timestamp()
+    except ValueError:
+        return None
+    return max(0.0, services.clock() - received)
 
 
 def _deliver_wave(

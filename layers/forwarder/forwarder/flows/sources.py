@@ -26,7 +26,7 @@ from forwarder.config import ForwarderConfig, SourceConfig
 from forwarder.contract import Action, ContractError, Envelope, parse_envelope
 from forwarder.flows.ingest import ServiceUnavailable, check_destination, enqueue
 from forwarder.messages import Rejection
-from forwarder.observability import logger
+from forwarder.observability import count_accepted, count_refused, logger
 from forwarder.ports.queues import MAX_MESSAGE_BYTES, OutgoingMessage, QueueError
 from forwarder.producers import ACTION_ATTRIBUTE, DETAIL_TYPES, EVENT_SOURCE_PREFIX, SOURCE_ATTRIBUTE
 from forwarder.runtime import Services
@@ -279,6 +279,7 @@ def handle_batch(services: Services, event: dict[str, Any], context: Any = None)
                 client=f"source:{produced.source.name}",
                 request_id=produced.request_id,
             )
+            count_accepted()
         except ContractError as error:  # too big once queued (413): the record, not the queue, is at fault
             too_big = Refused(
                 error,
@@ -313,6 +314,7 @@ def _reject(services: Services, record: SQSRecord, refused: Refused) -> None:
             extra={"message_id": record.message_id, "error": str(error)},
         )
         raise ServiceUnavailable() from None
+    count_refused(refused.error.code)
     logger.info(
         "producer record refused",
         extra={

@@ -6,6 +6,7 @@ before its deliveries are queued."""
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
@@ -15,7 +16,7 @@ from forwarder.config import ForwarderConfig
 from forwarder.integrations.base import RecordContext, RecordInvalid
 from forwarder.mapping import MappingError
 from forwarder.messages import DeliveryMessage, IngestMessage, Rejection
-from forwarder.observability import logger, request_scope
+from forwarder.observability import NO_INTEGRATION, emit_rejections, logger, request_scope
 from forwarder.ordering import deduplication_id, delivery_group
 from forwarder.ports.deliveries import DeliveryLogError, PlannedDelivery, RequestRecord
 from forwarder.ports.queues import MAX_MESSAGE_BYTES, OutgoingMessage, QueueError
@@ -89,10 +90,11 @@ def plan(config: ForwarderConfig, message: IngestMessage) -> tuple[list[Delivery
 
 
 def outgoing(
-    config: ForwarderConfig, record: SQSRecord
+    config: ForwarderConfig, record: SQSRecord, rejected: list[str] | None = None
 ) -> tuple[list[OutgoingMessage], list[OutgoingMessage]]:
-    """The delivery and rejection messages one ingest message leads to."""
-    deliveries, rejections, _ = _validated(config, record, 0.0)
+    """The delivery and rejection messages one ingest message leads to; ``rejected`` gets, per rejection, the
+    integration it concerns (for the ``RecordsRejected`` metric)."""
+    deliveries, rejections, _ = _validated(config, record, 0.0, rejected)
     return deliveries, rejections
 
 
@@ -134,7 +136,7 @@ def request_record(
 
 
 def _validated(
-    config: ForwarderConfig, record: SQSRecord, now: float
+    config: ForwarderConfig, record: SQSRecord, now: float, rejected: list[str] | None = None
 ) -> tuple[list[OutgoingMessage], list[OutgoingMessage], RequestRecord | None]:
     try:
         message = IngestMessage.model_validate_json(record.body)
@@ -147,8 +149,12 @@ def _validated(
             errors=[f"{'.'.join(map(str, item['loc']))}: {item['msg']}" for item in error.errors()][:10],
             record={"body": record.body[:2000]},
         )
+        if rejected is not None:
+            rejected.append(NO_INTEGRATION)
         return [], [OutgoingMessage(rejection.fitted(MAX_MESSAGE_BYTES).model_dump_json())], None
     deliveries, rejections = plan(config, message)
+    if rejected is not None:
+        rejected.extend(rejection.integration or NO_INTEGRATION for rejection in rejections)
     logger.info(
         "record validated",
         extra={
@@ -193,6 +199,7 @@ def handle_batch(services: Services, event: dict[str, Any], context: Any = None)
     deliveries: list[tuple[str, OutgoingMessage]] = []
     rejections: list[tuple[str, OutgoingMessage]] = []
     requests: list[tuple[str, RequestRecord]] = []
+    rejected: list[tuple[str, str]] = []  # (the ingest message, the integration) per rejection
     config = services.config  # once per batch
     now = services.clock()
     failed_groups: set[str] = set()
@@ -206,9 +213,10 @@ def handle_batch(services: Services, event: dict[str, Any], context: Any = None)
             continue
         # ingest sets the request id as a message attribute: this record's lines carry it
         request_id = (raw.get("messageAttributes") or {}).get("request_id", {}).get("stringValue")
+        integrations: list[str] = []
         try:
             with request_scope(request_id or record.message_id):
-                to_deliver, to_reject, request = _validated(config, record, now)
+                to_deliver, to_reject, request = _validated(config, record, now, integrations)
         except Exception:  # a defect for this record must not fail its neighbours
             logger.exception("validation failed unexpectedly", extra={"message_id": record.message_id})
             failures.append(record.message_id)
@@ -216,6 +224,7 @@ def handle_batch(services: Services, event: dict[str, Any], context: Any = None)
             continue
         deliveries.extend((record.message_id, message) for message in to_deliver)
         rejections.extend((record.message_id, message) for message in to_reject)
+        rejected.extend((record.message_id, integration) for integration in integrations)
         if request is not None:
             requests.append((record.message_id, request))
     if requests and services.deliveries is not None:
@@ -241,4 +250,6 @@ def handle_batch(services: Services, event: dict[str, Any], context: Any = None)
                 extra={"queue": queue, "error": str(error)},
             )
             failures.extend(owner for owner, _ in messages if owner not in failures)
+    # counted once: a record reported failed is validated again, and counted then
+    emit_rejections(Counter(integration for owner, integration in rejected if owner not in failures))
     return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in dict.fromkeys(failures)]}
