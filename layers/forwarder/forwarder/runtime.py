@@ -13,7 +13,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
-import requests
 from pydantic import BaseModel, Field
 
 from forwarder.config import ForwarderConfig, load_config
@@ -22,6 +21,7 @@ from forwarder.ports import DeletionLedger, DeliveryLog, LockPort, QueuePort, Se
 from forwarder.tokens import TokenKeeper
 
 if TYPE_CHECKING:  # importing Powertools Idempotency costs ~20 ms: only requests with a key pay it
+    import requests
     from aws_lambda_powertools.utilities.idempotency import BasePersistenceLayer
 
 _ENV_PREFIX = "FORWARDER_"
@@ -84,13 +84,19 @@ class RuntimeSettings(BaseModel):
         return cls.model_validate(values)
 
 
+def _http_session() -> requests.Session:
+    import requests  # deferred: importing requests costs cold starts that send nothing
+
+    return requests.Session()
+
+
 @dataclass
 class Services:
     settings: RuntimeSettings
     queues: QueuePort
     secrets: SecretsPort
     ledger: DeletionLedger | None = None
-    http: requests.Session = field(default_factory=requests.Session)
+    http: requests.Session = field(default_factory=lambda: _http_session())
     clock: Callable[[], float] = time.time
     locks: LockPort | None = None
     deliveries: DeliveryLog | None = None
