@@ -5,7 +5,8 @@ PY := $(VENV)/bin/python
 PYTHON ?= $(shell (pyenv which python3.13 2>/dev/null) || command -v python3.13 || command -v python3)
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck bench chaos check-config clean install browser lock layer bench-aws build-ForwarderLayer
+.PHONY: run test lint typecheck bench chaos check-config clean install browser lock layer bench-aws build-ForwarderLayer \
+	build-ConfigLayer
 
 # The repository root, wherever make runs from (sam build runs build-ForwarderLayer in a scratch directory).
 ROOT := $(patsubst %/,%,$(dir $(abspath $(firstword $(MAKEFILE_LIST)))))
@@ -85,6 +86,11 @@ $(LAYER_ZIP): $(STAMP) $(LAYER_SOURCES)
 build-ForwarderLayer:
 	$(MAKE) -C "$(ROOT)" install
 	cd "$(ROOT)" && $(PY) layers/forwarder/build_layer.py --arch arm64 --out "$(ARTIFACTS_DIR)"
+
+# ...and ConfigLayer (BuildMethod: makefile): config/forwarder.yaml, validated, as /opt/forwarder.json.
+build-ConfigLayer:
+	$(MAKE) -C "$(ROOT)" install
+	cd "$(ROOT)" && $(PY) layers/forwarder/build_layer.py --config-layer config/forwarder.yaml --out "$(ARTIFACTS_DIR)"
 
 bench-aws: $(STAMP)  ## the AWS-side figures alone: cold imports of the shipped layer, its size, AWS calls and cost per record
 	$(PY) bench/aws_side.py

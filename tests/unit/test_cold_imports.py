@@ -27,8 +27,17 @@ print(json.dumps(sorted(name for name in {DEFERRED!r} if name in sys.modules)))
 """
 
 
-@pytest.mark.parametrize("flow", FLOWS)
-def test_a_cold_start_loads_no_http_client_yaml_parser_aws_sdk_or_tracer(flow: str) -> None:
+#: What a first invocation sets up before its work: the services from the environment and the parsed config.
+FIRST_INVOCATION = """
+import json, sys
+import app
+from forwarder.runtime import services
+services().config
+print(json.dumps(sorted(name for name in ("requests", "urllib3") if name in sys.modules)))
+"""
+
+
+def lambda_environment(flow: str) -> dict[str, str]:
     environment = {
         **os.environ,
         "AWS_LAMBDA_FUNCTION_NAME": f"forwarder-{flow}",
@@ -38,8 +47,30 @@ def test_a_cold_start_loads_no_http_client_yaml_parser_aws_sdk_or_tracer(flow: s
         "PYTHONPATH": os.pathsep.join([str(ROOT / "functions" / flow), str(ROOT / "layers" / "forwarder")]),
     }
     environment.pop("POWERTOOLS_TRACE_DISABLED", None)
+    return environment
+
+
+def run(program: str, environment: dict[str, str]) -> list[str]:
     done = subprocess.run(
-        [sys.executable, "-c", PROGRAM], env=environment, capture_output=True, text=True, check=False
+        [sys.executable, "-c", program], env=environment, capture_output=True, text=True, check=False
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert json.loads(done.stdout) == []
+    loaded: list[str] = json.loads(done.stdout)
+    return loaded
+
+
+@pytest.mark.parametrize("flow", FLOWS)
+def test_a_cold_start_loads_no_http_client_yaml_parser_aws_sdk_or_tracer(flow: str) -> None:
+    assert run(PROGRAM, lambda_environment(flow)) == []
+
+
+@pytest.mark.parametrize("flow", ["ingest", "validate", "sources"])
+def test_functions_that_call_no_vendor_never_import_an_http_client(flow: str) -> None:
+    environment = lambda_environment(flow)
+    for name in ("INGEST", "DELIVERY", "DELIVERY_DLQ", "REJECTS"):
+        environment[f"FORWARDER_QUEUE_URL_{name}"] = (
+            f"https://sqs.eu-west-1.amazonaws.com/123456789012/{name}"
+        )
+    for name in ("LEDGER", "LOCKS", "DELIVERY_LOG", "IDEMPOTENCY"):
+        environment[f"FORWARDER_{name}_TABLE"] = f"forwarder-{name.lower()}"
+    assert run(FIRST_INVOCATION, environment) == []

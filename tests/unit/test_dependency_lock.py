@@ -14,8 +14,6 @@ import tomllib
 from pathlib import Path
 from types import ModuleType
 
-import pytest
-from cfnlint.decode import cfn_yaml
 from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -109,49 +107,3 @@ def test_the_lock_satisfies_pyproject() -> None:
         assert requirement.specifier.contains(locked[name], prereleases=True), (
             f"requirements.lock pins {name}=={locked[name]}, outside {requirement}; run `make lock`"
         )
-
-
-def test_sam_builds_the_layer_with_the_make_target_and_functions_need_no_requirements_file() -> None:
-    template = cfn_yaml.load(str(ROOT / "template.yaml"))
-    layer = template["Resources"]["ForwarderLayer"]
-    assert layer["Metadata"]["BuildMethod"] == "makefile"
-    makefile = (ROOT / layer["Metadata"]["ContextPath"] / "Makefile").read_text(encoding="utf-8")
-    assert re.search(r"^build-ForwarderLayer:", makefile, re.MULTILINE)
-    # an empty requirements.txt per function makes every `sam build` miss its cache; SAM builds without one
-    code_dirs = [
-        resource["Properties"]["CodeUri"]
-        for resource in template["Resources"].values()
-        if resource["Type"] == "AWS::Serverless::Function"
-    ]
-    assert code_dirs
-    assert [path for path in code_dirs if (ROOT / path / "requirements.txt").exists()] == []
-
-
-def test_the_layer_zip_is_the_same_bytes_every_time(tmp_path: Path) -> None:
-    source = tmp_path / "layer"
-    (source / "python" / "pkg").mkdir(parents=True)
-    (source / "python" / "pkg" / "__init__.py").write_text("VALUE = 1\n")
-    (source / "python" / "pkg" / "native.so").write_bytes(b"\x7fELF")
-    (source / "python" / "pkg" / "native.so").chmod(0o755)
-    build_layer.write_zip(source, tmp_path / "first.zip")
-    (source / "python" / "pkg" / "__init__.py").touch()  # a later mtime changes nothing
-    build_layer.write_zip(source, tmp_path / "second.zip")
-    assert (tmp_path / "first.zip").read_bytes() == (tmp_path / "second.zip").read_bytes()
-
-
-@pytest.mark.parametrize(
-    ("path", "pruned"),
-    [
-        ("aws_lambda_powertools/event_handler/openapi/swagger_ui/swagger-ui-bundle.min.js", True),
-        ("aws_lambda_powertools/event_handler/openapi/swagger_ui/html.py", False),
-        ("yaml/_yaml.cpython-313-aarch64-linux-gnu.so", True),
-        ("yaml/__init__.py", False),
-        ("pydantic_core/_pydantic_core.cpython-313-aarch64-linux-gnu.so", False),
-    ],
-)
-def test_only_unused_files_are_left_out_of_the_layer(tmp_path: Path, path: str, pruned: bool) -> None:
-    target = tmp_path / path
-    target.parent.mkdir(parents=True)
-    target.write_text("")
-    assert build_layer.prune(tmp_path) == ([path] if pruned else [])
-    assert target.exists() is not pruned

@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from pydantic import BaseModel, Field
 
@@ -33,7 +33,7 @@ class RuntimeSettings(BaseModel):
     """Every knob the flows read, from ``FORWARDER_*`` environment variables."""
 
     runtime: Literal["aws", "embedded"] = "aws"
-    config_path: str = "/opt/forwarder.yaml"
+    config_path: str = "/opt/forwarder.json"
     max_body_bytes: int = Field(240 * 1024, ge=1024, description="leaves room in a 256 KiB SQS message")
     max_message_bytes: int = Field(
         256 * 1024, ge=1024, description="the queue's message size limit (SQS: 256 KiB)"
@@ -84,10 +84,26 @@ class RuntimeSettings(BaseModel):
         return cls.model_validate(values)
 
 
-def _http_session() -> requests.Session:
-    import requests  # deferred: importing requests costs cold starts that send nothing
+class _SessionOnFirstUse:
+    """Stands for a ``requests.Session`` and creates it when first used: ingest, validate and sources never
+    call a vendor, so their cold starts never import requests (60-100 ms)."""
 
-    return requests.Session()
+    def __init__(self) -> None:
+        self._session: requests.Session | None = None
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        if self._session is None:
+            with self._lock:
+                if self._session is None:
+                    import requests
+
+                    self._session = requests.Session()
+        return getattr(self._session, name)
+
+
+def _http_session() -> requests.Session:
+    return cast("requests.Session", _SessionOnFirstUse())
 
 
 @dataclass
@@ -96,7 +112,7 @@ class Services:
     queues: QueuePort
     secrets: SecretsPort
     ledger: DeletionLedger | None = None
-    http: requests.Session = field(default_factory=lambda: _http_session())
+    http: requests.Session = field(default_factory=_http_session)
     clock: Callable[[], float] = time.time
     locks: LockPort | None = None
     deliveries: DeliveryLog | None = None
