@@ -143,7 +143,8 @@ def prune(python_dir: Path) -> list[str]:
 
 
 def compile_bytecode(python_dir: Path) -> None:
-    """``.pyc`` next to every module, unchecked-hash, with a fixed hash seed so that runs compile the same bytes."""
+    """``.pyc`` next to every module, unchecked-hash, with a fixed hash seed and Lambda's paths, so that every
+    build compiles the same bytes."""
     command = [
         sys.executable,
         "-m",
@@ -153,6 +154,11 @@ def compile_bytecode(python_dir: Path) -> None:
         "0",
         "--invalidation-mode",
         "unchecked-hash",
+        # the path Lambda sees (/opt/python/...) rather than the build directory's, so every build is the same
+        "-s",
+        str(python_dir),
+        "-p",
+        "/opt/python",
         str(python_dir),
     ]
     subprocess.run(command, env={**os.environ, "PYTHONHASHSEED": "0"}, check=True, stdout=subprocess.DEVNULL)

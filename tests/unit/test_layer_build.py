@@ -99,3 +99,16 @@ def test_an_invalid_config_stops_the_config_layer_build(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="invalid"):
         build_layer.build_config_layer(tmp_path / "out", source)
     assert not (tmp_path / "out" / "forwarder.json").exists()
+
+
+def test_bytecode_is_the_same_whatever_directory_the_layer_is_built_in(tmp_path: Path) -> None:
+    compiled = []
+    for name in ("make-layer", "sam-artifacts"):
+        package = tmp_path / name / "python" / "pkg"
+        package.mkdir(parents=True)
+        (package / "__init__.py").write_text("def fail():\n    raise ValueError('where am I')\n")
+        build_layer.compile_bytecode(package.parent)
+        [pyc] = (package / "__pycache__").glob("__init__.*.pyc")
+        compiled.append(pyc.read_bytes())
+    assert compiled[0] == compiled[1]
+    assert b"/opt/python/pkg/__init__.py" in compiled[0]  # tracebacks name the path Lambda sees
