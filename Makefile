@@ -70,10 +70,11 @@ chaos: $(STAMP)  ## 10,000 records to every vendor through faults, an outage and
 	$(PY) chaos/run.py $(CHAOS_ARGS)
 
 # One lock for tests and the layer: requirements.lock (everything, any platform, Python 3.11+) from pyproject.toml,
-# then the layer's pins (Lambda's Python and architecture), held to the lock's versions.
-lock:
+# then the layer's pins (Lambda's Python and architecture), held to the lock's versions. Pins stay as they are
+# unless pyproject.toml needs otherwise; `make lock LOCK_ARGS=--upgrade` (or --upgrade-package NAME) moves them.
+lock: $(STAMP)
 	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --universal --python-version 3.11 --generate-hashes \
-	  --quiet -o requirements.lock
+	  --quiet $(LOCK_ARGS) -o requirements.lock
 	$(VENV)/bin/uv pip compile layers/forwarder/requirements.in -c requirements.lock --python-version 3.13 \
 	  --python-platform aarch64-manylinux2014 --generate-hashes --quiet -o layers/forwarder/requirements.txt
 
