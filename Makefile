@@ -5,12 +5,23 @@ PY := $(VENV)/bin/python
 PYTHON ?= $(shell (pyenv which python3.13 2>/dev/null) || command -v python3.13 || command -v python3)
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck bench chaos check-config clean install browser checkov
+.PHONY: run test lint typecheck bench chaos check-config clean install browser checkov lock layer bench-aws \
+	build-ForwarderLayer build-ConfigLayer
 
-$(STAMP): pyproject.toml layers/forwarder/requirements.txt
+# The repository root, wherever make runs from (sam build runs build-ForwarderLayer in a scratch directory).
+ROOT := $(patsubst %/,%,$(dir $(abspath $(firstword $(MAKEFILE_LIST)))))
+# The Lambda layer: one script builds it for `make layer`, for `sam build` and for the bench (arm64 ships).
+LAYER_ARCH ?= arm64
+LAYER_ZIP := build/layer/forwarder-layer-$(LAYER_ARCH).zip
+LAYER_SOURCES := layers/forwarder/requirements.txt layers/forwarder/build_layer.py \
+	$(shell find layers/forwarder/forwarder -name '*.py' 2>/dev/null)
+
+# Tests run exactly the versions of requirements.lock (hash-checked); the package itself is installed editable.
+$(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --require-hashes -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -78,5 +89,32 @@ bench: $(STAMP)  ## print throughput figures of the hot paths and of the embedde
 chaos: $(STAMP)  ## 10,000 records to every vendor through faults, an outage and kill -9; fails on lost/duplicate/out of order
 	$(PY) chaos/run.py $(CHAOS_ARGS)
 
+# One lock for tests and the layer: requirements.lock (everything, any platform, Python 3.11+) from pyproject.toml,
+# then the layer's pins (Lambda's Python and architecture), held to the lock's versions. Pins stay as they are
+# unless pyproject.toml needs otherwise; `make lock LOCK_ARGS=--upgrade` (or --upgrade-package NAME) moves them.
+lock: $(STAMP)
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --universal --python-version 3.11 --generate-hashes \
+	  --quiet $(LOCK_ARGS) -o requirements.lock
+	$(VENV)/bin/uv pip compile layers/forwarder/requirements.in -c requirements.lock --python-version 3.13 \
+	  --python-platform aarch64-manylinux2014 --generate-hashes --quiet -o layers/forwarder/requirements.txt
+
+layer: $(LAYER_ZIP)  ## the Lambda layer zip that ships (build/layer/), bytecode compiled, byte-for-byte reproducible
+
+$(LAYER_ZIP): $(STAMP) $(LAYER_SOURCES)
+	$(PY) layers/forwarder/build_layer.py --arch $(LAYER_ARCH) --out build/layer/$(LAYER_ARCH) --zip $@
+
+# sam build (ForwarderLayer's BuildMethod: makefile) runs this with ARTIFACTS_DIR set.
+build-ForwarderLayer:
+	$(MAKE) -C "$(ROOT)" install
+	cd "$(ROOT)" && $(PY) layers/forwarder/build_layer.py --arch arm64 --out "$(ARTIFACTS_DIR)"
+
+# ...and ConfigLayer (BuildMethod: makefile): config/forwarder.yaml, validated, as /opt/forwarder.json.
+build-ConfigLayer:
+	$(MAKE) -C "$(ROOT)" install
+	cd "$(ROOT)" && $(PY) layers/forwarder/build_layer.py --config-layer config/forwarder.yaml --out "$(ARTIFACTS_DIR)"
+
+bench-aws: $(STAMP)  ## the AWS-side figures alone: cold imports of the shipped layer, its size, AWS calls and cost per record
+	$(PY) bench/aws_side.py
+
 clean:
-	rm -rf $(VENV) .forwarder .aws-sam .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .forwarder .aws-sam build .pytest_cache .mypy_cache .ruff_cache

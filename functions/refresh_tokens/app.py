@@ -5,13 +5,12 @@ from typing import Any
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from forwarder.flows.refresh_tokens import refresh_all
-from forwarder.observability import logger, metrics, tracer
+from forwarder.observability import logger, metrics
 from forwarder.runtime import services
 
 
 @logger.inject_lambda_context(log_event=False)
 @metrics.log_metrics
-@tracer.capture_lambda_handler
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     report = refresh_all(services(), context)
     metrics.add_metric(name="CredentialProblems", unit="Count", value=len(report.problems))

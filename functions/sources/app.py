@@ -5,12 +5,11 @@ from typing import Any
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from forwarder.flows.sources import handle_batch
-from forwarder.observability import logger, metrics, tracer
+from forwarder.observability import logger, metrics
 from forwarder.runtime import services
 
 
 @logger.inject_lambda_context(log_event=False)
 @metrics.log_metrics
-@tracer.capture_lambda_handler
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return handle_batch(services(), event, context)

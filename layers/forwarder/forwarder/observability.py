@@ -1,4 +1,4 @@
-"""Logger, Tracer and Metrics, set up once. Records hold personal data: log ids and reasons, never data."""
+"""Logger and Metrics, set up once. Records hold personal data: log ids and reasons, never data."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit, single_metric
 from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 
@@ -70,9 +70,9 @@ def request_scope(request_id: str) -> Iterator[None]:
         logger.set_correlation_id(previous)
 
 
-# Only the AWS SDK is traced: vendor URLs carry customer identifiers (e.g. DELETE /customers/email/{email}),
-# which X-Ray would store with every segment of an auto-patched `requests`.
-tracer = Tracer(service="forwarder", patch_modules=["boto3", "botocore"])
+# No Tracer: Lambda's active tracing records each invocation without an SDK, and botocore passes the trace
+# header on to SQS, so a record's trace still spans the flows. Powertools' Tracer needs the X-Ray SDK, which
+# brings a second botocore into the layer and ~200 ms into every cold start (docs/decisions.md).
 metrics = Metrics(namespace="Forwarder", service="forwarder")
 
 

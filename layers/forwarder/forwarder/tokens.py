@@ -16,15 +16,16 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
-
-import requests
+from typing import TYPE_CHECKING, Any
 
 from forwarder.config import IntegrationConfig
 from forwarder.integrations.base import TokenError
 from forwarder.observability import logger
 from forwarder.ports.locks import LockError, LockPort
 from forwarder.ports.secrets import SecretsPort
+
+if TYPE_CHECKING:
+    import requests
 
 
 class TokenUnavailable(Exception):

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import yaml
 from pydantic import ValidationError
 
 from forwarder.config.models import ConfigProblem, ConfigProblems, ForwarderConfig
+
+if TYPE_CHECKING:
+    import yaml
 
 
 class ConfigError(Exception):
@@ -24,6 +26,8 @@ class ConfigError(Exception):
 
 def _line_index(text: str) -> dict[tuple[str | int, ...], int]:
     """Map each YAML path to its 1-based line, from the composed node tree."""
+    import yaml  # deferred: a handler parses its config on its first invocation, not at import
+
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError:
@@ -86,6 +90,8 @@ def _problems(error: ValidationError, lines: dict[tuple[str | int, ...], int]) -
 
 
 def parse_document(text: str, source: str) -> Any:
+    import yaml  # deferred: a handler parses its config on its first invocation, not at import
+
     try:
         if source.endswith(".json"):
             return json.loads(text)

@@ -10,9 +10,7 @@ schedule (the ``CredentialProblems`` metric, alarmed on) before deliveries pile 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
-
-import requests
+from typing import TYPE_CHECKING, Any
 
 from forwarder.config import IntegrationConfig
 from forwarder.integrations.base import Budget, CredentialsError, TokenError
@@ -21,6 +19,9 @@ from forwarder.ports.locks import LockError
 from forwarder.ports.secrets import SecretStoreError
 from forwarder.runtime import Services
 from forwarder.tokens import TokenUnavailable
+
+if TYPE_CHECKING:
+    pass
 
 
 @dataclass
@@ -70,6 +71,8 @@ def refresh_all(services: Services, context: Any = None) -> RefreshReport:
             where = f"{group_key}/{config.name} (secret '{config.secret}')"
             problem = services.settings.secret_outside_prefix(config.secret)
             if problem is None:
+                import requests  # deferred: importing requests costs cold starts that send nothing
+
                 try:
                     credentials = services.secrets.get(config.secret, max_age_seconds=0)
                     config.integration.check_credentials(credentials)

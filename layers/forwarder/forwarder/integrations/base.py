@@ -14,12 +14,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import requests
 from pydantic import BaseModel
 
 from forwarder.ports.locks import LockPort
+
+if TYPE_CHECKING:
+    import requests
 
 FieldKind = Literal["string", "list", "dynamic"]
 
@@ -192,6 +194,8 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
 
 def classify_transport_error(error: requests.RequestException) -> Outcome:
     """Connection errors and timeouts are worth a retry; the reason names the kind, not the URL's secrets."""
+    import requests  # deferred: importing requests costs cold starts that send nothing
+
     if isinstance(error, requests.ConnectTimeout):  # never sent
         return Outcome.unavailable(f"timeout connecting to the vendor ({type(error).__name__})")
     if isinstance(error, requests.Timeout):
@@ -205,6 +209,8 @@ def classify_transport_error(error: requests.RequestException) -> Outcome:
 
 def sent_unanswered(error: requests.RequestException) -> bool:
     """The request may have reached the vendor (everything but a failure to connect)."""
+    import requests  # deferred: importing requests costs cold starts that send nothing
+
     return not isinstance(error, requests.ConnectTimeout)
 
 

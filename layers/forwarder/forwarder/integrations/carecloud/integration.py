@@ -29,9 +29,8 @@ import builtins
 import re
 import threading
 from collections.abc import Sequence
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import requests
 from pydantic import BaseModel, ConfigDict, Field
 
 from forwarder.integrations.base import (
@@ -52,6 +51,9 @@ from forwarder.integrations.base import (
 )
 from forwarder.mapping import TransformValueError, convert_date
 from forwarder.ports.locks import LockPort
+
+if TYPE_CHECKING:
+    import requests
 
 # The spec's e-mail pattern (PersonalInformation.email), so a record CareCloud would refuse is rejected early.
 _EMAIL = re.compile(
@@ -206,6 +208,8 @@ class CareCloud(Integration):
             },
             "external_application_id": str(credentials["external_application_id"]),
         }
+        import requests  # deferred: importing requests costs cold starts that send nothing
+
         try:
             response = http.post(
                 f"{_base_url(settings, credentials)}/tokens",
@@ -614,6 +618,8 @@ class _Api:
         route = f"{method} {re.sub(r'/customers/[^/]+', '/customers/{id}', path)}"
         if not self.budget.allows(3.05 + self.settings.timeout_seconds):
             raise _OutOfTime(route)
+        import requests  # deferred: importing requests costs cold starts that send nothing
+
         try:
             response = self.http.request(
                 method,

@@ -23,12 +23,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote, quote_plus
 
-import requests
-
 from forwarder.integrations.base import Budget, Outcome, TokenError, parse_retry_after, sent_unanswered
+
+if TYPE_CHECKING:
+    import requests
 
 #: Error codes that mean "this token is no good" (invalid, replaced by a newer one, expired). DM Hub does
 #: not publish its code list; these are the codes its v1 API and the sandbox use. Configurable per
@@ -152,6 +153,8 @@ def fetch_token(
     else:
         route, url = "GET /security/accesstoken", f"{base_url}/security/accesstoken"
         params = {"grant_type": "client_credentials", "appid": app_id, "secret": secret}
+    import requests  # deferred: importing requests costs cold starts that send nothing
+
     try:
         response = http.get(
             url, params=params, headers={"Accept": "application/json"}, timeout=(3.05, timeout)
@@ -211,6 +214,8 @@ class DmHubClient:
         else:
             query["access_token"] = self._token
         self.calls += 1
+        import requests  # deferred: importing requests costs cold starts that send nothing
+
         try:
             response = self.http.request(
                 method,

@@ -23,9 +23,8 @@ import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import requests
 from pydantic import BaseModel, ConfigDict, Field
 
 from forwarder.integrations.base import (
@@ -51,6 +50,9 @@ from forwarder.integrations.dmhub.client import (
 )
 from forwarder.mapping import TransformValueError, as_text, convert_date
 from forwarder.ports.locks import LockPort
+
+if TYPE_CHECKING:
+    import requests
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _MOBILE = re.compile(r"^\+?[0-9]{1,4} ?[0-9]{4,16}$")

@@ -16,10 +16,9 @@ from __future__ import annotations
 import builtins
 import re
 from collections.abc import Sequence
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from urllib.parse import quote
 
-import requests
 from pydantic import BaseModel, ConfigDict, Field
 
 from forwarder.integrations.base import (
@@ -39,6 +38,9 @@ from forwarder.integrations.base import (
 )
 from forwarder.mapping import TransformValueError, as_text, convert_date
 from forwarder.ports.locks import LockPort
+
+if TYPE_CHECKING:
+    import requests
 
 MATCH_FIELD = {"Email": "email", "PhoneNumber": "phone", "CrmId": "crmId"}
 #: ExpertSender's ids (consents, messages) are 32-bit signed integers.
@@ -422,6 +424,8 @@ class ExpertSender(Integration):
             if not (budget or Budget()).allows(3.05 + settings.timeout_seconds):
                 answers.append(unreadable(self.title, "no time left", out_of_time=True))
                 continue
+            import requests  # deferred: importing requests costs cold starts that send nothing
+
             try:
                 response = http.get(
                     f"{base_url}/customers/{segment}/{quote(str(customer[field]), safe='')}",
@@ -487,6 +491,8 @@ class ExpertSender(Integration):
         if not budget.allows(3.05 + settings.timeout_seconds):
             return [Outcome.retry(NOT_ATTEMPTED)] * len(customers)
         body = {"mode": settings.mode, "matchBy": settings.match_by, "data": customers}
+        import requests  # deferred: importing requests costs cold starts that send nothing
+
         try:
             response = http.post(
                 f"{base_url}/customers", json=body, headers=headers, timeout=(3.05, settings.timeout_seconds)
@@ -549,6 +555,8 @@ class ExpertSender(Integration):
         )  # seed 004 spells DELETE .../crmid/{crmId}
         url = f"{base_url}/customers/{segment}/{quote(str(payload['value']), safe='')}"
         params = {"withAnonymization": "true" if settings.with_anonymization else "false"}
+        import requests  # deferred: importing requests costs cold starts that send nothing
+
         try:
             response = http.delete(
                 url, params=params, headers=headers, timeout=(3.05, settings.timeout_seconds)
