@@ -483,42 +483,24 @@ def replay(
         replay_on_stack(stack, which, region, profile, wait=wait, max_per_second=max_per_second)
         return
     from forwarder_local.queue import DurableQueueStore
+    from forwarder_local.replay import REPLAY_TARGETS
+    from forwarder_local.replay import replay as replay_dead_letters
 
-    source, target = {
-        "dead-letters": ("delivery-dlq", "delivery"),
-        "ingest-dead-letters": ("ingest-dlq", "ingest"),
-    }[which]
+    source = {"dead-letters": "delivery-dlq", "ingest-dead-letters": "ingest-dlq"}[which]
+    target = REPLAY_TARGETS[source]
     path = state_dir / "queues.db"
     if not path.exists():
         raise click.ClickException(f"no queues at {path}; start the embedded stack first")
     store = DurableQueueStore(path)
-    moved = skipped = 0
     try:
         total = min(limit, sum(store.counts(source).values()))
         with click.progressbar(length=total, label=f"replaying {source} -> {target}") as progress:
-            while moved + skipped < total:
-                batch = store.receive(source, max_messages=10, visibility_timeout=60)
-                if not batch:
-                    break
-                for message in batch:
-                    if integration and message.attributes.get("integration") != integration:
-                        store.change_visibility(source, message.receipt_handle, 0)
-                        skipped += 1
-                        continue
-                    store.send(
-                        target,
-                        message.body,
-                        message.attributes or None,
-                        group_id=message.group_id,  # FIFO: back into its customer's group
-                        dedup_id=f"replay-{message.message_id}-{time.time_ns()}"
-                        if message.group_id
-                        else None,
-                    )
-                    store.delete(source, message.receipt_handle)
-                    moved += 1
-                progress.update(len(batch))
+            done = replay_dead_letters(
+                store, source, integration=integration, limit=limit, on_batch=progress.update
+            )
     finally:
         store.close()
+    moved, skipped = done.moved, done.skipped
     click.echo(
         f"replayed {moved} message(s) from {source} to {target}" + (f"; {skipped} left" if skipped else "")
     )
@@ -657,7 +639,6 @@ def send(
       forwarder send contacts -g demo --stack forwarder --profile prod --set email=jane@example.com
     """
     import requests
-    from requests_aws4auth import AWS4Auth
 
     from forwarder_local.backfill import is_backfill_file
 
@@ -679,21 +660,14 @@ def send(
     group_key = group_key or document.get("group_key")
     if not group_key:
         raise click.UsageError("give --group-key (or group_key in --file)")
-    if stack:
-        from forwarder_local.aws_cli import api_url_for_stack
-
-        url = api_url_for_stack(stack, region, profile)
-    host = (urlsplit(url).hostname or "").lower()
-    local_host = host in ("127.0.0.1", "localhost", "::1")
-    local = local_host and (state_dir / "credentials.json").exists()
-    to_aws_producer = bool(queue_url if via == "sqs" else event_bus if via == "eventbridge" else None)
-    if local_host and not to_aws_producer:
-        region = region or _stack_region(state_dir) or "us-east-1"  # the embedded stack's default region
-    else:
-        from forwarder_local.aws_cli import region_for
-
-        region = region_for(url, region, profile)  # --region, else botocore's (AWS_REGION, the profile's)
     if via != "api":
+        to_aws_producer = bool(queue_url if via == "sqs" else event_bus if via == "eventbridge" else None)
+        if not to_aws_producer:
+            region = region or _stack_region(state_dir) or "us-east-1"  # the embedded stack's default region
+        else:
+            from forwarder_local.aws_cli import region_for
+
+            region = region_for(url, region, profile)  # --region, else botocore's (AWS_REGION, the profile's)
         _send_as_producer(
             via,
             KIND_ACTIONS[kind],
@@ -708,23 +682,10 @@ def send(
             profile,
         )
         return
-    aws_auth = None
-    if not local_host and not access_key and not secret_key:
-        # a deployed API: botocore's credential chain (profiles, SSO, AWS_* variables, instance roles)
-        from forwarder_local.aws_cli import execute_api_auth
-
-        aws_auth = execute_api_auth(region, profile)
-    if aws_auth is None and (not access_key or not secret_key):
-        env_key, env_secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
-        # Against the local stack, the environment's keys count only if the stack issued them (e.g. from
-        # `eval "$(forwarder clients session ...)"`), never a developer's own AWS keys.
-        if env_key and env_secret and not access_key and (not local or _issued_locally(state_dir, env_key)):
-            access_key, secret_key = env_key, env_secret
-        else:
-            access_key, secret_key = _local_keys(state_dir, access_key, group_key, config_path)
-            session_token = None
+    url, auth = api_target(
+        url, stack, region, profile, access_key, secret_key, session_token, state_dir, group_key, config_path
+    )
     method, path = ROUTES[kind]
-    auth = aws_auth or AWS4Auth(access_key, secret_key, region, "execute-api", session_token=session_token)
     if rows_file is not None:
         _backfill(rows_file, url, method, path, group_key, auth, state_dir, data, concurrency, rate, max_rows)
         return
@@ -788,6 +749,51 @@ def _backfill(
         sys.exit(130)
     if summary.fatal or summary.refused_count or summary.unsent:
         sys.exit(1)
+
+
+def api_target(
+    url: str,
+    stack: str | None,
+    region: str | None,
+    profile: str | None,
+    access_key: str | None,
+    secret_key: str | None,
+    session_token: str | None,
+    state_dir: Path,
+    group_key: str | None,
+    config_path: Path | None,
+) -> tuple[str, Any]:
+    """The API's base URL and a ``requests`` auth that signs for it (SigV4, ``execute-api``): the embedded
+    stack's issued key for a local URL (its region), else ``--access-key``/``--secret-key`` when given, else
+    botocore's credentials (profiles, SSO, ``AWS_*`` variables, roles) for the stack's or URL's region."""
+    from requests_aws4auth import AWS4Auth
+
+    if stack:
+        from forwarder_local.aws_cli import api_url_for_stack
+
+        url = api_url_for_stack(stack, region, profile)
+    host = (urlsplit(url).hostname or "").lower()
+    local_host = host in ("127.0.0.1", "localhost", "::1")
+    local = local_host and (state_dir / "credentials.json").exists()
+    if local_host:
+        region = region or _stack_region(state_dir) or "us-east-1"  # the embedded stack's default region
+    else:
+        from forwarder_local.aws_cli import execute_api_auth, region_for
+
+        region = region_for(url, region, profile)  # --region, else botocore's (AWS_REGION, the profile's)
+        if not access_key and not secret_key:
+            # a deployed API: botocore's credential chain (profiles, SSO, AWS_* variables, instance roles)
+            return url, execute_api_auth(region, profile)
+    if not access_key or not secret_key:
+        env_key, env_secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
+        # Against the local stack, the environment's keys count only if the stack issued them (e.g. from
+        # `eval "$(forwarder clients session ...)"`), never a developer's own AWS keys.
+        if env_key and env_secret and not access_key and (not local or _issued_locally(state_dir, env_key)):
+            access_key, secret_key = env_key, env_secret
+        else:
+            access_key, secret_key = _local_keys(state_dir, access_key, group_key, config_path)
+            session_token = None
+    return url, AWS4Auth(access_key, secret_key, region, "execute-api", session_token=session_token)
 
 
 def _send_as_producer(

@@ -5,11 +5,13 @@ Only the client that sent a request may read it: sign with its credentials."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import click
 
@@ -59,7 +61,20 @@ def describe(document: dict[str, Any]) -> list[str]:
     "--secret-key", help="default: from the embedded stack's state folder, else AWS_SECRET_ACCESS_KEY"
 )
 @click.option("--session-token", envvar="AWS_SESSION_TOKEN", help="with temporary credentials")
-@click.option("--region", help="default: the embedded stack's (local URL), else AWS_REGION, else us-east-1")
+@click.option(
+    "--region",
+    help="default: the embedded stack's (local URL), else AWS_REGION / the profile's / the API host's",
+)
+@click.option(
+    "--stack",
+    metavar="NAME",
+    help="a deployed stack (sam deploy's stack_name): its ApiUrl output, signed with botocore's credentials",
+)
+@click.option(
+    "--profile",
+    metavar="NAME",
+    help="the AWS profile for a deployed stack or API (default: AWS_PROFILE, else botocore's default chain)",
+)
 @click.option(
     "--group-key",
     "-g",
@@ -80,6 +95,26 @@ def describe(document: dict[str, Any]) -> list[str]:
     help="config the local stack runs (to pick a key allowed for --group-key)",
 )
 @click.option("--json", "as_json", is_flag=True, help="print the route's JSON answer as it came")
+@click.option(
+    "--follow",
+    "-f",
+    is_flag=True,
+    help="ask again every --every seconds, printing each change, until no integration is pending (or --timeout)",
+)
+@click.option(
+    "--every",
+    type=click.FloatRange(0.2, 60),
+    default=1.0,
+    show_default=True,
+    help="--follow: seconds between asks",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(1, 86_400),
+    default=120.0,
+    show_default=True,
+    help="--follow: give up after this many seconds (exit 3 when still pending)",
+)
 def status(
     request_id: str,
     url: str,
@@ -91,6 +126,11 @@ def status(
     state_dir: Path,
     config_path: Path | None,
     as_json: bool,
+    stack: str | None,
+    profile: str | None,
+    follow: bool,
+    every: float,
+    timeout: float,
 ) -> None:
     """Show a request's status per integration: pending, delivered, rejected (with the reason), dead-lettered
     (with the reason) or superseded, with attempts and times.
@@ -99,39 +139,63 @@ def status(
     Example:
       forwarder status 5f0c...                       # against the embedded stack, with its issued key
       forwarder status 5f0c... --json                # the route's JSON
+      forwarder status 5f0c... --follow              # until every integration is done
+      forwarder status 5f0c... --stack forwarder --profile prod
       forwarder status 5f0c... --url https://API_ID.execute-api.REGION.amazonaws.com/dev --region REGION
     """
     import requests
-    from requests_aws4auth import AWS4Auth
 
-    from forwarder_local.cli import _issued_locally, _local_keys, _stack_region
+    from forwarder_local.cli import api_target
 
-    host = (urlsplit(url).hostname or "").lower()
-    local = host in ("127.0.0.1", "localhost", "::1") and (state_dir / "credentials.json").exists()
-    if local:
-        region = region or _stack_region(state_dir)
-    region = region or os.environ.get("AWS_REGION") or "us-east-1"
-    if not access_key or not secret_key:
-        env_key, env_secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
-        if env_key and env_secret and not access_key and (not local or _issued_locally(state_dir, env_key)):
-            access_key, secret_key = env_key, env_secret
-        else:
-            access_key, secret_key = _local_keys(state_dir, access_key, group_key, config_path)
-            session_token = None
-    auth = AWS4Auth(access_key, secret_key, region, "execute-api", session_token=session_token)
-    try:
-        response = requests.get(
-            f"{url.rstrip('/')}/v1/requests/{quote(request_id, safe='')}", auth=auth, timeout=30
-        )
-    except requests.RequestException as error:
-        raise click.ClickException(
-            f"cannot reach {url}: {type(error).__name__} (is `make run` running?)"
-        ) from None
-    try:
-        document = response.json()
-    except ValueError:
-        document = None
-    if as_json or not isinstance(document, dict) or response.status_code != 200:
+    url, auth = api_target(
+        url, stack, region, profile, access_key, secret_key, session_token, state_dir, group_key, config_path
+    )
+    target = f"{url.rstrip('/')}/v1/requests/{quote(request_id, safe='')}"
+
+    def ask() -> requests.Response:
+        try:
+            return requests.get(target, auth=auth, timeout=30)
+        except requests.RequestException as error:
+            raise click.ClickException(
+                f"cannot reach {url}: {type(error).__name__} (is `make run` running?)"
+            ) from None
+
+    def document_of(response: requests.Response) -> dict[str, Any] | None:
+        try:
+            document = response.json()
+        except ValueError:
+            return None
+        return document if isinstance(document, dict) and response.status_code == 200 else None
+
+    response = ask()
+    if follow:
+        # A request is known a few seconds after its 202 (once validated): a 404 is asked again until then.
+        deadline = time.monotonic() + timeout
+        shown: list[str] = []
+        while True:
+            document = document_of(response)
+            if document is not None:
+                lines = [json.dumps(document, sort_keys=True)] if as_json else describe(document)
+                if lines != shown:
+                    click.echo("\n".join(lines))
+                    shown = lines
+                if document.get("status") != "pending":
+                    # 0: every integration delivered (or superseded by a newer record); 1: any refused
+                    settled = {"delivered", "superseded"}
+                    entries = document.get("integrations") or []
+                    ok = document.get("status") == "done" and all(e.get("status") in settled for e in entries)
+                    sys.exit(0 if ok else 1)
+            elif response.status_code not in (404, 429, 503):
+                break
+            if time.monotonic() >= deadline:
+                if document is None:
+                    break
+                click.echo(f"still pending after {timeout:g} s", err=True)
+                sys.exit(3)
+            time.sleep(every)
+            response = ask()
+    document = document_of(response)
+    if as_json or document is None:
         if not as_json:
             click.echo(f"{response.status_code} {response.reason}")
         click.echo(response.text)

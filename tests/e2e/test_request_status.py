@@ -171,3 +171,44 @@ def test_the_status_route_is_signed_like_the_others(stack: EmbeddedStack) -> Non
     )
     assert unsigned.status_code == 403
     assert unsigned.json()["code"] == "MISSING_AUTHENTICATION_TOKEN"
+
+
+def test_follow_waits_for_a_new_request_and_prints_each_change_until_delivered(stack: EmbeddedStack) -> None:
+    # given ExpertSender refusing the first two attempts
+    assert stack.sandbox is not None
+    stack.sandbox.inject(status=503, times=2)
+    # when a contact is sent and followed at once (before validate has seen it: the route answers 404 then)
+    request_id = send(stack, "email=follow@example.com")
+    result = cli(
+        stack, "status", request_id, "--follow", "--every", "0.2", "--access-key", key_of(stack, DEMO_USER)
+    )
+    # then it ends when every integration is delivered, exit 0, having shown the pending state on the way
+    assert result.exit_code == 0, result.output
+    blocks = result.output.split(f"request {request_id}")[1:]
+    assert len(blocks) >= 2, result.output
+    assert "pending" in blocks[0]
+    assert "pending" not in blocks[-1] and blocks[-1].count("delivered") == 3
+
+
+def test_follow_of_a_rejected_contact_exits_non_zero_with_the_reason(stack: EmbeddedStack) -> None:
+    request_id = send(stack, "first_name=Nobody")
+    result = cli(stack, "status", request_id, "--follow", "--access-key", key_of(stack, DEMO_USER))
+    assert result.exit_code == 1, result.output
+    assert "rejected" in result.output and "attribute 'email' is required" in result.output
+
+
+def test_follow_of_an_unknown_id_gives_up_after_its_timeout(stack: EmbeddedStack) -> None:
+    result = cli(
+        stack,
+        "status",
+        "00000000-0000-4000-8000-000000000000",
+        "--follow",
+        "--every",
+        "0.2",
+        "--timeout",
+        "1",
+        "--access-key",
+        key_of(stack, DEMO_USER),
+    )
+    assert result.exit_code == 1
+    assert "REQUEST_NOT_FOUND" in result.output

@@ -127,6 +127,25 @@ def forwarder(*args: str) -> Any:
 # --------------------------------------------------------------------------------------------------
 
 
+STATUS_DOCUMENT = {
+    "request_id": "r-1",
+    "status": "done",
+    "group_key": "demo",
+    "action": "upsert",
+    "received_at": "2026-11-28T10:00:00.000Z",
+    "validated_at": "2026-11-28T10:00:01.000Z",
+    "integrations": [
+        {
+            "integration": "expertsender",
+            "operation": "upsert_customer",
+            "status": "delivered",
+            "attempts": 1,
+            "updated_at": "2026-11-28T10:00:02.000Z",
+        }
+    ],
+}
+
+
 class SigningApi:
     """A real HTTP server standing in for the stack's API: verifies each request's signature with the
     profile's secret, records who signed it and for which region, answers 202."""
@@ -166,6 +185,8 @@ class SigningApi:
                         }
                     )
                     answer, status = {"request_id": "r-1", "status": "accepted"}, 202
+                    if self.command == "GET" and "/v1/requests/" in raw_path:
+                        answer, status = STATUS_DOCUMENT, 200
                 data = json.dumps(answer).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -234,7 +255,7 @@ def test_the_signing_helper_signs_for_the_stacks_region_with_the_profiles_keys(
     deploy(api.url)
     url, stack_auth = stack_api(STACK, None, PROFILE)
     assert url == api.url
-    assert requests.get(f"{url}/v1/requests/r-1", auth=stack_auth, timeout=10).status_code == 202
+    assert requests.get(f"{url}/v1/requests/r-1", auth=stack_auth, timeout=10).status_code == 200
     assert api.calls[-1] == {
         "path": "/dev/v1/requests/r-1",
         "access_key": ACCESS_KEY,
@@ -530,3 +551,25 @@ def test_replay_on_a_stack_refuses_an_integration_filter(operator: Path) -> None
         main, ["replay", "dead-letters", "--stack", STACK, "--profile", PROFILE, "--integration", "dmhub"]
     )
     assert result.exit_code != 0 and "moves the whole dead-letter queue" in result.output
+
+
+# --------------------------------------------------------------------------------------------------
+# status --stack
+# --------------------------------------------------------------------------------------------------
+
+
+def test_status_of_a_stack_asks_its_api_signed_with_the_profile(
+    operator: Path, api: SigningApi, tmp_path: Path
+) -> None:
+    # given a deployed stack and an operator with a profile
+    deploy(api.url)
+    # when the status of a request is asked with --stack
+    result = forwarder(
+        "status", "r-1", "--stack", STACK, "--profile", PROFILE, "--state-dir", str(tmp_path / "none")
+    )
+    # then the stack's API was asked, signed by the profile's key for the stack's region, and it is shown
+    assert result.exit_code == 0, result.output
+    assert "expertsender" in result.output and "delivered" in result.output
+    assert api.calls == [
+        {"path": "/dev/v1/requests/r-1", "access_key": ACCESS_KEY, "region": REGION, "body": None}
+    ]
