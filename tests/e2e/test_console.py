@@ -7,8 +7,6 @@ does; `make test` installs both when it runs as root."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,8 +20,6 @@ from forwarder_local.stack import REPO_ROOT, EmbeddedStack, StackOptions
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
 EXPERTSENDER_ONLY = REPO_ROOT / "config" / "examples" / "expertsender-only.yaml"
 
 
@@ -42,26 +38,6 @@ def stack(tmp_path: Path) -> Iterator[EmbeddedStack]:
     )
     with EmbeddedStack(options) as running:
         yield running
-
-
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    if not (CHROMIUM and CHROMEDRIVER):
-        missing = "chromium and chromium-driver are not installed (make test installs them as root)"
-        if os.environ.get("CI"):
-            pytest.fail(missing)  # CI runs as root: make test must have installed them
-        pytest.skip(missing)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(30)
-    yield driver
-    driver.quit()
 
 
 def send(stack: EmbeddedStack, data: dict[str, Any]) -> str:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import html
 import json
-import os
-import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -37,8 +35,6 @@ from tests.hooks_support import (
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):
@@ -106,26 +102,6 @@ def delivered(stack: EmbeddedStack, email: str) -> dict[str, Any]:
         lambda: stack.sandbox.find(email=email), what=f"{email} in the ExpertSender sandbox"
     )
     return customer
-
-
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    if not (CHROMIUM and CHROMEDRIVER):
-        missing = "chromium and chromium-driver are not installed (make test installs them as root)"
-        if os.environ.get("CI"):
-            pytest.fail(missing)  # CI runs as root: make test must have installed them
-        pytest.skip(missing)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(30)
-    yield driver
-    driver.quit()
 
 
 def test_a_plain_html_form_in_a_browser_reaches_the_vendor(
