@@ -11,6 +11,12 @@ runs in a ``BEGIN IMMEDIATE`` transaction and SQLite's busy timeout makes other 
 it (safe across processes). A receive selects and hides its messages in one transaction, so two
 receivers never get the same message while it is in flight.
 
+Group commit: sends, receives, deletes and visibility changes that threads of one store make at the same
+time share one transaction, so one fsync: whoever takes the connection commits every write queued while
+it waited, each in a savepoint of its own (one that fails is rolled back alone). None of them returns
+before that ``COMMIT`` has returned, so a send that returned is on disk, as before; only the fsyncs are
+shared. ``transactions`` and ``writes`` count them.
+
 SQS semantics reproduced:
 
 * receive hides messages for the visibility timeout, increments the receive count and hands out a
@@ -55,7 +61,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 __all__ = [
     "ACCOUNT_ID",
@@ -241,6 +247,21 @@ class _Signal:
             self.condition.notify_all()
 
 
+_T = TypeVar("_T")
+
+
+class _PendingWrite:
+    """One thread's write waiting for the next group commit, and its outcome."""
+
+    __slots__ = ("done", "error", "result", "work")
+
+    def __init__(self, work: Callable[[sqlite3.Connection], Any]) -> None:
+        self.work = work
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.done = False
+
+
 _signals: dict[str, _Signal] = {}
 _signals_lock = threading.Lock()
 
@@ -257,6 +278,12 @@ class DurableQueueStore:
         self.path = Path(path)
         self._clock = clock
         self._lock = threading.RLock()
+        self._pending: list[_PendingWrite] = []
+        self._pending_lock = threading.Lock()
+        self.transactions = 0
+        """Group-committed write transactions so far (each one fsync)."""
+        self.writes = 0
+        """Writes (sends, receives, deletes, visibility changes) those transactions carried."""
         self._signal = _signal_for(str(self.path.resolve()))
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(
@@ -325,6 +352,61 @@ class DurableQueueStore:
                 self._conn.execute("ROLLBACK")
                 raise
             self._conn.execute("COMMIT")
+
+    def _grouped(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run ``work`` in a write transaction shared with the writes other threads are waiting to make on
+        this store (group commit); returns its result, or raises its error, once the transaction is
+        committed (fsynced) or rolled back."""
+        pending = _PendingWrite(work)
+        with self._pending_lock:
+            self._pending.append(pending)
+        with self._lock:
+            if not pending.done:  # else an earlier holder of the connection committed it with its own
+                self._commit_pending()
+        if pending.error is not None:
+            raise pending.error
+        result: _T = pending.result
+        return result
+
+    def _commit_pending(self) -> None:
+        """With the connection held: one transaction for every write queued so far, each in a savepoint."""
+        batch: list[_PendingWrite] = []
+        try:
+            if self._conn is None:
+                raise RuntimeError("DurableQueueStore is closed")
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")  # may wait for another process's writer: more writes queue up
+            with self._pending_lock:
+                batch, self._pending = self._pending, []
+            try:
+                for item in batch:
+                    conn.execute("SAVEPOINT write")
+                    try:
+                        item.result = item.work(conn)
+                    except Exception as error:
+                        conn.execute("ROLLBACK TO write")
+                        item.error = error
+                    conn.execute("RELEASE write")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            self.transactions += 1
+            self.writes += len(batch)
+        except BaseException as error:  # nothing was committed: every write queued so far fails with it
+            with self._pending_lock:
+                batch, self._pending = [*batch, *self._pending], []
+            for item in batch:
+                item.result, item.error = None, error
+        finally:
+            for item in batch:
+                item.done = True
+
+    @property
+    def pending_writes(self) -> int:
+        """Writes waiting for the next group commit."""
+        with self._pending_lock:
+            return len(self._pending)
 
     def _now(self) -> float:
         return float(self._clock())
@@ -449,56 +531,59 @@ class DurableQueueStore:
             raise ValueError(f"a batch of {total} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit")
         if not batch:
             return []
-        ids: list[str] = []
-        with self._write() as conn:
-            spec = self._spec(conn, name)
-            now = self._now()
-            rows: list[tuple[Any, ...]] = []
-            for entry in batch:
-                if spec.fifo:
-                    if not entry.group_id:
-                        raise ValueError(f"FIFO queue {name!r} needs a message group id for every message")
-                    if entry.delay_seconds:
-                        raise ValueError("a FIFO queue takes no per-message delay")
-                    if entry.dedup_id:
-                        cutoff_ms = int((now - DEDUPLICATION_SECONDS) * 1000)
-                        if now - self._dedup_purged > 1.0:  # expired ids go about once a second
-                            conn.execute("DELETE FROM deduplication WHERE sent_ts_ms <= ?", (cutoff_ms,))
-                            self._dedup_purged = now
-                        seen = conn.execute(
-                            "SELECT message_id FROM deduplication WHERE queue = ? AND dedup_id = ?"
-                            " AND sent_ts_ms > ?",
-                            (name, entry.dedup_id, cutoff_ms),
-                        ).fetchone()
-                        if seen is not None:
-                            ids.append(str(seen[0]))
-                            continue
-                message_id = str(uuid.uuid4())
-                ids.append(message_id)
-                if spec.fifo and entry.dedup_id:
-                    conn.execute(
-                        "INSERT OR REPLACE INTO deduplication (queue, dedup_id, message_id, sent_ts_ms)"
-                        " VALUES (?, ?, ?, ?)",
-                        (name, entry.dedup_id, message_id, int(now * 1000)),
-                    )
-                rows.append(
-                    (
-                        name,
-                        message_id,
-                        entry.body,
-                        json.dumps(dict(entry.attributes or {})),
-                        md5_of_body(entry.body),
-                        int(now * 1000),
-                        now + entry.delay_seconds,
-                        entry.group_id if spec.fifo else None,
-                    )
-                )
-            conn.executemany(
-                "INSERT INTO messages (queue, message_id, body, attributes, md5_of_body, sent_ts_ms,"
-                " visible_at, group_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
+        ids = self._grouped(lambda conn: self._insert(conn, name, batch))
         self._signal.notify()
+        return ids
+
+    def _insert(self, conn: sqlite3.Connection, name: str, batch: list[Entry]) -> list[str]:
+        ids: list[str] = []
+        spec = self._spec(conn, name)
+        now = self._now()
+        rows: list[tuple[Any, ...]] = []
+        for entry in batch:
+            if spec.fifo:
+                if not entry.group_id:
+                    raise ValueError(f"FIFO queue {name!r} needs a message group id for every message")
+                if entry.delay_seconds:
+                    raise ValueError("a FIFO queue takes no per-message delay")
+                if entry.dedup_id:
+                    cutoff_ms = int((now - DEDUPLICATION_SECONDS) * 1000)
+                    if now - self._dedup_purged > 1.0:  # expired ids go about once a second
+                        conn.execute("DELETE FROM deduplication WHERE sent_ts_ms <= ?", (cutoff_ms,))
+                        self._dedup_purged = now
+                    seen = conn.execute(
+                        "SELECT message_id FROM deduplication WHERE queue = ? AND dedup_id = ?"
+                        " AND sent_ts_ms > ?",
+                        (name, entry.dedup_id, cutoff_ms),
+                    ).fetchone()
+                    if seen is not None:
+                        ids.append(str(seen[0]))
+                        continue
+            message_id = str(uuid.uuid4())
+            ids.append(message_id)
+            if spec.fifo and entry.dedup_id:
+                conn.execute(
+                    "INSERT OR REPLACE INTO deduplication (queue, dedup_id, message_id, sent_ts_ms)"
+                    " VALUES (?, ?, ?, ?)",
+                    (name, entry.dedup_id, message_id, int(now * 1000)),
+                )
+            rows.append(
+                (
+                    name,
+                    message_id,
+                    entry.body,
+                    json.dumps(dict(entry.attributes or {})),
+                    md5_of_body(entry.body),
+                    int(now * 1000),
+                    now + entry.delay_seconds,
+                    entry.group_id if spec.fifo else None,
+                )
+            )
+        conn.executemany(
+            "INSERT INTO messages (queue, message_id, body, attributes, md5_of_body, sent_ts_ms,"
+            " visible_at, group_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
         return ids
 
     def receive(
@@ -532,64 +617,69 @@ class DurableQueueStore:
     def _receive_now(
         self, queue: str, max_messages: int, visibility_timeout: float | None
     ) -> list[ReceivedMessage]:
-        moved = False
-        received: list[ReceivedMessage] = []
-        with self._write() as conn:
-            spec = self._spec(conn, queue)
-            now = self._now()
-            now_ms = int(now * 1000)
-            conn.execute(
-                "DELETE FROM messages WHERE queue = ? AND sent_ts_ms <= ?",
-                (queue, self._expiry_cutoff_ms(spec, now)),
-            )
-            hide_for = spec.visibility_timeout if visibility_timeout is None else visibility_timeout
-            dlq = spec.dead_letter_queue
-            redrive_after = spec.max_receive_count if dlq is not None else None
-            if dlq is not None and not conn.execute("SELECT 1 FROM queues WHERE name = ?", (dlq,)).fetchone():
-                redrive_after = (
-                    None  # dead-letter queue gone from the file: deliver rather than lose messages
-                )
-            seen: list[int] = []
-            while len(received) < max_messages:
-                wanted = max_messages - len(received)
-                rows = (
-                    conn.execute(_SELECT_AVAILABLE_FIFO, (queue, now, json.dumps(seen), now, wanted))
-                    if spec.fifo
-                    else conn.execute(_SELECT_AVAILABLE, (queue, now, json.dumps(seen), wanted))
-                ).fetchall()
-                if not rows:
-                    break
-                for row in rows:
-                    seq, message_id, body, attributes, md5, sent_ts_ms, _, receive_count, first_ms = row[:9]
-                    seen.append(seq)
-                    if redrive_after is not None and receive_count >= redrive_after:
-                        conn.execute(_REDRIVE, (dlq, now, self.queue_arn(queue), seq))
-                        moved = True
-                        continue
-                    token = uuid.uuid4().hex
-                    first_ms = now_ms if first_ms is None else first_ms
-                    conn.execute(
-                        "UPDATE messages SET receive_count = receive_count + 1, visible_at = ?,"
-                        " receipt_token = ?, first_receive_ts_ms = ?, leased = 1 WHERE seq = ?",
-                        (now + hide_for, token, first_ms, seq),
-                    )
-                    received.append(
-                        ReceivedMessage(
-                            message_id=message_id,
-                            receipt_handle=_encode_handle(seq, token),
-                            body=body,
-                            attributes=json.loads(attributes),
-                            receive_count=receive_count + 1,
-                            sent_timestamp_ms=sent_ts_ms,
-                            first_receive_timestamp_ms=first_ms,
-                            md5_of_body=md5,
-                            dead_letter_source_arn=row[10],
-                            group_id=row[11],
-                        )
-                    )
+        received, moved = self._grouped(
+            lambda conn: self._hide(conn, queue, max_messages, visibility_timeout)
+        )
         if moved:
             self._signal.notify()
         return received
+
+    def _hide(
+        self, conn: sqlite3.Connection, queue: str, max_messages: int, visibility_timeout: float | None
+    ) -> tuple[list[ReceivedMessage], bool]:
+        moved = False
+        received: list[ReceivedMessage] = []
+        spec = self._spec(conn, queue)
+        now = self._now()
+        now_ms = int(now * 1000)
+        conn.execute(
+            "DELETE FROM messages WHERE queue = ? AND sent_ts_ms <= ?",
+            (queue, self._expiry_cutoff_ms(spec, now)),
+        )
+        hide_for = spec.visibility_timeout if visibility_timeout is None else visibility_timeout
+        dlq = spec.dead_letter_queue
+        redrive_after = spec.max_receive_count if dlq is not None else None
+        if dlq is not None and not conn.execute("SELECT 1 FROM queues WHERE name = ?", (dlq,)).fetchone():
+            redrive_after = None  # dead-letter queue gone from the file: deliver rather than lose messages
+        seen: list[int] = []
+        while len(received) < max_messages:
+            wanted = max_messages - len(received)
+            rows = (
+                conn.execute(_SELECT_AVAILABLE_FIFO, (queue, now, json.dumps(seen), now, wanted))
+                if spec.fifo
+                else conn.execute(_SELECT_AVAILABLE, (queue, now, json.dumps(seen), wanted))
+            ).fetchall()
+            if not rows:
+                break
+            for row in rows:
+                seq, message_id, body, attributes, md5, sent_ts_ms, _, receive_count, first_ms = row[:9]
+                seen.append(seq)
+                if redrive_after is not None and receive_count >= redrive_after:
+                    conn.execute(_REDRIVE, (dlq, now, self.queue_arn(queue), seq))
+                    moved = True
+                    continue
+                token = uuid.uuid4().hex
+                first_ms = now_ms if first_ms is None else first_ms
+                conn.execute(
+                    "UPDATE messages SET receive_count = receive_count + 1, visible_at = ?,"
+                    " receipt_token = ?, first_receive_ts_ms = ?, leased = 1 WHERE seq = ?",
+                    (now + hide_for, token, first_ms, seq),
+                )
+                received.append(
+                    ReceivedMessage(
+                        message_id=message_id,
+                        receipt_handle=_encode_handle(seq, token),
+                        body=body,
+                        attributes=json.loads(attributes),
+                        receive_count=receive_count + 1,
+                        sent_timestamp_ms=sent_ts_ms,
+                        first_receive_timestamp_ms=first_ms,
+                        md5_of_body=md5,
+                        dead_letter_source_arn=row[10],
+                        group_id=row[11],
+                    )
+                )
+        return received, moved
 
     def _check_handle(self, conn: sqlite3.Connection, queue: str, handle: str) -> tuple[int, bool]:
         """(seq, exists) for a handle; raises ReceiptHandleInvalid when it is stale or foreign."""
@@ -610,8 +700,9 @@ class DurableQueueStore:
     ) -> list[str]:
         """Delete several received messages in one transaction; returns the handles found invalid."""
         name = _queue_name(queue)
-        invalid: list[str] = []
-        with self._write() as conn:
+
+        def work(conn: sqlite3.Connection) -> list[str]:
+            invalid: list[str] = []
             self._spec(conn, name)
             for handle in receipt_handles:
                 try:
@@ -623,14 +714,17 @@ class DurableQueueStore:
                     continue
                 if exists:
                     conn.execute("DELETE FROM messages WHERE seq = ?", (seq,))
-        return invalid
+            return invalid
+
+        return self._grouped(work)
 
     def change_visibility(self, queue: str, receipt_handle: str, seconds: float) -> None:
         """Make a received message visible again ``seconds`` from now (0: at once)."""
         if not 0 <= seconds <= MAX_VISIBILITY_TIMEOUT:
             raise ValueError(f"visibility timeout must be within 0..{MAX_VISIBILITY_TIMEOUT}")
         name = _queue_name(queue)
-        with self._write() as conn:
+
+        def work(conn: sqlite3.Connection) -> None:
             self._spec(conn, name)
             seq, exists = self._check_handle(conn, name, receipt_handle)
             if not exists:
@@ -639,6 +733,8 @@ class DurableQueueStore:
             conn.execute(
                 "UPDATE messages SET visible_at = ?, leased = 0 WHERE seq = ?", (self._now() + seconds, seq)
             )
+
+        self._grouped(work)
         if seconds == 0:
             self._signal.notify()
 
