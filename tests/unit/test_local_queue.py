@@ -833,6 +833,30 @@ def test_poller_batching_window_gathers_late_messages(store: DurableQueueStore) 
     assert time.monotonic() - started < 0.9
 
 
+def test_the_first_record_after_an_idle_spell_does_not_go_alone(store: DurableQueueStore) -> None:
+    # given a poller with a 0.3 s batching window that has been waiting on an empty queue for longer than that
+    sizes: list[int] = []
+    invoked = threading.Event()
+
+    def handler(event: dict[str, Any], context: Any) -> None:
+        sizes.append(len(event["Records"]))
+        invoked.set()
+
+    poller = SqsPoller(store, "plain", handler, function_name="fn", batch_size=10, max_batching_window=0.3)
+    waiting = threading.Thread(target=poller._poll, args=(5.0,))
+    waiting.start()
+    time.sleep(0.6)
+
+    # when a burst of two records arrives
+    store.send("plain", "first")
+    store.send("plain", "second")
+    waiting.join(10)
+
+    # then they go together: the window opened with the first record, not with the idle wait
+    assert invoked.is_set()
+    assert sizes == [2]
+
+
 def test_poller_handler_over_timeout_fails_the_batch(store: DurableQueueStore) -> None:
     store.send("plain", "slow")
     errors: list[BaseException] = []
