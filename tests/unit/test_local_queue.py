@@ -847,8 +847,9 @@ def test_the_first_record_after_an_idle_spell_does_not_go_alone(store: DurableQu
     waiting.start()
     time.sleep(0.6)
 
-    # when a burst of two records arrives
+    # when a burst of two records arrives, the second 0.1 s behind the first
     store.send("plain", "first")
+    time.sleep(0.1)
     store.send("plain", "second")
     waiting.join(10)
 
