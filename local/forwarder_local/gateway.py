@@ -182,7 +182,13 @@ class LocalGateway:
         self.body_timeout = body_timeout
         #: a path answered 200 at once, with no work: what the server stack itself costs (``make bench``)
         self.noop_path = noop_path
-        self._socket = socket.create_server((host, port), backlog=BACKLOG, reuse_port=False)
+        # IPPROTO_TCP named, so that asyncio sets TCP_NODELAY on each connection (it checks the protocol):
+        # else an answer's body waits behind its head for the client's delayed ACK (40 ms).
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._socket = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind((host, port))
+        self._socket.listen(BACKLOG)
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gateway")
         config = uvicorn.Config(
             self._asgi,

@@ -235,7 +235,8 @@ def _decode_handle(handle: str) -> tuple[int, str]:
 
 
 class _Signal:
-    """Wakes long-polling receivers of every store on one database file in this process."""
+    """Wakes long-polling receivers of one queue, in every store on its database file in this process (only
+    that queue's: a send wakes no receiver of another queue)."""
 
     def __init__(self) -> None:
         self.condition = threading.Condition()
@@ -266,9 +267,9 @@ _signals: dict[str, _Signal] = {}
 _signals_lock = threading.Lock()
 
 
-def _signal_for(path: str) -> _Signal:
+def _signal_for(path: str, queue: str) -> _Signal:
     with _signals_lock:
-        return _signals.setdefault(path, _Signal())
+        return _signals.setdefault(f"{path}\n{queue}", _Signal())
 
 
 class DurableQueueStore:
@@ -284,7 +285,8 @@ class DurableQueueStore:
         """Group-committed write transactions so far (each one fsync)."""
         self.writes = 0
         """Writes (sends, receives, deletes, visibility changes) those transactions carried."""
-        self._signal = _signal_for(str(self.path.resolve()))
+        self._resolved = str(self.path.resolve())
+        self._signals: dict[str, _Signal] = {}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(
             str(self.path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
@@ -407,6 +409,12 @@ class DurableQueueStore:
         """Writes waiting for the next group commit."""
         with self._pending_lock:
             return len(self._pending)
+
+    def _signal(self, queue: str) -> _Signal:
+        found = self._signals.get(queue)
+        if found is None:
+            found = self._signals[queue] = _signal_for(self._resolved, queue)
+        return found
 
     def _now(self) -> float:
         return float(self._clock())
@@ -532,7 +540,7 @@ class DurableQueueStore:
         if not batch:
             return []
         ids = self._grouped(lambda conn: self._insert(conn, name, batch))
-        self._signal.notify()
+        self._signal(name).notify()
         return ids
 
     def _insert(self, conn: sqlite3.Connection, name: str, batch: list[Entry]) -> list[str]:
@@ -604,30 +612,32 @@ class DurableQueueStore:
             raise ValueError(f"visibility_timeout must be within 0..{MAX_VISIBILITY_TIMEOUT}")
         name = _queue_name(queue)
         deadline = time.monotonic() + max(wait_seconds, 0.0)
+        signal = self._signal(name)
         while True:
-            generation = self._signal.generation
+            generation = signal.generation
             messages = self._receive_now(name, max_messages, visibility_timeout)
             remaining = deadline - time.monotonic()
             if messages or remaining <= 0:
                 return messages
-            with self._signal.condition:
-                if self._signal.generation == generation:
-                    self._signal.condition.wait(min(remaining, POLL_INTERVAL))
+            with signal.condition:
+                if signal.generation == generation:
+                    signal.condition.wait(min(remaining, POLL_INTERVAL))
 
     def _receive_now(
         self, queue: str, max_messages: int, visibility_timeout: float | None
     ) -> list[ReceivedMessage]:
-        received, moved = self._grouped(
+        received, moved_to = self._grouped(
             lambda conn: self._hide(conn, queue, max_messages, visibility_timeout)
         )
-        if moved:
-            self._signal.notify()
+        if moved_to:
+            self._signal(moved_to).notify()
         return received
 
     def _hide(
         self, conn: sqlite3.Connection, queue: str, max_messages: int, visibility_timeout: float | None
-    ) -> tuple[list[ReceivedMessage], bool]:
-        moved = False
+    ) -> tuple[list[ReceivedMessage], str | None]:
+        """(messages received, the dead-letter queue when some were moved there instead)."""
+        moved: str | None = None
         received: list[ReceivedMessage] = []
         spec = self._spec(conn, queue)
         now = self._now()
@@ -656,7 +666,7 @@ class DurableQueueStore:
                 seen.append(seq)
                 if redrive_after is not None and receive_count >= redrive_after:
                     conn.execute(_REDRIVE, (dlq, now, self.queue_arn(queue), seq))
-                    moved = True
+                    moved = dlq
                     continue
                 token = uuid.uuid4().hex
                 first_ms = now_ms if first_ms is None else first_ms
@@ -736,7 +746,7 @@ class DurableQueueStore:
 
         self._grouped(work)
         if seconds == 0:
-            self._signal.notify()
+            self._signal(name).notify()
 
     def release_in_flight(self, queue: str) -> int:
         """Make every message of ``queue`` that a receive still holds visible now; returns how many.
@@ -755,7 +765,7 @@ class DurableQueueStore:
             )
             released = cursor.rowcount
         if released:
-            self._signal.notify()
+            self._signal(name).notify()
         return released
 
     def counts(self, queue: str) -> dict[str, int]:
