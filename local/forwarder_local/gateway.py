@@ -29,6 +29,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from forwarder.auth.sigv4 import SignatureError
 from forwarder.contract import ROUTES
 from forwarder.hooks import HOOK_METHODS, HOOK_RESOURCE, hook_id_of
+from forwarder_local import resolver_threads
 from forwarder_local.authorizer import IamAuthorizer
 from forwarder_local.poller import LambdaContext
 
@@ -176,6 +177,7 @@ class LocalGateway:
         threads: int = HANDLER_THREADS,
         noop_path: str | None = None,
     ) -> None:
+        resolver_threads.install()  # the ingest handler runs in several threads of this process at once
         self.handler = handler
         self.authorizer = authorizer
         self.clock = clock
