@@ -381,14 +381,23 @@ class DurableQueueStore:
             with self._pending_lock:
                 batch, self._pending = self._pending, []
             try:
-                for item in batch:
-                    conn.execute("SAVEPOINT write")
+                if len(batch) == 1:  # alone: its transaction is its savepoint
+                    only = batch[0]
                     try:
-                        item.result = item.work(conn)
+                        only.result = only.work(conn)
                     except Exception as error:
-                        conn.execute("ROLLBACK TO write")
-                        item.error = error
-                    conn.execute("RELEASE write")
+                        conn.execute("ROLLBACK")
+                        only.error = error
+                        return
+                else:
+                    for item in batch:
+                        conn.execute("SAVEPOINT write")
+                        try:
+                            item.result = item.work(conn)
+                        except Exception as error:
+                            conn.execute("ROLLBACK TO write")
+                            item.error = error
+                        conn.execute("RELEASE write")
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
