@@ -201,7 +201,8 @@ class LocalGateway:
             backlog=BACKLOG,
             timeout_keep_alive=KEEP_ALIVE_SECONDS,
             timeout_graceful_shutdown=5,
-            log_level="warning",
+            log_config=None,  # leave the process's logging alone
+            log_level="error",  # a request the parser refuses is answered 400, not logged as a warning
             access_log=False,
             server_header=False,
         )
