@@ -25,7 +25,6 @@ import threading
 import time
 import traceback
 import uuid
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -34,11 +33,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import load
 from fanout import bench_fanout
 
 if TYPE_CHECKING:
-    from multiprocessing.synchronize import Event as MpEvent
-
     from forwarder_local.stack import EmbeddedStack
 
 # Quiet, metric-free handlers: must be set before any forwarder module is imported (they import lazily below).
@@ -54,6 +52,19 @@ REGION = "eu-central-1"
 ACCESS_KEY = "AKIDEXAMPLEBENCH"
 SECRET_KEY = "YmVuY2gtc2VjcmV0LWFjY2Vzcy1rZXktbm90LXJlYWw"
 RUDDERSTACK_EVENTS_PER_S = 1700.0  # RudderStack's published figure, 2-vCPU machine
+# The keys of the JSON object `make bench` prints last (null: not measured in this run).
+FIGURES = (
+    "e2e_records_per_s",
+    "accept_requests_per_s",
+    "noop_requests_per_s",
+    "stack_cpu_us_per_record",
+    "p99_accept_ms",
+    "resets_at_200_clients",
+    "cold_import_ms",
+    "layer_zip_bytes",
+    "aws_calls_per_record",
+    "usd_per_million_records",
+)
 
 
 # --- helpers ------------------------------------------------------------------------------------------------
@@ -478,81 +489,13 @@ def instrument(stack: EmbeddedStack, stages: Stages) -> None:
 
     gateway._serve = stages.wrap(gateway._serve, named("gateway: whole request"), one)
     gateway.handler = stages.wrap(gateway.handler, named("ingest handler (in gateway)"), one)
-    for poller, label in zip(stack.pollers, ("validate handler", "deliver handler"), strict=True):
-        poller.handler = stages.wrap(poller.handler, named(label), records)
+    labels = {"ValidateFunction": "validate handler", "DeliverFunction": "deliver handler"}
+    for poller in stack.pollers:
+        if poller.function_name in labels:
+            poller.handler = stages.wrap(poller.handler, named(labels[poller.function_name]), records)
     store.send_batch = stages.wrap(store.send_batch, per_queue("send_batch ->"), second_arg)
     store.delete_batch = stages.wrap(store.delete_batch, per_queue("delete_batch <-"), second_arg)
     store._receive_now = stages.wrap(store._receive_now, per_queue("receive txn <-"), returned)
-
-
-def _client_main(
-    url: str,
-    access_key: str,
-    secret: str,
-    run_id: str,
-    first_index: int,
-    count: int,
-    threads: int,
-    timeout_s: float,
-    ready: MpEvent,
-    go: MpEvent,
-    results: Connection,
-) -> None:
-    """Client process: ``threads`` threads, each with its own requests.Session, POST ``count`` contacts
-    (record indices from ``first_index``, so phone and crm id do not collide with the warm-up's)."""
-    import requests
-    from requests_aws4auth import AWS4Auth
-
-    lock = threading.Lock()
-    next_index = [0]
-    latencies: list[float] = []
-    statuses: Counter[str] = Counter()
-    errors: list[str] = []
-    bodies = [typical_record(first_index + index, run_id) for index in range(count)]
-
-    def take() -> int | None:
-        with lock:
-            if next_index[0] >= count:
-                return None
-            next_index[0] += 1
-            return next_index[0] - 1
-
-    def worker(deadline: float) -> None:
-        session = requests.Session()
-        auth = AWS4Auth(access_key, secret, REGION, "execute-api")
-        mine: list[float] = []
-        codes: Counter[str] = Counter()
-        try:
-            while time.perf_counter() < deadline and (index := take()) is not None:
-                started = time.perf_counter()
-                try:
-                    response = session.post(
-                        url, json={"group_key": GROUP_KEY, "data": bodies[index]}, auth=auth, timeout=10
-                    )
-                    codes[str(response.status_code)] += 1
-                    if response.status_code != 202 and len(errors) < 5:
-                        errors.append(f"{response.status_code}: {response.text[:200]}")
-                except requests.RequestException as error:
-                    codes[type(error).__name__] += 1
-                mine.append(time.perf_counter() - started)
-        finally:
-            session.close()
-            with lock:
-                latencies.extend(mine)
-                statuses.update(codes)
-
-    ready.set()
-    if not go.wait(60):
-        results.send({"error": "never told to start"})
-        return
-    start = time.perf_counter()
-    workers = [threading.Thread(target=worker, args=(start + timeout_s,)) for _ in range(threads)]
-    for thread in workers:
-        thread.start()
-    for thread in workers:
-        thread.join()
-    elapsed = time.perf_counter() - start
-    results.send({"elapsed": elapsed, "latencies": latencies, "statuses": dict(statuses), "errors": errors})
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -564,25 +507,70 @@ def queue_depth(stack: EmbeddedStack, queue: str) -> int:
     return sum(stack.store.counts(queue).values())
 
 
+def customer_count(stack: EmbeddedStack) -> int:
+    """Customers the ExpertSender sandbox holds, counted without copying them (the stack's CPU is measured)."""
+    from forwarder_local.sandboxes.expertsender import CUSTOMERS
+
+    sandbox = stack.sandbox
+    assert sandbox is not None
+    with sandbox.lock:
+        return len(sandbox.state.items(CUSTOMERS))
+
+
 def wait_for_customers(stack: EmbeddedStack, target: int, timeout_s: float) -> int:
     assert stack.sandbox is not None
     deadline = time.perf_counter() + timeout_s
-    have = len(stack.sandbox.customers())
+    have = customer_count(stack)
     while have < target and time.perf_counter() < deadline:
         time.sleep(0.05)
-        have = len(stack.sandbox.customers())
+        have = customer_count(stack)
     return have
 
 
-def bench_pipeline(table: Table, tmp: Path, records: int, threads: int, timeout_s: float) -> list[str]:
-    """Run the embedded stack under load; returns extra report lines (stage breakdown)."""
-    import requests
-    from requests_aws4auth import AWS4Auth
+NOOP_PATH = "/_bench/noop"
+BURST_CLIENTS = 200
 
+
+def _run_client(
+    kind: str, host: str, port: int, wires: list[bytes], threads: int, timeout_s: float
+) -> tuple[multiprocessing.process.BaseProcess, Any, Connection]:
+    """Start the load generator process (bench/load.py) and wait until it is ready; set the event it returns
+    to let it go, read its figures from the connection."""
+    context = multiprocessing.get_context("spawn")
+    ready, go = context.Event(), context.Event()
+    receiver, sender = context.Pipe(duplex=False)
+    process = context.Process(
+        target=load.client_main,
+        args=(kind, host, port, wires, threads, timeout_s, ready, go, sender),
+        daemon=True,
+    )
+    process.start()
+    if not ready.wait(60):
+        raise SystemExit("the client process did not start")
+    return process, go, receiver
+
+
+def _finish_client(
+    process: multiprocessing.process.BaseProcess, receiver: Connection, wait_s: float, result: Any = None
+) -> Any:
+    """The client's figures (``result`` when already read), once its process has ended."""
+    if result is None and receiver.poll(wait_s):
+        result = receiver.recv()
+    process.join(5)
+    if process.is_alive():
+        process.terminate()
+    return result
+
+
+def bench_pipeline(
+    table: Table, tmp: Path, records: int, threads: int, timeout_s: float
+) -> tuple[list[str], dict[str, Any]]:
+    """Run the embedded stack under load; returns extra report lines (stage breakdown) and the figures."""
     from forwarder_local.stack import EmbeddedStack, StackOptions
 
     section = "4 embedded pipeline"
     lines: list[str] = []
+    figures: dict[str, Any] = {}
     stack = EmbeddedStack(
         StackOptions(
             state_dir=tmp / "state",
@@ -603,28 +591,27 @@ def bench_pipeline(table: Table, tmp: Path, records: int, threads: int, timeout_
         assert client is not None and stack.gateway is not None and stack.sandbox is not None
         _, group_key, access_key, secret = client
         url = stack.gateway.url + "/v1/contacts"
+        host, port = stack.gateway.url.removeprefix("http://").rsplit(":", 1)
         if group_key != GROUP_KEY:
             raise SystemExit(
                 f"the first client uses group key {group_key!r}, the bench expects {GROUP_KEY!r}"
             )
+        stack.gateway.noop_path = NOOP_PATH
 
-        # Warm-up in this process: the first request is the cold one (lazy imports in the handlers).
+        def envelopes(first: int, count: int, run_id: str) -> list[dict[str, Any]]:
+            return [{"group_key": GROUP_KEY, "data": typical_record(first + i, run_id)} for i in range(count)]
+
+        # Warm-up: the first request is the cold one (lazy imports in the handlers).
         warmup = 10
+        warm_wires = load.signed_requests(url, access_key, secret, REGION, envelopes(0, warmup, "warm"))
         warm_start = time.perf_counter()
         cold = 0.0
-        with requests.Session() as session:
-            auth = AWS4Auth(access_key, secret, REGION, "execute-api")
-            for index in range(warmup):
-                begin = time.perf_counter()
-                response = session.post(
-                    url,
-                    json={"group_key": GROUP_KEY, "data": typical_record(index, "warm")},
-                    auth=auth,
-                    timeout=30,
-                )
-                cold = cold or time.perf_counter() - begin
-                if response.status_code != 202:
-                    raise SystemExit(f"warm-up request refused: {response.status_code} {response.text[:300]}")
+        for wire in warm_wires:
+            begin = time.perf_counter()
+            status = load.run_load(host, int(port), [wire], 1, 30)["statuses"]
+            cold = cold or time.perf_counter() - begin
+            if "202" not in status:
+                raise SystemExit(f"warm-up request refused: {status}")
         have = wait_for_customers(stack, warmup, 30)
         table.add(section, "first request (cold)", fmt_time(cold), "", "202 at the gateway")
         table.add(
@@ -635,26 +622,18 @@ def bench_pipeline(table: Table, tmp: Path, records: int, threads: int, timeout_
             f"{have}/{warmup} in the sandbox",
         )
 
+        # The measured run: `records` signed contacts from `threads` kept-alive clients in another process.
         stages = Stages()
         instrument(stack, stages)
-        context = multiprocessing.get_context("spawn")
-        ready, go = context.Event(), context.Event()
-        receiver, sender = context.Pipe(duplex=False)
         run_id = uuid.uuid4().hex[:8]
-        process = context.Process(
-            target=_client_main,
-            args=(url, access_key, secret, run_id, warmup, records, threads, timeout_s, ready, go, sender),
-            daemon=True,
-        )
-        process.start()
-        if not ready.wait(60):
-            raise SystemExit("the client process did not start")
+        wires = load.signed_requests(url, access_key, secret, REGION, envelopes(warmup, records, run_id))
+        process, go, receiver = _run_client("load", host, int(port), wires, threads, timeout_s)
         target = warmup + records
         max_ingest = max_delivery = 0
         result: dict[str, Any] | None = None
         accept_done: float | None = None
-        have = warmup
         stages.reset()
+        transactions, writes = stack.store.transactions, stack.store.writes
         cpu_start = time.process_time()
         t0 = time.perf_counter()
         go.set()
@@ -669,9 +648,8 @@ def bench_pipeline(table: Table, tmp: Path, records: int, threads: int, timeout_
                 accept_done = time.perf_counter()
             now = time.perf_counter()
             idle = ingest == 0 and delivery == 0
-            # customers() deep-copies every customer: count often only once the client is done
-            if (idle and result is not None) or now - last_check >= 0.5:
-                count, last_check = len(stack.sandbox.customers()), now
+            if (idle and result is not None) or now - last_check >= 0.2:
+                count, last_check = customer_count(stack), now
                 if count > have:
                     have, last_progress = count, now
                 if have >= target:
@@ -680,24 +658,22 @@ def bench_pipeline(table: Table, tmp: Path, records: int, threads: int, timeout_
                     break  # queues empty for 5 s yet customers missing: rejected or dead-lettered
         e2e = last_progress - t0  # until the last customer seen arriving
         cpu = time.process_time() - cpu_start
-        if result is None and receiver.poll(5):
-            result = receiver.recv()
-        process.join(5)
-        if process.is_alive():
-            process.terminate()
+        transactions, writes = stack.store.transactions - transactions, stack.store.writes - writes
+        result = _finish_client(process, receiver, 5, result)
 
         if result is None or "error" in result:
             table.add(section, "client", "", "", f"no result from the client process: {result}")
-            return lines
+            return lines, figures
         latencies: list[float] = result["latencies"]
         statuses: dict[str, int] = result["statuses"]
         accepted = statuses.get("202", 0)
+        accept_rate = accepted / result["elapsed"]
         status_text = ", ".join(f"{code}: {n:,}" for code, n in sorted(statuses.items()))
         table.add(
             section,
-            f"accepted at gateway ({threads} client threads)",
+            f"accepted at gateway ({threads} clients)",
             "",
-            fmt_rate(accepted / result["elapsed"], "req"),
+            fmt_rate(accept_rate, "req"),
             f"{status_text} of {records:,} in {fmt_time(result['elapsed'])}",
         )
         if latencies:
@@ -712,11 +688,12 @@ def bench_pipeline(table: Table, tmp: Path, records: int, threads: int, timeout_
             )
         delivered = have - warmup
         reached = "all" if have >= target else f"GAVE UP: {delivered:,}/{records:,}"
+        e2e_rate = delivered / e2e if e2e > 0 else 0.0
         table.add(
             section,
             "end to end (request -> sandbox)",
             "",
-            fmt_rate(delivered / e2e, "rec"),
+            fmt_rate(e2e_rate, "rec"),
             f"{reached} delivered in {fmt_time(e2e)}",
         )
         if accept_done is not None:
@@ -737,13 +714,27 @@ def bench_pipeline(table: Table, tmp: Path, records: int, threads: int, timeout_
         )
         table.add(
             section,
-            "stack process CPU per record",
-            fmt_time(cpu / max(delivered, 1)),
+            "queue writes per fsynced transaction",
+            f"{writes / max(transactions, 1):.1f}",
             "",
-            f"{cpu / e2e:.2f} cores busy (gateway, handlers, queues, sandbox; GIL: <= ~1)",
+            f"group commit: {writes:,} writes in {transactions:,} transactions",
+        )
+        cpu_per_record = cpu / max(delivered, 1)
+        table.add(
+            section,
+            "stack process CPU per record",
+            fmt_time(cpu_per_record),
+            "",
+            f"{cpu / e2e:.2f} cores busy (gateway, handlers, queues, sandbox)" if e2e > 0 else "",
+        )
+        figures.update(
+            e2e_records_per_s=round(e2e_rate, 1),
+            accept_requests_per_s=round(accept_rate, 1),
+            stack_cpu_us_per_record=round(cpu_per_record * 1e6, 1),
+            p99_accept_ms=round(percentile(latencies, 0.99) * 1000, 2) if latencies else None,
         )
         if result["errors"]:
-            lines.append("first non-202 answers: " + " | ".join(result["errors"]))
+            lines.append("first client errors: " + " | ".join(result["errors"]))
         if stack.errors:
             lines.append(f"handler errors in the stack: {len(stack.errors)}; first: {stack.errors[0]!r}")
         for queue in ("rejects", "delivery-dlq", "ingest-dlq"):
@@ -751,7 +742,37 @@ def bench_pipeline(table: Table, tmp: Path, records: int, threads: int, timeout_
             if depth:
                 lines.append(f"queue {queue} holds {depth} message(s) after the run")
         lines.extend(stage_report(stages, delivered, e2e))
-        return lines
+
+        # The same server stack answering a no-op path: what HTTP alone costs here, side by side.
+        noop_wires = load.plain_requests(
+            stack.gateway.url + NOOP_PATH, envelopes(warmup, records, run_id + "-noop")
+        )
+        process, go, receiver = _run_client("load", host, int(port), noop_wires, threads, timeout_s)
+        go.set()
+        noop = _finish_client(process, receiver, timeout_s + 30)
+        if noop and "error" not in noop:
+            noop_rate = noop["statuses"].get("200", 0) / noop["elapsed"]
+            table.add(
+                section,
+                f"no-op path, same server ({threads} clients)",
+                "",
+                fmt_rate(noop_rate, "req"),
+                f"accepted/no-op = {accept_rate / noop_rate:.0%}" if noop_rate else "",
+            )
+            figures["noop_requests_per_s"] = round(noop_rate, 1)
+
+        # 200 clients connecting at the same moment, each sending one signed contact.
+        burst_wires = load.signed_requests(
+            url, access_key, secret, REGION, envelopes(warmup + records, BURST_CLIENTS, run_id)
+        )
+        process, go, receiver = _run_client("burst", host, int(port), burst_wires, BURST_CLIENTS, timeout_s)
+        go.set()
+        burst = _finish_client(process, receiver, 120)
+        if burst and "error" not in burst:
+            codes = ", ".join(f"{code}: {n:,}" for code, n in sorted(burst["statuses"].items()))
+            table.add(section, f"{BURST_CLIENTS} simultaneous clients", f"{burst['resets']} reset", "", codes)
+            figures["resets_at_200_clients"] = burst["resets"]
+        return lines, figures
     finally:
         stack.stop()
 
@@ -799,7 +820,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=120.0, help="give up on the pipeline after seconds")
     parser.add_argument("--skip-pipeline", action="store_true", help="micro-benchmarks only")
     parser.add_argument(
-        "--fanout-records", type=int, default=500, help="records sent through the three-vendor fan-out"
+        "--gateway-processes",
+        type=int,
+        default=2,
+        help="processes serving the gateway (forwarder run's default)",
+    )
+    parser.add_argument(
+        "--fanout-records",
+        type=int,
+        default=500,
+        help="records sent through the three-vendor fan-out (0: skip it)",
     )
     return parser.parse_args(argv)
 
@@ -808,6 +838,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     table = Table()
     extra: list[str] = []
+    figures: dict[str, Any] = dict.fromkeys(FIGURES)
     began = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="forwarder-bench-") as directory:
         tmp = Path(directory)
@@ -820,16 +851,18 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_pipeline:
             progress(f"4/5 embedded pipeline: {args.records:,} records from {args.threads} threads")
             try:
-                extra = bench_pipeline(table, tmp, args.records, args.threads, args.timeout)
+                extra, pipeline = bench_pipeline(table, tmp, args.records, args.threads, args.timeout)
+                figures.update(pipeline)
             except Exception:
                 traceback.print_exc()
                 table.add("4 embedded pipeline", "FAILED", "", "", "see the traceback above")
-            progress(f"5/5 fan-out to three vendors: {args.fanout_records:,} records")
-            try:
-                bench_fanout(table, tmp, args.fanout_records, args.threads, args.timeout)
-            except Exception:
-                traceback.print_exc()
-                table.add("5 fan-out to 3 vendors", "FAILED", "", "", "see the traceback above")
+            if args.fanout_records > 0:
+                progress(f"5/5 fan-out to three vendors: {args.fanout_records:,} records")
+                try:
+                    bench_fanout(table, tmp, args.fanout_records, args.threads, args.timeout)
+                except Exception:
+                    traceback.print_exc()
+                    table.add("5 fan-out to 3 vendors", "FAILED", "", "", "see the traceback above")
         filesystem = filesystem_of(tmp)
 
     print(
@@ -851,8 +884,26 @@ def main(argv: list[str] | None = None) -> int:
             "server, transformations, destinations and hardware): a reference point only, not a like-for-like "
             "comparison."
         )
+    figures.update(aws_figures())
     print(f"\nwhole bench run: {time.perf_counter() - began:.1f} s")
+    print(json.dumps(figures))  # the last line: every headline figure, one JSON object
     return 0
+
+
+def aws_figures() -> dict[str, Any]:
+    """The AWS side's figures (cold imports, layer size, AWS calls and cost per record) from
+    ``bench/aws_side.py``; none while that module is absent."""
+    try:
+        import aws_side  # type: ignore[import-not-found]
+    except ImportError:
+        return {}
+    progress("AWS side: cold imports, layer, calls per record")
+    try:
+        measured: dict[str, Any] = aws_side.measure()
+    except Exception:
+        traceback.print_exc()
+        return {}
+    return measured
 
 
 if __name__ == "__main__":

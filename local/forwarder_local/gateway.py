@@ -7,27 +7,41 @@ Gateway methods have no authorisation: the handler checks their token or signatu
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
+import socket
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, unquote
+
+import httptools
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from forwarder.auth.sigv4 import SignatureError
 from forwarder.contract import ROUTES, STATUS_METHOD, STATUS_RESOURCE, status_request_id
 from forwarder.hooks import HOOK_METHODS, HOOK_RESOURCE, hook_id_of
+from forwarder_local import resolver_threads
 from forwarder_local.authorizer import IamAuthorizer
 from forwarder_local.poller import LambdaContext
 
 ACCOUNT_ID = "000000000000"
 MAX_PAYLOAD = 10 * 1024 * 1024  # API Gateway's payload limit
 BODY_TIMEOUT_SECONDS = 30.0
+"""A client that announces more body than it sends is answered 400 after this long without it."""
+BACKLOG = 2048
+"""Connections the kernel holds for the server while it accepts (http.server's default was 5)."""
+KEEP_ALIVE_SECONDS = 60
+HANDLER_THREADS = 16
 logger = logging.getLogger(__name__)
 Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
 
@@ -105,13 +119,52 @@ def proxy_event(
     }
 
 
-class _Server(ThreadingHTTPServer):
-    # http.server listens with a backlog of 5: a burst of clients would be reset. API Gateway takes them all.
-    request_queue_size = 1024
+class _HttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, with two answers API Gateway's clients are owed: a request the parser
+    refuses says why (``Invalid character in Content-Length``), and a client that half-closes its side mid
+    body (EOF) is answered, not dropped."""
+
+    def send_400_response(self, msg: str) -> None:
+        # uvicorn calls this while handling the parser's error: its text says what to fix.
+        error = sys.exc_info()[1]
+        detail = str(error) if isinstance(error, httptools.HttpParserError) else msg
+        super().send_400_response(f"Bad Request: {detail}".encode("ascii", "replace").decode("ascii"))
+
+    def eof_received(self) -> bool | None:  # type: ignore[override]
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete and cycle.more_body:
+            cycle.more_body = False  # the body ended: the gateway answers what it got
+            cycle.message_event.set()
+            return True  # keep the write side open for that answer
+        return None
+
+
+@dataclass(frozen=True)
+class Reply:
+    """An HTTP answer: status, headers, body."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+    close: bool = False
+
+    @classmethod
+    def json(
+        cls, status: int, body: dict[str, Any], error_type: str | None = None, *, close: bool = False
+    ) -> Reply:
+        headers = [("Content-Type", "application/json")]
+        if error_type:
+            headers.append(("x-amzn-ErrorType", error_type))
+        return cls(status, headers, json.dumps(body).encode(), close)
 
 
 class LocalGateway:
-    """HTTP server on ``host:port`` (0 picks a free port) that fronts the ingest handler."""
+    """HTTP server on ``host:port`` (0 picks a free port) that fronts the ingest handler.
+
+    The server is uvicorn (httptools' parser, asyncio) in a thread of its own: it reads requests without
+    holding a thread per connection (a backlog of 2,048, keep-alive, a body read timeout, HEAD without a
+    body), and runs each request's checks and the ingest handler in a pool of ``threads`` threads, so
+    concurrent requests queue their records together (the durable queue's group commit)."""
 
     def __init__(
         self,
@@ -120,147 +173,218 @@ class LocalGateway:
         host: str = "127.0.0.1",
         port: int = 0,
         clock: Callable[[], float] = time.time,
+        *,
+        body_timeout: float = BODY_TIMEOUT_SECONDS,
+        threads: int = HANDLER_THREADS,
+        noop_path: str | None = None,
     ) -> None:
+        resolver_threads.install()  # the ingest handler runs in several threads of this process at once
         self.handler = handler
         self.authorizer = authorizer
         self.clock = clock
-        gateway = self
-
-        class _RequestHandler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True  # no 40 ms Nagle/delayed-ACK stall between headers and body
-
-            timeout = BODY_TIMEOUT_SECONDS  # a client that announces more body than it sends is answered
-
-            def log_message(self, format: str, *args: Any) -> None:
-                return
-
-            def _handle(self) -> None:
-                gateway._serve(self)
-
-            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _handle
-
-        self._server = _Server((host, port), _RequestHandler)
-        self._server.daemon_threads = True
+        self.body_timeout = body_timeout
+        #: a path answered 200 at once, with no work: what the server stack itself costs (``make bench``)
+        self.noop_path = noop_path
+        # IPPROTO_TCP named, so that asyncio sets TCP_NODELAY on each connection (it checks the protocol):
+        # else an answer's body waits behind its head for the client's delayed ACK (40 ms).
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._socket = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind((host, port))
+        self._socket.listen(BACKLOG)
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gateway")
+        config = uvicorn.Config(
+            self._asgi,
+            http=_HttpProtocol,
+            ws="none",
+            lifespan="off",
+            interface="asgi3",
+            backlog=BACKLOG,
+            timeout_keep_alive=KEEP_ALIVE_SECONDS,
+            timeout_graceful_shutdown=5,
+            log_config=None,  # leave the process's logging alone
+            log_level="error",  # a request the parser refuses is answered 400, not logged as a warning
+            access_log=False,
+            server_header=False,
+        )
+        self._server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        host_text = host.decode() if isinstance(host, bytes) else str(host)
-        return f"http://{host_text}:{port}"
+        host, port = self._socket.getsockname()[:2]
+        return f"http://{host}:{port}"
 
     def start(self) -> LocalGateway:
-        self._thread = threading.Thread(target=self._server.serve_forever, name="gateway", daemon=True)
+        self._thread = threading.Thread(
+            target=asyncio.run, args=(self._server.serve([self._socket]),), name="gateway", daemon=True
+        )
         self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self._server.started and self._thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        if not self._server.started:
+            raise RuntimeError(f"the gateway did not start on {self.url}")
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(10)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._socket.close()
 
-    def _serve(self, request: BaseHTTPRequestHandler) -> None:
+    # -- the event loop's part: the front door ---------------------------------------------------------
+
+    async def _asgi(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
         request_id = str(uuid.uuid4())
         try:
-            self._serve_checked(request, request_id)
+            reply = await self._answer(scope, receive, request_id)
         except Exception:  # a bug here, never the client's input: logged with the request id, answered 500
             logger.exception("gateway: unexpected error (request id %s)", request_id)
-            self._reply(request, 500, {"message": f"Internal server error (request id {request_id})"}, None)
+            reply = Reply.json(500, {"message": f"Internal server error (request id {request_id})"})
+        if reply is None:
+            return
+        headers = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in reply.headers]
+        headers.append((b"content-length", str(len(reply.body)).encode()))
+        if reply.close:
+            headers.append((b"connection", b"close"))
+        await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+        await send({"type": "http.response.body", "body": reply.body})
 
-    def _read_body(self, request: BaseHTTPRequestHandler) -> bytes | None:
-        """The body, or None after answering the request: a Content-Length that is not one decimal number,
-        a chunked body (send its length), more than API Gateway's 10 MB, or fewer bytes than announced."""
-        values = request.headers.get_all("Content-Length") or []
-        chunked = "chunked" in (request.headers.get("Transfer-Encoding") or "").lower()
-        if chunked:
-            self._reply(
-                request, 411, {"message": "Length Required: send the body with a Content-Length"}, None
-            )
-            request.close_connection = True
-            return None
-        if not values:
-            return b""
-        if len(set(values)) != 1 or not values[0].strip().isdigit() or not values[0].strip().isascii():
-            self._reply(
-                request, 400, {"message": "Invalid Content-Length: send the body's length in bytes"}, None
-            )
-            request.close_connection = True
-            return None
-        length = int(values[0])
+    async def _answer(self, scope: dict[str, Any], receive: Any, request_id: str) -> Reply | None:
+        headers = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in scope["headers"]]
+        body = await self._read_body(headers, receive)
+        if not isinstance(body, bytes):
+            return body
+        raw_path = scope["raw_path"].decode("latin-1") if scope.get("raw_path") else scope["path"]
+        if raw_path == self.noop_path:
+            return Reply(200, [("Content-Type", "application/json")], b"{}")
+        client = scope.get("client")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._pool,
+            self._serve,
+            scope["method"],
+            raw_path,
+            scope["query_string"].decode("latin-1"),
+            headers,
+            body,
+            client[0] if client else "127.0.0.1",
+            request_id,
+        )
+
+    async def _read_body(self, headers: list[tuple[str, str]], receive: Any) -> bytes | Reply | None:
+        """The body, or the refusal to answer instead: a chunked body (send its length), more than API
+        Gateway's 10 MB, or fewer bytes than the Content-Length announced (the client half-closed, or sent
+        nothing more for ``body_timeout`` seconds). None: the client is gone. The parser has refused a
+        Content-Length that is not one decimal number, or two of them."""
+        length = 0
+        for name, value in headers:
+            lowered = name.lower()
+            if lowered == "transfer-encoding" and "chunked" in value.lower():
+                return Reply.json(
+                    411, {"message": "Length Required: send the body with a Content-Length"}, close=True
+                )
+            if lowered == "content-length":
+                length = int(value)
         if length > MAX_PAYLOAD:
-            self._reply(request, 413, {"message": "Request Too Long"}, "RequestTooLongException")
-            request.close_connection = True
-            return None
-        try:
-            body = request.rfile.read(length) if length else b""
-        except TimeoutError:
-            body = b""
+            return Reply.json(413, {"message": "Request Too Long"}, "RequestTooLongException", close=True)
+        chunks: list[bytes] = []
+        deadline = time.monotonic() + self.body_timeout
+        while True:
+            try:
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    message = await receive()
+            except TimeoutError:
+                break
+            if message["type"] == "http.disconnect":
+                return None
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
         if len(body) < length:
-            self._reply(
-                request,
+            return Reply.json(
                 400,
                 {
                     "message": f"the body ended after {len(body)} of the {length} bytes its Content-Length announced"
                 },
-                None,
+                close=True,
             )
-            request.close_connection = True
-            return None
         return body
 
-    def _serve_checked(self, request: BaseHTTPRequestHandler, request_id: str) -> None:
-        body = self._read_body(request)
-        if body is None:
-            return
-        split = urlsplit(request.path)
-        route = (request.command, split.path)
-        headers = list(request.headers.items())
-        hook_id = hook_id_of(unquote(split.path)) if request.command in HOOK_METHODS else None
+    # -- a pool thread's part: SigV4, the route, the ingest handler ------------------------------------
+
+    def _serve(
+        self,
+        method: str,
+        raw_path: str,
+        raw_query: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        source_ip: str,
+        request_id: str,
+    ) -> Reply:
+        try:
+            return self._serve_checked(method, raw_path, raw_query, headers, body, source_ip, request_id)
+        except Exception:  # a bug here, never the client's input: logged with the request id, answered 500
+            logger.exception("gateway: unexpected error (request id %s)", request_id)
+            return Reply.json(500, {"message": f"Internal server error (request id {request_id})"})
+
+    def _serve_checked(
+        self,
+        method: str,
+        raw_path: str,
+        raw_query: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        source_ip: str,
+        request_id: str,
+    ) -> Reply:
+        hook_id = hook_id_of(unquote(raw_path)) if method in HOOK_METHODS else None
         if hook_id is not None:  # no authorisation on the hook methods (AuthorizationType NONE)
-            self._invoke(request, request_id, split.path, split.query, headers, body, None, None, hook_id)
-            return
+            return self._invoke(
+                method, request_id, raw_path, raw_query, headers, body, None, None, hook_id, source_ip
+            )
         try:
             caller = self.authorizer.authenticate(
-                method=request.command,
-                raw_path=split.path,
-                raw_query=split.query,
+                method=method,
+                raw_path=raw_path,
+                raw_query=raw_query,
                 headers=headers,
                 body=body,
                 now=datetime.fromtimestamp(self.clock(), UTC),
             )
         except SignatureError as error:
-            self._reply(
-                request, error.status, {"message": error.message, "code": error.code}, error.error_type
-            )
-            return
-        request_id_param = (
-            status_request_id(unquote(split.path)) if request.command == STATUS_METHOD else None
-        )
-        if route not in ROUTES and request_id_param is None:
+            return Reply.json(error.status, {"message": error.message, "code": error.code}, error.error_type)
+        request_id_param = status_request_id(unquote(raw_path)) if method == STATUS_METHOD else None
+        if (method, raw_path) not in ROUTES and request_id_param is None:
             # API Gateway answers an unknown resource or method this way, signed or not.
-            self._reply(
-                request,
+            return Reply.json(
                 403,
                 {"message": "Missing Authentication Token", "code": "MISSING_AUTHENTICATION_TOKEN"},
                 "MissingAuthenticationTokenException",
             )
-            return
-        self._invoke(
-            request,
+        return self._invoke(
+            method,
             request_id,
-            split.path,
-            split.query,
+            raw_path,
+            raw_query,
             headers,
             body,
             caller.access_key,
             caller.user_arn,
             None,
+            source_ip,
             request_id_param,
         )
 
     def _invoke(
         self,
-        request: BaseHTTPRequestHandler,
+        method: str,
         request_id: str,
         raw_path: str,
         raw_query: str,
@@ -269,22 +393,23 @@ class LocalGateway:
         access_key: str | None,
         user_arn: str | None,
         hook_id: str | None,
+        source_ip: str,
         status_of: str | None = None,
-    ) -> None:
+    ) -> Reply:
         resource, parameters = None, None
         if hook_id is not None:
             resource, parameters = HOOK_RESOURCE, {"hook_id": hook_id}
         elif status_of is not None:
             resource, parameters = STATUS_RESOURCE, {"request_id": status_of}
         event = proxy_event(
-            method=request.command,
+            method=method,
             raw_path=raw_path,
             raw_query=raw_query,
             headers=headers,
             body=body,
             access_key=access_key,
             user_arn=user_arn,
-            source_ip=request.client_address[0],
+            source_ip=source_ip,
             resource=resource,
             path_parameters=parameters,
         )
@@ -293,33 +418,10 @@ class LocalGateway:
             response = self.handler(event, LambdaContext(function_name="IngestFunction"))
         except Exception:  # the Lambda failed: API Gateway answers 502
             logger.exception("gateway: the ingest function failed (request id %s)", request_id)
-            self._reply(request, 502, {"message": "Internal server error"}, None)
-            return
-        self._write(request, response)
-
-    @staticmethod
-    def _reply(
-        request: BaseHTTPRequestHandler, status: int, body: dict[str, Any], error_type: str | None
-    ) -> None:
-        payload = json.dumps(body).encode()
-        request.send_response(status)
-        request.send_header("Content-Type", "application/json")
-        request.send_header("Content-Length", str(len(payload)))
-        if error_type:
-            request.send_header("x-amzn-ErrorType", error_type)
-        request.end_headers()
-        request.wfile.write(payload)
-
-    @staticmethod
-    def _write(request: BaseHTTPRequestHandler, response: dict[str, Any]) -> None:
+            return Reply.json(502, {"message": "Internal server error"})
         raw = response.get("body") or ""
         payload = base64.b64decode(raw) if response.get("isBase64Encoded") else str(raw).encode()
-        request.send_response(int(response.get("statusCode", 200)))
-        for name, value in (response.get("headers") or {}).items():
-            request.send_header(name, str(value))
+        out = [(name, str(value)) for name, value in (response.get("headers") or {}).items()]
         for name, values in (response.get("multiValueHeaders") or {}).items():
-            for value in values:
-                request.send_header(name, str(value))
-        request.send_header("Content-Length", str(len(payload)))
-        request.end_headers()
-        request.wfile.write(payload)
+            out.extend((name, str(value)) for value in values)
+        return Reply(int(response.get("statusCode", 200)), out, payload)

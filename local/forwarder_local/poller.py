@@ -2,7 +2,7 @@
 invokes a Lambda handler with SQS events, as the Lambda service does.
 
 Per batch: receive up to ``batch_size`` messages (gathering for up to ``max_batching_window``
-seconds), invoke the handler once with an SQS event, then
+seconds from the first one's arrival), invoke the handler once with an SQS event, then
 
 * handler returned normally: delete every message, except those it reported in
   ``{"batchItemFailures": [{"itemIdentifier": <messageId>}, ...]}`` (when
@@ -161,11 +161,12 @@ class SqsPoller:
         return self._poll(self.max_batching_window)
 
     def _poll(self, first_wait: float) -> int:
-        started = time.monotonic()
         batch = self.store.receive(self.queue, max_messages=self.batch_size, wait_seconds=first_wait)
         if not batch:
             return 0
-        deadline = started + self.max_batching_window
+        # The window opens with the first record, not with the wait for it: after an idle spell the first
+        # record of a burst still gathers the ones right behind it.
+        deadline = time.monotonic() + self.max_batching_window
         while len(batch) < self.batch_size:
             remaining = deadline - time.monotonic()
             if remaining <= 0:

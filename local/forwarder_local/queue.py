@@ -11,6 +11,12 @@ runs in a ``BEGIN IMMEDIATE`` transaction and SQLite's busy timeout makes other 
 it (safe across processes). A receive selects and hides its messages in one transaction, so two
 receivers never get the same message while it is in flight.
 
+Group commit: sends, receives, deletes and visibility changes that threads of one store make at the same
+time share one transaction, so one fsync: whoever takes the connection commits every write queued while
+it waited, each in a savepoint of its own (one that fails is rolled back alone). None of them returns
+before that ``COMMIT`` has returned, so a send that returned is on disk, as before; only the fsyncs are
+shared. ``transactions`` and ``writes`` count them.
+
 SQS semantics reproduced:
 
 * receive hides messages for the visibility timeout, increments the receive count and hands out a
@@ -55,7 +61,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 __all__ = [
     "ACCOUNT_ID",
@@ -229,7 +235,8 @@ def _decode_handle(handle: str) -> tuple[int, str]:
 
 
 class _Signal:
-    """Wakes long-polling receivers of every store on one database file in this process."""
+    """Wakes long-polling receivers of one queue, in every store on its database file in this process (only
+    that queue's: a send wakes no receiver of another queue)."""
 
     def __init__(self) -> None:
         self.condition = threading.Condition()
@@ -241,13 +248,28 @@ class _Signal:
             self.condition.notify_all()
 
 
+_T = TypeVar("_T")
+
+
+class _PendingWrite:
+    """One thread's write waiting for the next group commit, and its outcome."""
+
+    __slots__ = ("done", "error", "result", "work")
+
+    def __init__(self, work: Callable[[sqlite3.Connection], Any]) -> None:
+        self.work = work
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.done = False
+
+
 _signals: dict[str, _Signal] = {}
 _signals_lock = threading.Lock()
 
 
-def _signal_for(path: str) -> _Signal:
+def _signal_for(path: str, queue: str) -> _Signal:
     with _signals_lock:
-        return _signals.setdefault(path, _Signal())
+        return _signals.setdefault(f"{path}\n{queue}", _Signal())
 
 
 class DurableQueueStore:
@@ -257,7 +279,14 @@ class DurableQueueStore:
         self.path = Path(path)
         self._clock = clock
         self._lock = threading.RLock()
-        self._signal = _signal_for(str(self.path.resolve()))
+        self._pending: list[_PendingWrite] = []
+        self._pending_lock = threading.Lock()
+        self.transactions = 0
+        """Group-committed write transactions so far (each one fsync)."""
+        self.writes = 0
+        """Writes (sends, receives, deletes, visibility changes) those transactions carried."""
+        self._resolved = str(self.path.resolve())
+        self._signals: dict[str, _Signal] = {}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(
             str(self.path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
@@ -325,6 +354,76 @@ class DurableQueueStore:
                 self._conn.execute("ROLLBACK")
                 raise
             self._conn.execute("COMMIT")
+
+    def _grouped(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run ``work`` in a write transaction shared with the writes other threads are waiting to make on
+        this store (group commit); returns its result, or raises its error, once the transaction is
+        committed (fsynced) or rolled back."""
+        pending = _PendingWrite(work)
+        with self._pending_lock:
+            self._pending.append(pending)
+        with self._lock:
+            if not pending.done:  # else an earlier holder of the connection committed it with its own
+                self._commit_pending()
+        if pending.error is not None:
+            raise pending.error
+        result: _T = pending.result
+        return result
+
+    def _commit_pending(self) -> None:
+        """With the connection held: one transaction for every write queued so far, each in a savepoint."""
+        batch: list[_PendingWrite] = []
+        try:
+            if self._conn is None:
+                raise RuntimeError("DurableQueueStore is closed")
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")  # may wait for another process's writer: more writes queue up
+            with self._pending_lock:
+                batch, self._pending = self._pending, []
+            try:
+                if len(batch) == 1:  # alone: its transaction is its savepoint
+                    only = batch[0]
+                    try:
+                        only.result = only.work(conn)
+                    except Exception as error:
+                        conn.execute("ROLLBACK")
+                        only.error = error
+                        return
+                else:
+                    for item in batch:
+                        conn.execute("SAVEPOINT write")
+                        try:
+                            item.result = item.work(conn)
+                        except Exception as error:
+                            conn.execute("ROLLBACK TO write")
+                            item.error = error
+                        conn.execute("RELEASE write")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            self.transactions += 1
+            self.writes += len(batch)
+        except BaseException as error:  # nothing was committed: every write queued so far fails with it
+            with self._pending_lock:
+                batch, self._pending = [*batch, *self._pending], []
+            for item in batch:
+                item.result, item.error = None, error
+        finally:
+            for item in batch:
+                item.done = True
+
+    @property
+    def pending_writes(self) -> int:
+        """Writes waiting for the next group commit."""
+        with self._pending_lock:
+            return len(self._pending)
+
+    def _signal(self, queue: str) -> _Signal:
+        found = self._signals.get(queue)
+        if found is None:
+            found = self._signals[queue] = _signal_for(self._resolved, queue)
+        return found
 
     def _now(self) -> float:
         return float(self._clock())
@@ -449,56 +548,59 @@ class DurableQueueStore:
             raise ValueError(f"a batch of {total} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit")
         if not batch:
             return []
+        ids = self._grouped(lambda conn: self._insert(conn, name, batch))
+        self._signal(name).notify()
+        return ids
+
+    def _insert(self, conn: sqlite3.Connection, name: str, batch: list[Entry]) -> list[str]:
         ids: list[str] = []
-        with self._write() as conn:
-            spec = self._spec(conn, name)
-            now = self._now()
-            rows: list[tuple[Any, ...]] = []
-            for entry in batch:
-                if spec.fifo:
-                    if not entry.group_id:
-                        raise ValueError(f"FIFO queue {name!r} needs a message group id for every message")
-                    if entry.delay_seconds:
-                        raise ValueError("a FIFO queue takes no per-message delay")
-                    if entry.dedup_id:
-                        cutoff_ms = int((now - DEDUPLICATION_SECONDS) * 1000)
-                        if now - self._dedup_purged > 1.0:  # expired ids go about once a second
-                            conn.execute("DELETE FROM deduplication WHERE sent_ts_ms <= ?", (cutoff_ms,))
-                            self._dedup_purged = now
-                        seen = conn.execute(
-                            "SELECT message_id FROM deduplication WHERE queue = ? AND dedup_id = ?"
-                            " AND sent_ts_ms > ?",
-                            (name, entry.dedup_id, cutoff_ms),
-                        ).fetchone()
-                        if seen is not None:
-                            ids.append(str(seen[0]))
-                            continue
-                message_id = str(uuid.uuid4())
-                ids.append(message_id)
-                if spec.fifo and entry.dedup_id:
-                    conn.execute(
-                        "INSERT OR REPLACE INTO deduplication (queue, dedup_id, message_id, sent_ts_ms)"
-                        " VALUES (?, ?, ?, ?)",
-                        (name, entry.dedup_id, message_id, int(now * 1000)),
-                    )
-                rows.append(
-                    (
-                        name,
-                        message_id,
-                        entry.body,
-                        json.dumps(dict(entry.attributes or {})),
-                        md5_of_body(entry.body),
-                        int(now * 1000),
-                        now + entry.delay_seconds,
-                        entry.group_id if spec.fifo else None,
-                    )
+        spec = self._spec(conn, name)
+        now = self._now()
+        rows: list[tuple[Any, ...]] = []
+        for entry in batch:
+            if spec.fifo:
+                if not entry.group_id:
+                    raise ValueError(f"FIFO queue {name!r} needs a message group id for every message")
+                if entry.delay_seconds:
+                    raise ValueError("a FIFO queue takes no per-message delay")
+                if entry.dedup_id:
+                    cutoff_ms = int((now - DEDUPLICATION_SECONDS) * 1000)
+                    if now - self._dedup_purged > 1.0:  # expired ids go about once a second
+                        conn.execute("DELETE FROM deduplication WHERE sent_ts_ms <= ?", (cutoff_ms,))
+                        self._dedup_purged = now
+                    seen = conn.execute(
+                        "SELECT message_id FROM deduplication WHERE queue = ? AND dedup_id = ?"
+                        " AND sent_ts_ms > ?",
+                        (name, entry.dedup_id, cutoff_ms),
+                    ).fetchone()
+                    if seen is not None:
+                        ids.append(str(seen[0]))
+                        continue
+            message_id = str(uuid.uuid4())
+            ids.append(message_id)
+            if spec.fifo and entry.dedup_id:
+                conn.execute(
+                    "INSERT OR REPLACE INTO deduplication (queue, dedup_id, message_id, sent_ts_ms)"
+                    " VALUES (?, ?, ?, ?)",
+                    (name, entry.dedup_id, message_id, int(now * 1000)),
                 )
-            conn.executemany(
-                "INSERT INTO messages (queue, message_id, body, attributes, md5_of_body, sent_ts_ms,"
-                " visible_at, group_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                rows,
+            rows.append(
+                (
+                    name,
+                    message_id,
+                    entry.body,
+                    json.dumps(dict(entry.attributes or {})),
+                    md5_of_body(entry.body),
+                    int(now * 1000),
+                    now + entry.delay_seconds,
+                    entry.group_id if spec.fifo else None,
+                )
             )
-        self._signal.notify()
+        conn.executemany(
+            "INSERT INTO messages (queue, message_id, body, attributes, md5_of_body, sent_ts_ms,"
+            " visible_at, group_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
         return ids
 
     def receive(
@@ -519,77 +621,84 @@ class DurableQueueStore:
             raise ValueError(f"visibility_timeout must be within 0..{MAX_VISIBILITY_TIMEOUT}")
         name = _queue_name(queue)
         deadline = time.monotonic() + max(wait_seconds, 0.0)
+        signal = self._signal(name)
         while True:
-            generation = self._signal.generation
+            generation = signal.generation
             messages = self._receive_now(name, max_messages, visibility_timeout)
             remaining = deadline - time.monotonic()
             if messages or remaining <= 0:
                 return messages
-            with self._signal.condition:
-                if self._signal.generation == generation:
-                    self._signal.condition.wait(min(remaining, POLL_INTERVAL))
+            with signal.condition:
+                if signal.generation == generation:
+                    signal.condition.wait(min(remaining, POLL_INTERVAL))
 
     def _receive_now(
         self, queue: str, max_messages: int, visibility_timeout: float | None
     ) -> list[ReceivedMessage]:
-        moved = False
-        received: list[ReceivedMessage] = []
-        with self._write() as conn:
-            spec = self._spec(conn, queue)
-            now = self._now()
-            now_ms = int(now * 1000)
-            conn.execute(
-                "DELETE FROM messages WHERE queue = ? AND sent_ts_ms <= ?",
-                (queue, self._expiry_cutoff_ms(spec, now)),
-            )
-            hide_for = spec.visibility_timeout if visibility_timeout is None else visibility_timeout
-            dlq = spec.dead_letter_queue
-            redrive_after = spec.max_receive_count if dlq is not None else None
-            if dlq is not None and not conn.execute("SELECT 1 FROM queues WHERE name = ?", (dlq,)).fetchone():
-                redrive_after = (
-                    None  # dead-letter queue gone from the file: deliver rather than lose messages
-                )
-            seen: list[int] = []
-            while len(received) < max_messages:
-                wanted = max_messages - len(received)
-                rows = (
-                    conn.execute(_SELECT_AVAILABLE_FIFO, (queue, now, json.dumps(seen), now, wanted))
-                    if spec.fifo
-                    else conn.execute(_SELECT_AVAILABLE, (queue, now, json.dumps(seen), wanted))
-                ).fetchall()
-                if not rows:
-                    break
-                for row in rows:
-                    seq, message_id, body, attributes, md5, sent_ts_ms, _, receive_count, first_ms = row[:9]
-                    seen.append(seq)
-                    if redrive_after is not None and receive_count >= redrive_after:
-                        conn.execute(_REDRIVE, (dlq, now, self.queue_arn(queue), seq))
-                        moved = True
-                        continue
-                    token = uuid.uuid4().hex
-                    first_ms = now_ms if first_ms is None else first_ms
-                    conn.execute(
-                        "UPDATE messages SET receive_count = receive_count + 1, visible_at = ?,"
-                        " receipt_token = ?, first_receive_ts_ms = ?, leased = 1 WHERE seq = ?",
-                        (now + hide_for, token, first_ms, seq),
-                    )
-                    received.append(
-                        ReceivedMessage(
-                            message_id=message_id,
-                            receipt_handle=_encode_handle(seq, token),
-                            body=body,
-                            attributes=json.loads(attributes),
-                            receive_count=receive_count + 1,
-                            sent_timestamp_ms=sent_ts_ms,
-                            first_receive_timestamp_ms=first_ms,
-                            md5_of_body=md5,
-                            dead_letter_source_arn=row[10],
-                            group_id=row[11],
-                        )
-                    )
-        if moved:
-            self._signal.notify()
+        received, moved_to = self._grouped(
+            lambda conn: self._hide(conn, queue, max_messages, visibility_timeout)
+        )
+        if moved_to:
+            self._signal(moved_to).notify()
         return received
+
+    def _hide(
+        self, conn: sqlite3.Connection, queue: str, max_messages: int, visibility_timeout: float | None
+    ) -> tuple[list[ReceivedMessage], str | None]:
+        """(messages received, the dead-letter queue when some were moved there instead)."""
+        moved: str | None = None
+        received: list[ReceivedMessage] = []
+        spec = self._spec(conn, queue)
+        now = self._now()
+        now_ms = int(now * 1000)
+        conn.execute(
+            "DELETE FROM messages WHERE queue = ? AND sent_ts_ms <= ?",
+            (queue, self._expiry_cutoff_ms(spec, now)),
+        )
+        hide_for = spec.visibility_timeout if visibility_timeout is None else visibility_timeout
+        dlq = spec.dead_letter_queue
+        redrive_after = spec.max_receive_count if dlq is not None else None
+        if dlq is not None and not conn.execute("SELECT 1 FROM queues WHERE name = ?", (dlq,)).fetchone():
+            redrive_after = None  # dead-letter queue gone from the file: deliver rather than lose messages
+        seen: list[int] = []
+        while len(received) < max_messages:
+            wanted = max_messages - len(received)
+            rows = (
+                conn.execute(_SELECT_AVAILABLE_FIFO, (queue, now, json.dumps(seen), now, wanted))
+                if spec.fifo
+                else conn.execute(_SELECT_AVAILABLE, (queue, now, json.dumps(seen), wanted))
+            ).fetchall()
+            if not rows:
+                break
+            for row in rows:
+                seq, message_id, body, attributes, md5, sent_ts_ms, _, receive_count, first_ms = row[:9]
+                seen.append(seq)
+                if redrive_after is not None and receive_count >= redrive_after:
+                    conn.execute(_REDRIVE, (dlq, now, self.queue_arn(queue), seq))
+                    moved = dlq
+                    continue
+                token = uuid.uuid4().hex
+                first_ms = now_ms if first_ms is None else first_ms
+                conn.execute(
+                    "UPDATE messages SET receive_count = receive_count + 1, visible_at = ?,"
+                    " receipt_token = ?, first_receive_ts_ms = ?, leased = 1 WHERE seq = ?",
+                    (now + hide_for, token, first_ms, seq),
+                )
+                received.append(
+                    ReceivedMessage(
+                        message_id=message_id,
+                        receipt_handle=_encode_handle(seq, token),
+                        body=body,
+                        attributes=json.loads(attributes),
+                        receive_count=receive_count + 1,
+                        sent_timestamp_ms=sent_ts_ms,
+                        first_receive_timestamp_ms=first_ms,
+                        md5_of_body=md5,
+                        dead_letter_source_arn=row[10],
+                        group_id=row[11],
+                    )
+                )
+        return received, moved
 
     def _check_handle(self, conn: sqlite3.Connection, queue: str, handle: str) -> tuple[int, bool]:
         """(seq, exists) for a handle; raises ReceiptHandleInvalid when it is stale or foreign."""
@@ -610,8 +719,9 @@ class DurableQueueStore:
     ) -> list[str]:
         """Delete several received messages in one transaction; returns the handles found invalid."""
         name = _queue_name(queue)
-        invalid: list[str] = []
-        with self._write() as conn:
+
+        def work(conn: sqlite3.Connection) -> list[str]:
+            invalid: list[str] = []
             self._spec(conn, name)
             for handle in receipt_handles:
                 try:
@@ -623,14 +733,17 @@ class DurableQueueStore:
                     continue
                 if exists:
                     conn.execute("DELETE FROM messages WHERE seq = ?", (seq,))
-        return invalid
+            return invalid
+
+        return self._grouped(work)
 
     def change_visibility(self, queue: str, receipt_handle: str, seconds: float) -> None:
         """Make a received message visible again ``seconds`` from now (0: at once)."""
         if not 0 <= seconds <= MAX_VISIBILITY_TIMEOUT:
             raise ValueError(f"visibility timeout must be within 0..{MAX_VISIBILITY_TIMEOUT}")
         name = _queue_name(queue)
-        with self._write() as conn:
+
+        def work(conn: sqlite3.Connection) -> None:
             self._spec(conn, name)
             seq, exists = self._check_handle(conn, name, receipt_handle)
             if not exists:
@@ -639,8 +752,10 @@ class DurableQueueStore:
             conn.execute(
                 "UPDATE messages SET visible_at = ?, leased = 0 WHERE seq = ?", (self._now() + seconds, seq)
             )
+
+        self._grouped(work)
         if seconds == 0:
-            self._signal.notify()
+            self._signal(name).notify()
 
     def release_in_flight(self, queue: str) -> int:
         """Make every message of ``queue`` that a receive still holds visible now; returns how many.
@@ -659,7 +774,7 @@ class DurableQueueStore:
             )
             released = cursor.rowcount
         if released:
-            self._signal.notify()
+            self._signal(name).notify()
         return released
 
     def counts(self, queue: str) -> dict[str, int]:

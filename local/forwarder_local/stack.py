@@ -17,6 +17,7 @@ import importlib.util
 import json
 import os
 import secrets as random_secrets
+import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,7 @@ from forwarder_local.stores import (
     LocalSecretStore,
 )
 
+SWITCH_INTERVAL_SECONDS = 0.0005
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FUNCTIONS = REPO_ROOT / "functions"
 DEFAULT_CONFIG = REPO_ROOT / "config" / "forwarder.yaml"
@@ -184,10 +186,15 @@ class EmbeddedStack:
         )
         self.event_bus = LocalEventBus(self.store)
         self.errors: list[BaseException] = []
+        self._switch_interval = sys.getswitchinterval()
 
     # --- lifecycle -----------------------------------------------------------------------------------------
 
     def start(self) -> EmbeddedStack:
+        # The stack's threads hand the queue's connection to each other at every group commit; with Python's
+        # default 5 ms switch interval the thread holding it waits that long for the GIL while the others run.
+        self._switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
         runtime.install(
             Services(
                 settings=self.settings,
@@ -280,6 +287,7 @@ class EmbeddedStack:
         for sandbox in self.sandboxes.values():
             sandbox.stop()
         runtime.install(None)
+        sys.setswitchinterval(self._switch_interval)
         self.store.close()
         self.ledger.close()
         self.locks.close()

@@ -353,3 +353,49 @@ def test_signed_requests_with_random_headers_and_bodies_never_get_a_5xx(
     assert response.status_code < 500, response.text
     if response.status_code == 202:
         assert _is_flat(door.queued()[-1]["data"])
+
+
+def test_concurrent_requests_each_queue_their_own_record(
+    door: Door, gateway: tuple[LocalGateway, str, str]
+) -> None:
+    import sys
+    import threading
+
+    from requests_aws4auth import AWS4Auth
+
+    # given 8 clients sending different contacts at the same time through the gateway
+    running, access_key, secret_key = gateway
+    auth = AWS4Auth(access_key, secret_key, "us-east-1", "execute-api")
+    answers: dict[str, str] = {}  # request id -> the e-mail its client sent
+    lock = threading.Lock()
+
+    def client(first: int) -> None:
+        with requests.Session() as session:
+            for index in range(first, first + 25):
+                email = f"client{index}@example.com"
+                response = session.post(
+                    running.url + "/v1/contacts",
+                    json={"group_key": "demo", "data": {"email": email, "first_name": f"N{index}"}},
+                    auth=auth,
+                    timeout=30,
+                )
+                assert response.status_code == 202, response.text
+                with lock:
+                    answers[response.json()["request_id"]] = email
+
+    threads = [threading.Thread(target=client, args=(first,)) for first in range(0, 200, 25)]
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # threads switch often, as under load: requests overlap inside the handler
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+    finally:
+        sys.setswitchinterval(switch_interval)
+
+    # then each accepted request queued exactly the record its client sent, under its own request id
+    messages = [json.loads(message["body"]) for message in door.store.peek("ingest", limit=1000)]
+    queued = {message["request_id"]: message["data"]["email"] for message in messages}
+    assert len(answers) == 200
+    assert queued == answers

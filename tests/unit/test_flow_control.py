@@ -89,3 +89,46 @@ def test_flow_control_keeps_one_breaker_per_integration() -> None:
     flow.breaker("demo/expertsender").record(vendor_down=True)
     assert flow.breaker("demo/expertsender").is_open
     assert not flow.breaker("demo/dmhub").is_open
+
+
+def test_an_integration_has_at_most_its_requests_in_flight_and_others_are_not_held_up() -> None:
+    import threading
+
+    # given a process allowed 2 requests in flight per integration, and 6 workers delivering to one vendor
+    flow = FlowControl(requests_in_flight=2)
+    release = threading.Event()
+    lock = threading.Lock()
+    inside: list[int] = [0]
+    most: list[int] = [0]
+
+    def deliver() -> None:
+        with flow.in_flight("demo/slow-vendor"):
+            with lock:
+                inside[0] += 1
+                most[0] = max(most[0], inside[0])
+            release.wait(10)
+            with lock:
+                inside[0] -= 1
+
+    workers = [threading.Thread(target=deliver) for _ in range(6)]
+    for worker in workers:
+        worker.start()
+    for _ in range(500):  # until two of them are waiting for the vendor's answers
+        if inside[0] == 2:
+            break
+        threading.Event().wait(0.01)
+    assert inside[0] == 2
+    # when the slow vendor's slots are all taken, then another integration's request still goes at once
+    entered = threading.Event()
+
+    def other() -> None:
+        with flow.in_flight("demo/other-vendor"):
+            entered.set()
+
+    threading.Thread(target=other).start()
+    assert entered.wait(5)
+    release.set()
+    for worker in workers:
+        worker.join(10)
+    # and the slow vendor never had more than 2 requests out
+    assert most[0] == 2

@@ -120,3 +120,102 @@ def test_a_failure_of_the_gateway_itself_is_logged_with_a_request_id_and_answere
     request_id = record.getMessage().split("request id ")[1].rstrip(")")
     assert request_id in answer
     assert record.exc_info is not None
+
+
+@pytest.fixture
+def unsigned_gateway(tmp_path: Any) -> Iterator[LocalGateway]:
+    """A gateway with the real authorizer and no keys issued: every request is refused with API Gateway's 403."""
+    from forwarder_local.authorizer import IamAuthorizer
+    from forwarder_local.stores import LocalCredentials
+
+    authorizer = IamAuthorizer(LocalCredentials(tmp_path / "credentials.json"), "us-east-1")
+    running = LocalGateway(refuse_everything, authorizer, body_timeout=0.5).start()
+    yield running
+    running.stop()
+
+
+def read_response(conn: socket.socket, buffered: bytes = b"") -> tuple[bytes, bytes, bytes]:
+    """One response from a kept-alive connection: (head, body by its Content-Length, bytes after it)."""
+    answer = buffered
+    while b"\r\n\r\n" not in answer:
+        chunk = conn.recv(65536)
+        assert chunk, "the connection closed before a response"
+        answer += chunk
+    head, _, rest = answer.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    while len(rest) < length:
+        chunk = conn.recv(65536)
+        assert chunk, "the connection closed before the whole body"
+        rest += chunk
+    return head, rest[:length], rest[length:]
+
+
+def test_a_head_answer_has_no_body_and_the_next_answer_on_the_connection_is_intact(
+    unsigned_gateway: LocalGateway,
+) -> None:
+    # given a kept-alive connection
+    host, port = unsigned_gateway.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        # when a HEAD and then a POST are sent on it, back to back
+        conn.sendall(
+            b"HEAD /v1/contacts HTTP/1.1\r\nHost: localhost\r\n\r\n"
+            b"POST /v1/contacts HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n\r\n{}"
+        )
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += conn.recv(65536)
+        first, _, rest = data.partition(b"\r\n\r\n")
+        second, body, _ = read_response(conn, rest)
+    # then the HEAD answer announces its length but carries no body, and the POST answer follows it whole
+    assert first.startswith(b"HTTP/1.1 403")
+    assert b"content-length:" in first.lower()
+    assert second.startswith(b"HTTP/1.1 403")
+    assert b"Missing Authentication Token" in body
+
+
+def test_two_hundred_simultaneous_clients_are_all_answered(unsigned_gateway: LocalGateway) -> None:
+    # given 200 clients connected at once, before the server accepted any of them
+    host, port = unsigned_gateway.url.removeprefix("http://").split(":")
+    clients = [socket.create_connection((host, int(port)), timeout=30) for _ in range(200)]
+    try:
+        # when each sends a request
+        for conn in clients:
+            conn.sendall(b"POST /v1/contacts HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n\r\n{}")
+        # then every one of them is answered (none is reset)
+        statuses = []
+        for conn in clients:
+            head, _, _ = read_response(conn)
+            statuses.append(head.split(b" ", 2)[1])
+    finally:
+        for conn in clients:
+            conn.close()
+    assert statuses == [b"403"] * 200
+
+
+def test_a_client_that_stops_sending_its_body_is_answered_after_the_read_timeout(
+    unsigned_gateway: LocalGateway,
+) -> None:
+    # given a client that announces 100 bytes, sends 11 and then waits without closing
+    host, port = unsigned_gateway.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(request_head("Content-Length: 100").encode() + b"\r\n" + b'{"data": 1}')
+        # when the gateway's body read timeout passes, then it answers 400 saying what arrived, and closes
+        head, body, _ = read_response(conn)
+        assert head.startswith(b"HTTP/1.1 400")
+        assert b"11 of the 100 bytes" in body
+        assert conn.recv(1) == b""
+
+
+def test_requests_on_one_kept_alive_connection_are_each_answered(unsigned_gateway: LocalGateway) -> None:
+    host, port = unsigned_gateway.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        rest = b""
+        for _ in range(3):
+            conn.sendall(b"POST /v1/contacts HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n\r\n{}")
+            head, body, rest = read_response(conn, rest)
+            assert head.startswith(b"HTTP/1.1 403")
+            assert b"Missing Authentication Token" in body

@@ -395,6 +395,95 @@ def test_acknowledged_sends_survive_kill_9(db: Path) -> None:
         assert bodies == sorted(f"m{i}" for i in range(n))
 
 
+def test_concurrent_sends_share_one_fsynced_transaction_and_none_returns_before_it_commits(db: Path) -> None:
+    import sqlite3
+
+    # given a store, and another process's writer holding the database's write lock
+    store = DurableQueueStore(db)
+    store.create_queue(QueueSpec("q"))
+    other = sqlite3.connect(db, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    before = store.transactions
+    returned: dict[int, str] = {}
+    failed: dict[int, BaseException] = {}
+
+    def send(index: int) -> None:
+        try:
+            returned[index] = store.send("q" if index else "no-such-queue", f"m{index}")
+        except BaseException as error:
+            failed[index] = error
+
+    # when 8 threads send at once (one of them to a queue that does not exist)
+    threads = [threading.Thread(target=send, args=(index,)) for index in range(8)]
+    for thread in threads:
+        thread.start()
+    waited = 0.0
+    while store.pending_writes < 8 and waited < 20:
+        time.sleep(0.01)
+        waited += 0.01
+
+    # then none is acknowledged while its transaction cannot commit
+    assert store.pending_writes == 8
+    assert returned == {} and failed == {}
+    assert other.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 0
+
+    # and once the lock is free, one transaction (one fsync) carries all of them
+    other.execute("ROLLBACK")
+    for thread in threads:
+        thread.join(30)
+    assert store.transactions - before == 1
+    assert sorted(returned) == list(range(1, 8))
+    assert isinstance(failed[0], QueueNotFound)  # its savepoint was rolled back alone
+    bodies = {row[0] for row in other.execute("SELECT body FROM messages")}
+    assert bodies == {f"m{index}" for index in range(1, 8)}
+    other.close()
+    store.close()
+
+
+def test_sends_acknowledged_under_concurrency_survive_kill_9(db: Path) -> None:
+    # given a process whose 8 threads send without pause and print each message once its send returned
+    code = (
+        "import sys, threading\n"
+        "from forwarder_local.queue import DurableQueueStore, QueueSpec\n"
+        "s = DurableQueueStore(sys.argv[1])\n"
+        "s.create_queue(QueueSpec('q'))\n"
+        "out = threading.Lock()\n"
+        "def send(t):\n"
+        "    for i in range(100000):\n"
+        "        s.send('q', f't{t}-{i}')\n"
+        "        with out:\n"
+        "            print(f't{t}-{i}', flush=True)\n"
+        "for t in range(8):\n"
+        "    threading.Thread(target=send, args=(t,), daemon=True).start()\n"
+        "threading.Event().wait()\n"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO / "local"), os.environ.get("PYTHONPATH", "")]),
+    }
+    proc = subprocess.Popen([sys.executable, "-c", code, str(db)], stdout=subprocess.PIPE, text=True, env=env)
+    acknowledged: list[str] = []
+    try:
+        assert proc.stdout is not None
+        while len(acknowledged) < 300:
+            line = proc.stdout.readline()
+            assert line, "the sending process ended early"
+            acknowledged.append(line.strip())
+        # when it is killed while its threads are mid-send
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    # then every message it acknowledged is in the store, once
+    with DurableQueueStore(db) as s:
+        bodies = [m["body"] for m in s.peek("q", limit=1_000_000)]
+    assert set(acknowledged) <= set(bodies)
+    assert len(bodies) == len(set(bodies))
+
+
 @pytest.mark.parametrize("shared_store", [True, False], ids=["one-store", "store-per-thread"])
 def test_concurrent_receivers_never_share_an_in_flight_message(db: Path, shared_store: bool) -> None:
     # given 200 messages
@@ -742,6 +831,31 @@ def test_poller_batching_window_gathers_late_messages(store: DurableQueueStore) 
     # then both arrive in one invocation, which did not wait out the window once the batch was full
     assert sizes == [2]
     assert time.monotonic() - started < 0.9
+
+
+def test_the_first_record_after_an_idle_spell_does_not_go_alone(store: DurableQueueStore) -> None:
+    # given a poller with a 0.3 s batching window that has been waiting on an empty queue for longer than that
+    sizes: list[int] = []
+    invoked = threading.Event()
+
+    def handler(event: dict[str, Any], context: Any) -> None:
+        sizes.append(len(event["Records"]))
+        invoked.set()
+
+    poller = SqsPoller(store, "plain", handler, function_name="fn", batch_size=10, max_batching_window=0.3)
+    waiting = threading.Thread(target=poller._poll, args=(5.0,))
+    waiting.start()
+    time.sleep(0.6)
+
+    # when a burst of two records arrives, the second 0.1 s behind the first
+    store.send("plain", "first")
+    time.sleep(0.1)
+    store.send("plain", "second")
+    waiting.join(10)
+
+    # then they go together: the window opened with the first record, not with the idle wait
+    assert invoked.is_set()
+    assert sizes == [2]
 
 
 def test_poller_handler_over_timeout_fails_the_batch(store: DurableQueueStore) -> None:

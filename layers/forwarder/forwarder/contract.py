@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import json
 import math
+import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -90,21 +91,23 @@ def _type_name(value: Any) -> str:
     return type(value).__name__
 
 
+_CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f]")
+
+
 def _check_name(name: str) -> None:
-    where = f"data.{name}"
-    if not name or any(ord(char) < 32 or ord(char) == 127 for char in name):
+    if not name or _CONTROL_CHARACTERS.search(name):
         raise ContractError(
             400,
             "INVALID_ATTRIBUTE_NAME",
             f"attribute name {json.dumps(name)} is empty or holds control characters; use a plain name",
-            attribute=where,
+            attribute=f"data.{name}",
         )
     if len(name) > MAX_ATTRIBUTE_NAME:
         raise ContractError(
             400,
             "ATTRIBUTE_NAME_TOO_LONG",
             f"attribute name '{name[:40]}...' has {len(name)} characters; at most {MAX_ATTRIBUTE_NAME}",
-            attribute=where,
+            attribute=f"data.{name}",
         )
 
 

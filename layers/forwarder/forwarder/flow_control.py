@@ -14,6 +14,11 @@ equal to the event source's maximum concurrency). A 429 halves the rate (down to
 delivered request adds a 20th back (additive increase, multiplicative decrease), so the rate settles just under
 what the vendor takes.
 
+**Requests in flight.** A process sends at most ``requests_in_flight`` vendor requests of one integration at
+a time (``FORWARDER_VENDOR_REQUESTS_IN_FLIGHT``). A Lambda container delivers one batch at a time, so there it
+never binds; the embedded deliver runs several workers in one process, and this keeps them from all
+waiting on one slow vendor's answers at once.
+
 State is per process (``Services.flow``), shared by the invocations of a warm container.
 """
 
@@ -22,7 +27,8 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from forwarder.ports.locks import LockError, LockPort
@@ -116,8 +122,11 @@ class FlowControl:
         failure_threshold: int = 5,
         probe_interval: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
+        requests_in_flight: int | None = None,
     ) -> None:
         self._clock = clock
+        self._requests_in_flight = requests_in_flight
+        self._slots: dict[str, threading.BoundedSemaphore] = {}
         self._failure_threshold = failure_threshold
         self._probe_interval = probe_interval
         self._lock = threading.Lock()
@@ -138,6 +147,17 @@ class FlowControl:
     def limiter(self, key: str, max_rate: float) -> RateLimiter:
         with self._lock:
             return self._limiters.setdefault((key, max_rate), RateLimiter(max_rate, clock=self._clock))
+
+    @contextmanager
+    def in_flight(self, key: str) -> Iterator[None]:
+        """Hold one of the integration's request slots while its requests are out (waits for a free one)."""
+        if self._requests_in_flight is None:
+            yield
+            return
+        with self._lock:
+            slots = self._slots.setdefault(key, threading.BoundedSemaphore(self._requests_in_flight))
+        with slots:
+            yield
 
     @staticmethod
     def probe_lease(locks: LockPort | None, key: str, interval: float) -> Callable[[], bool]:

@@ -46,6 +46,11 @@ class RuntimeSettings(BaseModel):
     deliver_concurrency: int = Field(
         1, ge=1, description="processes that deliver at once: a rate limit is shared out between them"
     )
+    vendor_requests_in_flight: int = Field(
+        4,
+        ge=1,
+        description="vendor requests one process has out at once per integration (embedded deliver workers)",
+    )
     retry_horizon_seconds: float = Field(
         4 * 3600, gt=0, le=24 * 3600, description="how long a delivery is retried after its first attempt"
     )
@@ -138,6 +143,7 @@ class Services:
             self.flow = FlowControl(
                 failure_threshold=self.settings.circuit_failures,
                 probe_interval=self.settings.circuit_probe_seconds,
+                requests_in_flight=self.settings.vendor_requests_in_flight,
             )
         return self.flow
 

@@ -376,7 +376,16 @@ def _fmt(moment: datetime) -> str:
 def _parse_amz_date(value: str) -> datetime:
     if _AMZ_DATE.fullmatch(value):
         try:
-            return datetime.strptime(value, AMZ_DATE_FORMAT).replace(tzinfo=UTC)
+            # YYYYMMDDTHHMMSSZ, checked by the pattern: read by position (strptime costs ~20 us a request)
+            return datetime(
+                int(value[0:4]),
+                int(value[4:6]),
+                int(value[6:8]),
+                int(value[9:11]),
+                int(value[11:13]),
+                int(value[13:15]),
+                tzinfo=UTC,
+            )
         except ValueError:
             pass
     raise SignatureError(

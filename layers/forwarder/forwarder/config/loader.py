@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -119,9 +120,9 @@ def _load_cached(path: str, mtime_ns: int) -> ForwarderConfig:
 
 def load_config(path: str | Path) -> ForwarderConfig:
     """Load a config file; cached per (path, modification time), so a warm Lambda parses it once."""
-    resolved = Path(path)
+    text = os.fspath(path)  # a plain stat per call (every lookup of a request): no Path objects
     try:
-        mtime = resolved.stat().st_mtime_ns
+        mtime = os.stat(text).st_mtime_ns
     except OSError as error:
-        raise ConfigError(str(path), [f"cannot read the config: {error.strerror}"]) from None
-    return _load_cached(str(resolved), mtime)
+        raise ConfigError(text, [f"cannot read the config: {error.strerror}"]) from None
+    return _load_cached(text, mtime)

@@ -390,52 +390,54 @@ def _send(
         if waiting is not None:
             outcomes.extend([waiting] * len(chunk))
             continue
-        try:
-            settled = _read_back(services, config, operation, chunk, credentials, budget)
-            to_send = [index for index in range(len(chunk)) if index not in settled]
-            if to_send and services.deliveries is not None:
-                services.deliveries.begin([chunk[index].key for index in to_send], services.clock())
-        except DeliveryLogError as error:
-            outcomes.extend([Outcome.retry(f"the delivery log is unavailable: {error}")] * len(chunk))
-            continue
-        payloads = [chunk[index].delivery.payload for index in to_send]
-        # tried before and not known applied: a step-wise integration skips the steps the vendor shows done
-        retried = [_tried(chunk[index]) for index in to_send]
-        sent = (
-            integration.deliver(
-                operation,
-                payloads,
-                config.parsed_settings,
-                credentials,
-                services.http,
-                budget,
-                services.locks,
-                retried,
-            )
-            if payloads
-            else []
-        )
-        refused = [index for index, outcome in enumerate(sent) if outcome.token_refused]
-        if refused and keeper is not None:
-            # The token was refused (expired, or replaced by another process): renew it once, send again.
+        # at most settings.vendor_requests_in_flight requests of this integration out at once (per process)
+        with services.flow_control().in_flight(flow_key):
             try:
-                credentials = keeper.renew(config, integration.token(credentials), reason="refused")
-            except _TOKEN_PROBLEMS as error:
-                held = _no_token(config, items[0].delivery.group_key, error)
-                sent = [held if outcome.token_refused else outcome for outcome in sent]
-            else:
-                again = integration.deliver(
+                settled = _read_back(services, config, operation, chunk, credentials, budget)
+                to_send = [index for index in range(len(chunk)) if index not in settled]
+                if to_send and services.deliveries is not None:
+                    services.deliveries.begin([chunk[index].key for index in to_send], services.clock())
+            except DeliveryLogError as error:
+                outcomes.extend([Outcome.retry(f"the delivery log is unavailable: {error}")] * len(chunk))
+                continue
+            payloads = [chunk[index].delivery.payload for index in to_send]
+            # tried before and not known applied: a step-wise integration skips the steps the vendor shows done
+            retried = [_tried(chunk[index]) for index in to_send]
+            sent = (
+                integration.deliver(
                     operation,
-                    [payloads[index] for index in refused],
+                    payloads,
                     config.parsed_settings,
                     credentials,
                     services.http,
                     budget,
                     services.locks,
-                    [True] * len(refused),
+                    retried,
                 )
-                for index, outcome in zip(refused, again, strict=True):
-                    sent[index] = outcome
+                if payloads
+                else []
+            )
+            refused = [index for index, outcome in enumerate(sent) if outcome.token_refused]
+            if refused and keeper is not None:
+                # The token was refused (expired, or replaced by another process): renew it once, send again.
+                try:
+                    credentials = keeper.renew(config, integration.token(credentials), reason="refused")
+                except _TOKEN_PROBLEMS as error:
+                    held = _no_token(config, items[0].delivery.group_key, error)
+                    sent = [held if outcome.token_refused else outcome for outcome in sent]
+                else:
+                    again = integration.deliver(
+                        operation,
+                        [payloads[index] for index in refused],
+                        config.parsed_settings,
+                        credentials,
+                        services.http,
+                        budget,
+                        services.locks,
+                        [True] * len(refused),
+                    )
+                    for index, outcome in zip(refused, again, strict=True):
+                        sent[index] = outcome
         answers = iter(sent)
         outcomes.extend(settled[index] if index in settled else next(answers) for index in range(len(chunk)))
         tried = [
