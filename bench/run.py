@@ -884,6 +884,9 @@ def main(argv: list[str] | None = None) -> int:
             "server, transformations, destinations and hardware): a reference point only, not a like-for-like "
             "comparison."
         )
+    print()
+    figures.update(status_figures())
+    print()
     figures.update(aws_figures())
     print(f"\nwhole bench run: {time.perf_counter() - began:.1f} s")
     print(json.dumps(figures))  # the last line: every headline figure, one JSON object
@@ -891,12 +894,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def aws_figures() -> dict[str, Any]:
-    """The AWS side's figures (cold imports, layer size, AWS calls and cost per record) from
-    ``bench/aws_side.py``; none while that module is absent."""
-    try:
-        import aws_side  # type: ignore[import-not-found]
-    except ImportError:
-        return {}
+    """The AWS side's figures (cold imports of the shipped layer, its size, AWS calls and cost per record):
+    ``bench/aws_side.py``. A failure there is printed and leaves its keys null."""
+    import aws_side
+
     progress("AWS side: cold imports, layer, calls per record")
     try:
         measured: dict[str, Any] = aws_side.measure()
@@ -904,6 +905,19 @@ def aws_figures() -> dict[str, Any]:
         traceback.print_exc()
         return {}
     return measured
+
+
+def status_figures() -> dict[str, Any]:
+    """What the status per request costs validate (``bench/status.py``), in microseconds per record."""
+    from status import bench_status
+
+    progress("status per request: the status write's cost")
+    try:
+        measured = bench_status()
+    except Exception:
+        traceback.print_exc()
+        return {}
+    return {"status_write_cpu_us_per_record": round(measured["status_cpu_per_record_s"] * 1e6, 1)}
 
 
 if __name__ == "__main__":
