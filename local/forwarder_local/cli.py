@@ -224,8 +224,10 @@ def run(
             f"  .venv/bin/forwarder send contacts --group-key {group_key} --url {stack.gateway.url}{state_flag} \\"
         )
         click.echo("      --set email=jane@example.com --set first_name=Jane --set city=Oslo\n")
+        url_flag = "" if stack.gateway.url == "http://127.0.0.1:8080" else f" --url {stack.gateway.url}"
         click.echo(
-            f"and follow it: .venv/bin/forwarder status REQUEST_ID{state_flag}   (the request_id it answers)\n"
+            f"and follow it: .venv/bin/forwarder status REQUEST_ID --follow{url_flag}{state_flag}"
+            "   (the request_id it answers)\n"
         )
         if stack.sandboxes:
             click.echo("then see it in the sandboxes:")
