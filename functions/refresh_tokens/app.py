@@ -5,7 +5,7 @@ from typing import Any
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from forwarder.flows.refresh_tokens import refresh_all
-from forwarder.observability import logger, metrics
+from forwarder.observability import CREDENTIAL_PROBLEMS, logger, metrics
 from forwarder.runtime import services
 
 
@@ -13,5 +13,5 @@ from forwarder.runtime import services
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     report = refresh_all(services(), context)
-    metrics.add_metric(name="CredentialProblems", unit="Count", value=len(report.problems))
+    metrics.add_metric(name=CREDENTIAL_PROBLEMS, unit="Count", value=len(report.problems))
     return report.as_dict()

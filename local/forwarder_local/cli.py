@@ -639,6 +639,7 @@ def send(
       forwarder send contacts -g demo --file customers.csv --concurrency 8 --rate 50
       forwarder send event -g demo --via sqs --set email=jane@example.com --set event=purchase
       forwarder send contacts -g demo --stack forwarder --profile prod --set email=jane@example.com
+      forwarder send contacts -g demo --stack forwarder --via sqs --source shop --set email=jane@example.com
     """
     import requests
 
@@ -663,6 +664,16 @@ def send(
     if not group_key:
         raise click.UsageError("give --group-key (or group_key in --file)")
     if via != "api":
+        if stack and not (queue_url if via == "sqs" else event_bus):
+            # the deployed stack's producer queue (or the bus its rule listens on), in the stack's region
+            from forwarder_local.aws_cli import find_stack
+
+            found = find_stack(stack, region, profile)
+            if via == "sqs":
+                queue_url = found.output("ProducerQueueUrl")
+            else:
+                event_bus = found.output("ProducerEventBusName")
+            region = found.target.region
         to_aws_producer = bool(queue_url if via == "sqs" else event_bus if via == "eventbridge" else None)
         if not to_aws_producer:
             region = region or _stack_region(state_dir) or "us-east-1"  # the embedded stack's default region

@@ -93,7 +93,11 @@ def _test_stack_template(api_url: str) -> dict[str, Any]:
         for name, resource in template["Resources"].items()
         if resource["Type"] == "AWS::SQS::Queue"
     }
-    outputs = {"ApiUrl": {"Value": api_url}}
+    outputs = {
+        "ApiUrl": {"Value": api_url},
+        "ProducerQueueUrl": {"Value": {"Ref": "ProducerQueue"}},
+        "ProducerEventBusName": {"Value": "default"},
+    }
     for url_output, arn_output in QUEUE_OUTPUTS.values():
         for key in (url_output, arn_output):
             outputs[key] = {"Value": template["Outputs"][key]["Value"]}
@@ -327,6 +331,22 @@ def test_send_as_a_producer_to_an_aws_queue_uses_the_profile_and_its_region(
     # then it is on that queue, with the producer's attributes
     assert result.exit_code == 0, result.output
     (message,) = sqs().receive_message(QueueUrl=queue_url, MessageAttributeNames=["All"])["Messages"]
+    assert json.loads(message["Body"]) == {"group_key": "demo", "data": {"email": "jane@example.com"}}
+    assert message["MessageAttributes"]["source"]["StringValue"] == "demo-queue"
+
+
+def test_send_as_a_producer_to_a_stack_uses_its_producer_queue(operator: Path, tmp_path: Path) -> None:
+    # given a deployed stack (its ProducerQueue and output)
+    outputs = deploy()
+    # when a record is sent through it as a producer, naming only the stack
+    result = forwarder(
+        "send", "contacts", "-g", "demo", "--via", "sqs", "--stack", STACK, "--source", "demo-queue",
+        "--profile", PROFILE, "--set", "email=jane@example.com", "--state-dir", str(tmp_path / "none"),
+    )  # fmt: skip
+    # then it is on the stack's producer queue, with the producer's attributes
+    assert result.exit_code == 0, result.output
+    messages = sqs().receive_message(QueueUrl=outputs["ProducerQueueUrl"], MessageAttributeNames=["All"])
+    (message,) = messages["Messages"]
     assert json.loads(message["Body"]) == {"group_key": "demo", "data": {"email": "jane@example.com"}}
     assert message["MessageAttributes"]["source"]["StringValue"] == "demo-queue"
 
