@@ -19,6 +19,7 @@ The CLI's AWS clients have their own botocore config (:data:`CLI_CONFIG`): a rea
 from __future__ import annotations
 
 import functools
+import os
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -133,6 +134,9 @@ def aws_target(region: str | None = None, profile: str | None = None) -> AwsTarg
     import boto3
     from botocore.exceptions import BotoCoreError, ProfileNotFound
 
+    # AWS_REGION first, as the AWS CLI and the SDKs read it (botocore itself reads only AWS_DEFAULT_REGION and
+    # the profile's region)
+    region = region or os.environ.get("AWS_REGION") or None
     try:
         session = boto3.Session(profile_name=profile, region_name=region)
     except ProfileNotFound:
@@ -262,19 +266,17 @@ _EXECUTE_API_HOST = re.compile(r"^[a-z0-9]+\.execute-api\.([a-z0-9-]+)\.amazonaw
 
 
 def region_for(url: str, region: str | None = None, profile: str | None = None) -> str:
-    """The region to sign a call to ``url`` for: ``region``, else botocore's (AWS_REGION, the profile's),
-    else the one an ``execute-api`` host names. Raises AwsCliError when none is known."""
+    """The region to sign a call to ``url`` for: ``region``, else the one an ``execute-api`` host names (it
+    accepts no other), else botocore's (AWS_REGION, AWS_DEFAULT_REGION, the profile's). Raises AwsCliError
+    when none is known."""
     from urllib.parse import urlsplit
 
     if region:
         return region
-    try:
-        return aws_target(None, profile).region
-    except AwsCliError:
-        match = _EXECUTE_API_HOST.match((urlsplit(url).hostname or "").lower())
-        if match:
-            return match.group(1)
-        raise
+    match = _EXECUTE_API_HOST.match((urlsplit(url).hostname or "").lower())
+    if match:
+        return match.group(1)
+    return aws_target(None, profile).region
 
 
 # --- trail: the rejects trail and the dead-letter queues, read without deleting -----------------------------

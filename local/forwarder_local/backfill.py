@@ -220,7 +220,7 @@ def _csv_rows(path: Path) -> Iterator[Row]:
         line = reader.line_num + 1
         for cells in reader:
             first, line = line, reader.line_num + 1
-            if not cells:  # a blank line
+            if not any(cell.strip() for cell in cells):  # a blank line, or one of separators only (",,")
                 continue
             if len(cells) > len(names):
                 yield Row(first, {}, f"{len(cells)} cells, but the header names {len(names)} attributes")

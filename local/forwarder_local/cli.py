@@ -226,7 +226,7 @@ def run(
         click.echo("      --set email=jane@example.com --set first_name=Jane --set city=Oslo\n")
         url_flag = "" if stack.gateway.url == "http://127.0.0.1:8080" else f" --url {stack.gateway.url}"
         click.echo(
-            f"and follow it: .venv/bin/forwarder status REQUEST_ID --follow{url_flag}{state_flag}"
+            f"and follow it: .venv/bin/forwarder status REQUEST_ID --follow -g {group_key}{url_flag}{state_flag}"
             "   (the request_id it answers)\n"
         )
         if stack.sandboxes:
@@ -310,7 +310,9 @@ def _queue_summary(store: Any) -> str:
 )
 @click.option("--limit", default=20, show_default=True, help="list at most this many, oldest first")
 @click.option(
-    "--show-data", is_flag=True, help="also print each record (personal data); reasons are always shown"
+    "--show-data",
+    is_flag=True,
+    help="also print each record, and the values reasons quote (personal data); reasons are always shown",
 )
 @aws_options
 def trail(
@@ -353,6 +355,12 @@ def trail(
         store.close()
     if not entries:
         click.echo(f"no {which}")
+    from forwarder_local.masking import masked
+
+    def shown(text: str) -> str:
+        # reasons and field problems may quote a value: masked unless the data was asked for
+        return text if show_data else masked(text)
+
     for entry in entries:
         try:
             document = json.loads(entry["body"])
@@ -372,16 +380,16 @@ def trail(
                 f"{document['stage']} {document.get('integration') or document.get('source') or ''}".strip()
             )
             click.echo(
-                f"{document['rejected_at']}  {document['request_id']}  [{where}]  {document['reason']}"
+                f"{document['rejected_at']}  {document['request_id']}  [{where}]  {shown(document['reason'])}"
             )
             for error in document.get("errors", []):
-                click.echo(f"    - {error}")
+                click.echo(f"    - {shown(error)}")
             record = document.get("record")
         else:
             delivery = document["delivery"]
             click.echo(
                 f"{document['dead_lettered_at']}  {delivery['request_id']}  [{delivery['integration']}] "
-                f"after {document['attempts']} attempts: {document['reason']}"
+                f"after {document['attempts']} attempts: {shown(document['reason'])}"
             )
             record = delivery.get("payload")
         if show_data:

@@ -253,7 +253,7 @@ class LocalConsole:
 
     def _dashboard(self, csrf: str, replayed: str) -> bytes:
         parts = ["<h1>Forwarder console</h1>"]
-        if replayed.isdigit():
+        if replayed.isascii() and replayed.isdigit():
             parts.append(
                 f'<p id="replayed">Replayed {int(replayed)} dead letter(s) to the delivery queue.</p>'
             )

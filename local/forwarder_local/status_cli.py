@@ -201,5 +201,14 @@ def status(
         click.echo(response.text)
     else:
         click.echo("\n".join(describe(document)))
+    if response.status_code == 404 and not as_json:
+        signer = getattr(auth, "access_id", None)
+        click.echo(
+            f"(signed with access key {signer}: only the client that sent a request can read it; "
+            "sign as the sender with -g GROUP_KEY or --access-key)"
+            if signer
+            else "(only the client that sent a request can read it: sign with the sender's credentials)",
+            err=True,
+        )
     if response.status_code >= 400:
         sys.exit(1)

@@ -131,6 +131,11 @@ def test_the_console_refuses_without_the_admin_secret(stack: EmbeddedStack) -> N
     # and with it, a script reads the page
     page = requests.get(url, headers={"Authorization": f"Bearer {stack.console_secret}"}, timeout=5)
     assert page.status_code == 200 and 'id="queues"' in page.text
+    # and a query it does not expect is ignored, not a 500 ("²" is a digit to str.isdigit, not to int)
+    odd = requests.get(
+        url, params={"replayed": "²"}, headers={"Authorization": f"Bearer {stack.console_secret}"}, timeout=5
+    )
+    assert odd.status_code == 200 and 'id="replayed"' not in odd.text
     # and a signed-in browser session cannot be made to replay by another site's form (no CSRF token)
     session = requests.Session()
     signed_in = session.post(url + "login", data={"secret": stack.console_secret}, timeout=5)

@@ -161,6 +161,9 @@ def test_another_clients_request_answers_as_an_unknown_one(stack: EmbeddedStack)
     assert theirs.output == unknown.output
     assert "404" in theirs.output and "REQUEST_NOT_FOUND" in theirs.output
     assert "private@example.com" not in theirs.output
+    # and the operator is told which key signed, and how to sign as the sender
+    assert f"signed with access key {key_of(stack, OTHER_USER)}" in theirs.output
+    assert "-g GROUP_KEY or --access-key" in theirs.output
 
 
 def test_the_status_route_is_signed_like_the_others(stack: EmbeddedStack) -> None:

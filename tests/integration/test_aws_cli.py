@@ -31,6 +31,7 @@ from forwarder_local.aws_cli import (
     AwsTarget,
     api_url_for_stack,
     execute_api_auth,
+    region_for,
     stack_api,
 )
 from forwarder_local.cli import main
@@ -593,3 +594,28 @@ def test_status_of_a_stack_asks_its_api_signed_with_the_profile(
     assert api.calls == [
         {"path": "/dev/v1/requests/r-1", "access_key": ACCESS_KEY, "region": REGION, "body": None}
     ]
+
+
+def test_aws_region_in_the_environment_wins_over_the_profiles_region(
+    operator: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given the stack in eu-west-1, and a profile whose own region is another one
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    boto3.Session(profile_name=PROFILE, region_name="eu-west-1").client("cloudformation").create_stack(
+        StackName=STACK, TemplateBody=json.dumps(_test_stack_template("https://x.example/dev"))
+    )
+    # then the commands look for it where AWS_REGION says, as every AWS tool does
+    assert api_url_for_stack(STACK, None, PROFILE) == "https://x.example/dev"
+    assert region_for("https://api.example.com/dev", None, PROFILE) == "eu-west-1"
+
+
+def test_an_execute_api_url_is_signed_for_its_own_region(operator: Path) -> None:
+    # the profile's region is REGION; an execute-api host accepts signatures for its own region only
+    assert REGION != "ap-southeast-2"
+    assert region_for("https://abc123.execute-api.ap-southeast-2.amazonaws.com/dev", None, PROFILE) == (
+        "ap-southeast-2"
+    )
+    # --region still wins
+    assert (
+        region_for("https://abc123.execute-api.ap-southeast-2.amazonaws.com/dev", "eu-west-1") == "eu-west-1"
+    )

@@ -52,11 +52,14 @@ def test_trail_rejects_shows_the_reasons_always_and_the_record_only_on_request(t
     assert listed.exit_code == 0, listed.output
     assert "the record does not map to ExpertSender CDP" in listed.output
     assert "attribute 'email' is required" in listed.output
-    assert "is not a date" in listed.output
+    # and the value a problem quotes is masked (it is the customer's data)
+    assert "birthdate: '…' is not a date" in listed.output
+    assert "31.02.1990" not in listed.output
     assert "Nobody" not in listed.output and "record:" not in listed.output
-    # and --show-data adds the record
+    # and --show-data adds the record and the quoted values
     detailed = CliRunner().invoke(main, ["trail", "rejects", "--state-dir", str(state), "--show-data"])
     assert '"first_name": "Nobody"' in detailed.output
+    assert "birthdate: '31.02.1990' is not a date" in detailed.output
 
 
 def test_version_says_which_forwarder_this_is() -> None:

@@ -204,3 +204,19 @@ def test_sources_count_producer_records_queued_and_refused_by_code(tmp_path: Any
     assert series(documents, REQUESTS_REFUSED) == [
         ({"code": "UNKNOWN_SOURCE", "service": "forwarder"}, [1.0])
     ]
+
+
+def test_every_outcome_deliver_returns_is_one_the_dashboard_graphs() -> None:
+    # the outcomes are the literals deliver's code returns and counts: each must be in DELIVERY_OUTCOMES
+    import re
+    from pathlib import Path
+
+    from forwarder.flows import deliver
+    from forwarder.observability import DELIVERY_OUTCOMES
+
+    source = Path(deliver.__file__).read_text()
+    returned = set(re.findall(r'return \(?"([a-z_]+)", ', source))
+    returned |= set(re.findall(r'\("([a-z_]+)", 0\)', source))
+    returned |= set(re.findall(r'counts\[\(item\.delivery\.integration, "([a-z_]+)"\)\]', source))
+    assert returned, "the pattern found deliver's outcomes"
+    assert returned <= set(DELIVERY_OUTCOMES), returned - set(DELIVERY_OUTCOMES)

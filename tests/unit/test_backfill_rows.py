@@ -40,6 +40,12 @@ def test_csv_rows_are_named_by_their_first_line_and_a_row_with_too_many_cells_is
     assert read[1].problem == "3 cells, but the header names 2 attributes"
 
 
+def test_csv_rows_of_separators_only_are_skipped_like_blank_lines(tmp_path: Path) -> None:
+    # spreadsheet exports often end with rows such as ",,": nothing to send, nothing to refuse
+    read = rows(tmp_path / "customers.csv", "email,first_name\r\njane@example.com,Jane\r\n,\r\n , \r\n")
+    assert read == [Row(2, {"email": "jane@example.com", "first_name": "Jane"})]
+
+
 @pytest.mark.parametrize(
     ("header", "message"),
     [("email,,city", "empty column name (column 2)"), ("email,city,email", "names email more than once")],

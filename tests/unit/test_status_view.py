@@ -93,9 +93,20 @@ def test_only_the_sender_reads_a_request_and_odd_ids_are_not_looked_up() -> None
             return (RECORD if request_id == "r-1" else None), {}
 
     log = Log()
-    assert status.status_for(log, "r-1", "demo") is not None  # type: ignore[arg-type]
-    assert status.status_for(log, "r-1", "other") is None  # type: ignore[arg-type]
-    assert status.status_for(log, "r-2", "demo") is None  # type: ignore[arg-type]
-    assert status.status_for(log, "../../etc", "demo") is None  # type: ignore[arg-type]
-    assert status.status_for(log, "x" * 200, "demo") is None  # type: ignore[arg-type]
+    now = RECORD.validated_at + 60
+    assert status.status_for(log, "r-1", "demo", now) is not None  # type: ignore[arg-type]
+    assert status.status_for(log, "r-1", "other", now) is None  # type: ignore[arg-type]
+    assert status.status_for(log, "r-2", "demo", now) is None  # type: ignore[arg-type]
+    assert status.status_for(log, "../../etc", "demo", now) is None  # type: ignore[arg-type]
+    assert status.status_for(log, "x" * 200, "demo", now) is None  # type: ignore[arg-type]
     assert log.asked == ["r-1", "r-1", "r-2"]
+    # and after 30 days it is gone, even while the store has not deleted it yet (DynamoDB's TTL runs late)
+    later = RECORD.validated_at + status.STATUS_KEPT_SECONDS
+    assert status.status_for(log, "r-1", "demo", later - 1) is not None  # type: ignore[arg-type]
+    assert status.status_for(log, "r-1", "demo", later + 1) is None  # type: ignore[arg-type]
+
+
+def test_the_status_is_shown_as_long_as_the_delivery_log_keeps_it() -> None:
+    from forwarder.adapters.aws import DELIVERY_LOG_TTL_DAYS
+
+    assert status.STATUS_KEPT_SECONDS == DELIVERY_LOG_TTL_DAYS * 24 * 3600

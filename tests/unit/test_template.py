@@ -1025,9 +1025,11 @@ def test_the_dashboard_shows_the_metrics_the_flows_emit(cfn: dict[str, Any]) -> 
     from forwarder.observability import (
         CREDENTIAL_PROBLEMS,
         DELIVERY_LATENCY,
+        DELIVERY_OUTCOMES,
         RECORDS_REJECTED,
         REQUESTS_ACCEPTED,
         REQUESTS_REFUSED,
+        delivery_metric,
     )
 
     lines = _dashboard_metrics(_dashboard_bodies(cfn)[True])
@@ -1043,8 +1045,7 @@ def test_the_dashboard_shows_the_metrics_the_flows_emit(cfn: dict[str, Any]) -> 
         (REQUESTS_REFUSED, "code"),
         (RECORDS_REJECTED, "integration"),
         (DELIVERY_LATENCY, "integration"),
-        ("DeliveriesDelivered", "integration"),
-        ("DeliveriesDeadLettered", "integration"),
+        *((delivery_metric(outcome), "integration") for outcome in DELIVERY_OUTCOMES),
     ):
         assert any(
             f"{{{namespace},{dimension},service}}" in search and f'MetricName="{metric}"' in search

@@ -108,7 +108,7 @@ def request_status(request_id: str) -> Response[Any]:
     if current.deliveries is None:
         raise StatusUnavailable()
     try:
-        document = status.status_for(current.deliveries, request_id, client.name)
+        document = status.status_for(current.deliveries, request_id, client.name, current.clock())
     except DeliveryLogError:
         logger.exception("the delivery log could not be read for a status request")
         raise StatusUnavailable() from None

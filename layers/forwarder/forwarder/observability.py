@@ -148,13 +148,32 @@ def _emit(dimensions: dict[str, str], values: dict[str, list[float]], unit: Metr
             document.flush_metrics()
 
 
+#: What deliver counts per integration (``Deliveries<Outcome>``): each has its graph on the dashboard.
+DELIVERY_OUTCOMES = (
+    "delivered",
+    "superseded",
+    "rejected",
+    "dead_lettered",
+    "retrying",
+    "held",
+    "requeued",
+    "unsettled",
+    "waiting",
+    "duplicate",
+)
+
+
+def delivery_metric(outcome: str) -> str:
+    return f"Deliveries{outcome.title().replace('_', '')}"
+
+
 def emit_counts(counts: Counter[tuple[str, str]], namespace: str = "Forwarder") -> None:
     """One metric per (integration, outcome) with the integration as a dimension: Deliveries<Outcome>."""
     if is_metrics_disabled():
         return
     for (integration, outcome), count in counts.items():
         with single_metric(
-            name=f"Deliveries{outcome.title().replace('_', '')}",
+            name=delivery_metric(outcome),
             unit=MetricUnit.Count,
             value=count,
             namespace=namespace,

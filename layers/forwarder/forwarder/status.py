@@ -9,6 +9,7 @@ request id reveals nothing to another brand.
 from __future__ import annotations
 
 import re
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,6 +21,10 @@ from forwarder.ports.deliveries import (
     PlannedDelivery,
     RequestRecord,
 )
+
+#: How long a request's status is shown: the delivery log's TTL (DynamoDB deletes expired items days late,
+#: and the embedded store at start only, so the age is checked here too).
+STATUS_KEPT_SECONDS = 30 * 24 * 3600
 
 #: What a request id can look like (ids are UUIDs; anything else is answered as unknown, unread).
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
@@ -113,7 +118,9 @@ def view(record: RequestRecord, deliveries: dict[DeliveryKey, DeliveryRecord]) -
     return document
 
 
-def status_for(log: DeliveryLog, request_id: str, client: str) -> dict[str, Any] | None:
+def status_for(
+    log: DeliveryLog, request_id: str, client: str, now: float | None = None
+) -> dict[str, Any] | None:
     """The status of ``request_id`` for ``client``; None when there is none to show it: an id that is not
     one, a request not (yet) validated, one older than 30 days, or another client's (all alike)."""
     if not plausible_request_id(request_id):
@@ -121,4 +128,6 @@ def status_for(log: DeliveryLog, request_id: str, client: str) -> dict[str, Any]
     record, deliveries = log.request(request_id)
     if record is None or record.client != client:
         return None
+    if (time.time() if now is None else now) - record.validated_at > STATUS_KEPT_SECONDS:
+        return None  # expired, not yet deleted
     return view(record, deliveries)
