@@ -108,9 +108,9 @@ class Summary:
     rows: int = 0
     accepted: int = 0
     accepted_before: int = 0
-    #: refusal code -> lines, and the first message of each code
+    #: refusal code -> lines, and per code each distinct message -> its lines
     refused: dict[str, list[int]] = field(default_factory=dict)
-    messages: dict[str, str] = field(default_factory=dict)
+    messages: dict[str, dict[str, list[int]]] = field(default_factory=dict)
     #: lines still unanswered after every attempt (the API unavailable): the next run sends them
     unsent: list[int] = field(default_factory=list)
     sent: int = 0
@@ -136,7 +136,9 @@ class Summary:
             self.refused.setdefault(code, []).append(outcome.line)
             named = outcome.attribute and outcome.attribute not in outcome.message
             attribute = f" ({outcome.attribute})" if named else ""
-            self.messages.setdefault(code, f"{outcome.message}{attribute}")
+            self.messages.setdefault(code, {}).setdefault(f"{outcome.message}{attribute}", []).append(
+                outcome.line
+            )
         else:
             self.unsent.append(outcome.line)
 
@@ -149,17 +151,22 @@ class Summary:
             + (f" ({self.accepted_before:,} in an earlier run)" if self.accepted_before else ""),
             f"  refused   {self.refused_count:,}",
         ]
-        for code, lines in sorted(self.refused.items(), key=lambda item: (-len(item[1]), item[0])):
+        groups = [
+            (code, message, lines)
+            for code, by_message in self.messages.items()
+            for message, lines in by_message.items()
+        ]
+        for code, message, lines in sorted(groups, key=lambda group: (-len(group[2]), group[0], group[1])):
             shown = ", ".join(str(line) for line in sorted(lines)[:ROWS_SHOWN])
             more = f" and {len(lines) - ROWS_SHOWN:,} more" if len(lines) > ROWS_SHOWN else ""
             which = "line" if len(lines) == 1 else "lines"
-            out.append(
-                f"    {code}  {len(lines):,} row(s), {which} {shown}{more}: {self.messages.get(code, '')}"
-            )
+            out.append(f"    {code}  {len(lines):,} row(s), {which} {shown}{more}: {message}")
         if self.left:
             why = (
                 "interrupted"
                 if self.interrupted
+                else "the backfill stopped: every row would get the refusal below"
+                if self.fatal
                 else f"the API did not accept them after {MAX_ATTEMPTS} attempts"
                 if self.unsent
                 else "stopped early"

@@ -110,6 +110,14 @@ main.add_command(status)
     help="cap of the retry backoff and of a vendor's Retry-After (default 60)",
 )
 @click.option(
+    "--retry-horizon-seconds",
+    type=click.FloatRange(min=1, max=86_400),
+    default=None,
+    envvar="FORWARDER_RETRY_HORIZON_SECONDS",
+    help="how long a failing delivery is retried before it is dead-lettered (default 14400: 4 hours; "
+    "e.g. 60 to see dead letters and replay them soon)",
+)
+@click.option(
     "--circuit-probe-seconds",
     type=click.FloatRange(min=0, min_open=True),
     default=None,
@@ -133,6 +141,7 @@ def run(
     verbose: bool,
     retry_base_seconds: float | None,
     retry_max_seconds: float | None,
+    retry_horizon_seconds: float | None,
     circuit_probe_seconds: float | None,
     deliver_workers: int | None,
 ) -> None:
@@ -166,6 +175,8 @@ def run(
         options.retry_base_seconds = retry_base_seconds
     if retry_max_seconds is not None:
         options.retry_max_seconds = retry_max_seconds
+    if retry_horizon_seconds is not None:
+        options.retry_horizon_seconds = retry_horizon_seconds
     if circuit_probe_seconds is not None:
         options.circuit_probe_seconds = circuit_probe_seconds
     if deliver_workers is not None:

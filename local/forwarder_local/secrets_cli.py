@@ -138,6 +138,11 @@ def set_secret(name: str, value: str | None, state_dir: Path, config_path: Path 
             f"the secret '{name}' needs {', '.join(keys)} (each a non-empty string); missing or empty: "
             f"{', '.join(missing)}. Nothing was stored."
         )
+    if any(user.startswith("hook ") for user in users) and "created_at" not in secret:
+        # as `forwarder hooks create` stores a hook's secret: `hooks list` shows since when it is active
+        from forwarder_local.hooks_cli import _now
+
+        secret = {**secret, "created_at": _now()}
     state_dir.mkdir(parents=True, exist_ok=True)
     LocalSecretStore(state_dir / "secrets.json").put(name, secret)
     click.echo(

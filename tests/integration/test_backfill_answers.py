@@ -118,6 +118,8 @@ def test_a_refusal_of_every_row_stops_the_run_and_the_rows_are_sent_once_it_is_f
     # then the run stops after the rows in flight, saying why, and refuses no row for it
     assert stopped.fatal is not None and "403 UNKNOWN_ACCESS_KEY" in stopped.fatal
     assert len(api.received) <= 8 and stopped.refused_count == 0 and stopped.accepted == 0
+    left = next(line for line in stopped.lines() if line.strip().startswith("left"))
+    assert "the backfill stopped: every row would get the refusal below" in left, left
     # and once fixed, the same command sends every row
     api.refuse_all = None
     fixed = run(api, path, tmp_path / "state")

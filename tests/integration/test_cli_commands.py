@@ -157,6 +157,17 @@ def test_secrets_set_stores_an_integration_secret_from_stdin_and_never_shows_it(
     assert "keys: app_id, secret" in result.output and "integration 'dmhub'" in result.output
 
 
+def test_a_hook_secret_set_by_hand_lists_as_active_since_it_was_set(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    result = secrets_set(state, "forwarder/hooks/newsletter", "--value", '{"secret": "f0rm-t0ken-value"}')
+    assert result.exit_code == 0, result.output
+    stored = LocalSecretStore(state / "secrets.json").get("forwarder/hooks/newsletter")
+    assert stored is not None and stored["secret"] == "f0rm-t0ken-value" and stored["created_at"]
+    listed = CliRunner().invoke(main, ["hooks", "list", "--state-dir", str(state)])
+    line = next(line for line in listed.output.splitlines() if "newsletter" in line)
+    assert f"active since {stored['created_at']}" in line, listed.output
+
+
 def test_secrets_set_refuses_a_value_without_the_keys_the_integration_needs(tmp_path: Path) -> None:
     state = tmp_path / "state"
     result = secrets_set(state, "forwarder/demo/expertsender", "--value", '{"apikey": "typo-d-key"}')
@@ -233,3 +244,33 @@ def test_every_command_has_help_with_an_example_and_every_option_says_what_it_do
     # and --help shows the example as written (one per line, not rewrapped)
     shown = CliRunner().invoke(main, ["send", "--help"]).output
     assert "\n    forwarder send contacts -g demo --file customers.csv --concurrency 8 --rate 50\n" in shown
+
+
+def test_run_takes_the_retry_horizon_from_its_option_or_the_environment(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    # the embedded stack dead-letters after the horizon: an operator shortens it to try dead letters and replay
+    import forwarder_local.stack as stack_module
+
+    started: list[Any] = []
+
+    class Started(Exception):
+        pass
+
+    class Recorder:
+        def __init__(self, options: Any) -> None:
+            started.append(options)
+
+        def start(self) -> Any:
+            raise Started
+
+    monkeypatch.setattr(stack_module, "EmbeddedStack", Recorder)
+    monkeypatch.setattr("forwarder_local.cli._check_ports", lambda options: None)
+    state = ["--state-dir", str(tmp_path / "state")]
+    with_option = CliRunner().invoke(main, ["run", *state, "--retry-horizon-seconds", "60"])
+    assert isinstance(with_option.exception, Started), with_option.output
+    from_env = CliRunner().invoke(main, ["run", *state], env={"FORWARDER_RETRY_HORIZON_SECONDS": "90"})
+    assert isinstance(from_env.exception, Started), from_env.output
+    default = CliRunner().invoke(main, ["run", *state], env={"FORWARDER_RETRY_HORIZON_SECONDS": None})
+    assert isinstance(default.exception, Started), default.output
+    assert [options.retry_horizon_seconds for options in started] == [60, 90, 4 * 3600]

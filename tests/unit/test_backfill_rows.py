@@ -84,3 +84,15 @@ def test_the_idempotency_key_is_the_backfills_and_the_rows() -> None:
     assert first != backfill_id("ab" * 32, "POST", "/v1/contacts", "demo", {"source": "crm"})
     key = idempotency_key(first, 10_000_000)
     assert key != idempotency_key(first, 2) and len(key) <= 128
+
+
+def test_the_summary_shows_each_distinct_message_of_a_code_with_its_own_lines(tmp_path: Path) -> None:
+    from forwarder_local.backfill import Outcome, Summary
+
+    summary = Summary(tmp_path / "rows.jsonl", tmp_path / "progress.jsonl", rows=3)
+    summary.add(Outcome(5, 400, "INVALID_ROW", "not JSON: Expecting value (column 1)"))
+    summary.add(Outcome(6, 400, "INVALID_ROW", "not a JSON object of attributes"))
+    summary.add(Outcome(7, 400, "INVALID_ROW", "not a JSON object of attributes"))
+    lines = summary.lines()
+    assert "    INVALID_ROW  2 row(s), lines 6, 7: not a JSON object of attributes" in lines
+    assert "    INVALID_ROW  1 row(s), line 5: not JSON: Expecting value (column 1)" in lines
