@@ -820,12 +820,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=120.0, help="give up on the pipeline after seconds")
     parser.add_argument("--skip-pipeline", action="store_true", help="micro-benchmarks only")
     parser.add_argument(
-        "--gateway-processes",
-        type=int,
-        default=2,
-        help="processes serving the gateway (forwarder run's default)",
-    )
-    parser.add_argument(
         "--fanout-records",
         type=int,
         default=500,
