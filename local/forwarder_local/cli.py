@@ -1173,7 +1173,7 @@ def clients_revoke(access_key: str, state_dir: Path, config_path: Path | None) -
 
     \b
     Example:
-      forwarder clients revoke AKIAEXAMPLEKEY123456
+      forwarder clients revoke ACCESS_KEY_ID        # the id `forwarder clients list` shows
     """
     from forwarder_local.stores import CredentialsError, LocalCredentials
 
