@@ -160,6 +160,10 @@ def test_deliver_reports_the_latency_from_acceptance_to_delivery_per_integration
     [(dimensions, [latency])] = series(documents, DELIVERY_LATENCY)
     assert dimensions == {"integration": "expertsender", "service": "forwarder"}
     assert 90 <= latency < 90 + 600
+    # and the outcome is counted under the dimensions the dashboard and the alarms search
+    assert series(documents, "DeliveriesDelivered") == [
+        ({"integration": "expertsender", "service": "forwarder"}, [1.0])
+    ]
     unit = next(
         metric["Unit"]
         for document in documents
@@ -203,6 +207,25 @@ def test_sources_count_producer_records_queued_and_refused_by_code(tmp_path: Any
     assert series(documents, REQUESTS_ACCEPTED) == [({"service": "forwarder"}, [1.0, 1.0])]
     assert series(documents, REQUESTS_REFUSED) == [
         ({"code": "UNKNOWN_SOURCE", "service": "forwarder"}, [1.0])
+    ]
+
+
+def test_the_outcomes_of_one_integration_share_one_document(emf: Any) -> None:
+    from collections import Counter
+
+    from forwarder.observability import emit_counts
+
+    emit_counts(Counter({("dmhub", "delivered"): 3, ("dmhub", "dead_lettered"): 1, ("carecloud", "held"): 2}))
+    documents = emf()
+    assert len(documents) == 2
+    assert series(documents, "DeliveriesDelivered") == [
+        ({"integration": "dmhub", "service": "forwarder"}, [3.0])
+    ]
+    assert series(documents, "DeliveriesDeadLettered") == [
+        ({"integration": "dmhub", "service": "forwarder"}, [1.0])
+    ]
+    assert series(documents, "DeliveriesHeld") == [
+        ({"integration": "carecloud", "service": "forwarder"}, [2.0])
     ]
 
 

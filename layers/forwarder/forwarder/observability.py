@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
-from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit, single_metric
+from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 
 
@@ -137,15 +137,16 @@ _VALUES_PER_DOCUMENT = 99
 
 def _emit(dimensions: dict[str, str], values: dict[str, list[float]], unit: MetricUnit) -> None:
     """EMF documents with their own dimensions, written now (the invocation's shared ``metrics`` has only the
-    service dimension)."""
-    for metric, numbers in values.items():
-        for start in range(0, len(numbers), _VALUES_PER_DOCUMENT):
-            document = EphemeralMetrics(namespace=metrics.namespace, service=metrics.service)
-            for name, value in dimensions.items():
-                document.add_dimension(name=name, value=value)
+    service dimension): the metrics that share the dimensions share a document."""
+    longest = max((len(numbers) for numbers in values.values()), default=0)
+    for start in range(0, longest, _VALUES_PER_DOCUMENT):
+        document = EphemeralMetrics(namespace=metrics.namespace, service=metrics.service)
+        for name, value in dimensions.items():
+            document.add_dimension(name=name, value=value)
+        for metric, numbers in values.items():
             for number in numbers[start : start + _VALUES_PER_DOCUMENT]:
                 document.add_metric(name=metric, unit=unit, value=number)
-            document.flush_metrics()
+        document.flush_metrics()
 
 
 #: What deliver counts per integration (``Deliveries<Outcome>``): each has its graph on the dashboard.
@@ -167,19 +168,15 @@ def delivery_metric(outcome: str) -> str:
     return f"Deliveries{outcome.title().replace('_', '')}"
 
 
-def emit_counts(counts: Counter[tuple[str, str]], namespace: str = "Forwarder") -> None:
-    """One metric per (integration, outcome) with the integration as a dimension: Deliveries<Outcome>."""
+def emit_counts(counts: Counter[tuple[str, str]]) -> None:
+    """``Deliveries<Outcome>`` per integration (the integration as a dimension): one document per integration."""
     if is_metrics_disabled():
         return
+    by_integration: dict[str, dict[str, list[float]]] = {}
     for (integration, outcome), count in counts.items():
-        with single_metric(
-            name=delivery_metric(outcome),
-            unit=MetricUnit.Count,
-            value=count,
-            namespace=namespace,
-            default_dimensions={"integration": integration},
-        ):
-            pass
+        by_integration.setdefault(integration, {})[delivery_metric(outcome)] = [float(count)]
+    for integration, values in by_integration.items():
+        _emit({"integration": integration}, values, MetricUnit.Count)
 
 
 def count_credential_problem(integration: str) -> None:
