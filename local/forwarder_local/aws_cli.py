@@ -99,6 +99,33 @@ def region_option(function: Callable[..., Any]) -> Callable[..., Any]:
     )(function)
 
 
+def api_signing_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    """The API's URL and what signs a call to it (``--url``, ``--access-key``, ``--secret-key``,
+    ``--session-token``, ``--region``, ``--stack``, ``--profile``): the commands that call the signed API."""
+    options: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
+        click.option("--url", default="http://127.0.0.1:8080", show_default=True, help="the API's base URL"),
+        click.option(
+            "--access-key",
+            help="default: the key the embedded stack issued (local URL), else botocore's credentials (--profile)",
+        ),
+        click.option(
+            "--secret-key",
+            help="default: from the embedded stack's state folder, else botocore's credentials (--profile)",
+        ),
+        click.option("--session-token", envvar="AWS_SESSION_TOKEN", help="with temporary credentials"),
+        click.option(
+            "--region",
+            help="default: the embedded stack's (local URL); else AWS_REGION, AWS_DEFAULT_REGION, the "
+            "profile's, or the region an execute-api URL names",
+        ),
+        stack_option,
+        profile_option,
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
 def aws_options(function: Callable[..., Any]) -> Callable[..., Any]:
     """``--stack``, ``--region`` and ``--profile``."""
     return stack_option(region_option(profile_option(function)))

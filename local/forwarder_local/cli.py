@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 import click
 
-from forwarder_local.aws_cli import aws_options, profile_option, stack_option
+from forwarder_local.aws_cli import api_signing_options, aws_options
 from forwarder_local.hooks_cli import hooks
 from forwarder_local.secrets_cli import secrets
 from forwarder_local.status_cli import status
@@ -549,21 +549,7 @@ def replay(
     metavar="ATTR=VALUE",
     help='a data attribute; VALUE is text, except a JSON list (tags=\'["a","b"]\'), true, false or null',
 )
-@click.option("--url", default="http://127.0.0.1:8080", show_default=True, help="the API's base URL")
-@click.option(
-    "--access-key",
-    help="default: the key the embedded stack issued (local URL), else botocore's credentials (--profile)",
-)
-@click.option(
-    "--secret-key",
-    help="default: from the embedded stack's state folder, else botocore's credentials (--profile)",
-)
-@click.option("--session-token", envvar="AWS_SESSION_TOKEN", help="with temporary credentials")
-@click.option(
-    "--region",
-    help="default: the embedded stack's (local URL); else AWS_REGION, AWS_DEFAULT_REGION, the profile's, "
-    "or the region an execute-api URL names",
-)
+@api_signing_options
 @click.option(
     "--state-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -613,8 +599,6 @@ def replay(
     default=None,
     help="backfill: send at most this many rows in this run (the next run sends the rest)",
 )
-@stack_option
-@profile_option
 def send(
     kind: str,
     group_key: str | None,

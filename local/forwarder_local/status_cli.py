@@ -1,6 +1,6 @@
 """``forwarder status REQUEST_ID``: what became of a request, per integration, through the signed status route
 (``GET /v1/requests/{request_id}``), signed as ``forwarder send`` signs: against the embedded stack with the
-key it issued (or ``--access-key``), elsewhere with ``--access-key/--secret-key`` or the ``AWS_*`` variables.
+key it issued (or ``--access-key``), a deployed stack (``--stack``) or URL with botocore's credentials.
 Only the client that sent a request may read it: sign with its credentials."""
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from typing import Any
 from urllib.parse import quote
 
 import click
+
+from forwarder_local.aws_cli import api_signing_options
 
 DEFAULT_STATE = Path(os.environ.get("FORWARDER_STATE_DIR", ".forwarder"))
 
@@ -53,28 +55,7 @@ def describe(document: dict[str, Any]) -> list[str]:
 
 @click.command()
 @click.argument("request_id")
-@click.option("--url", default="http://127.0.0.1:8080", show_default=True, help="the API's base URL")
-@click.option(
-    "--access-key", help="default: the key the embedded stack issued (local URL), else AWS_ACCESS_KEY_ID"
-)
-@click.option(
-    "--secret-key", help="default: from the embedded stack's state folder, else AWS_SECRET_ACCESS_KEY"
-)
-@click.option("--session-token", envvar="AWS_SESSION_TOKEN", help="with temporary credentials")
-@click.option(
-    "--region",
-    help="default: the embedded stack's (local URL), else AWS_REGION / the profile's / the API host's",
-)
-@click.option(
-    "--stack",
-    metavar="NAME",
-    help="a deployed stack (sam deploy's stack_name): its ApiUrl output, signed with botocore's credentials",
-)
-@click.option(
-    "--profile",
-    metavar="NAME",
-    help="the AWS profile for a deployed stack or API (default: AWS_PROFILE, else botocore's default chain)",
-)
+@api_signing_options
 @click.option(
     "--group-key",
     "-g",
@@ -145,12 +126,13 @@ def status(
     """
     import requests
 
+    from forwarder.contract import STATUS_RESOURCE
     from forwarder_local.cli import api_target
 
     url, auth = api_target(
         url, stack, region, profile, access_key, secret_key, session_token, state_dir, group_key, config_path
     )
-    target = f"{url.rstrip('/')}/v1/requests/{quote(request_id, safe='')}"
+    target = url.rstrip("/") + STATUS_RESOURCE.replace("{request_id}", quote(request_id, safe=""))
 
     def ask() -> requests.Response:
         try:
