@@ -6,16 +6,12 @@ CloudFormation), so these tests see the real roles, event source mappings and RE
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from cfnlint.decode import cfn_yaml
-from samtranslator.translator.transform import transform
 
 from forwarder.adapters.aws import LEDGER_TABLE_ENV_VAR, LEDGER_TTL_DAYS, LOCKS_TABLE_ENV_VAR
 from forwarder.contract import STATUS_METHOD, STATUS_RESOURCE
@@ -23,9 +19,15 @@ from forwarder.flows.ingest import IDEMPOTENCY_TTL_SECONDS
 from forwarder.hooks import HOOK_METHODS, HOOK_RESOURCE
 from forwarder.producers import DETAIL_TYPES, EVENT_SOURCE_PREFIX
 from forwarder.runtime import IDEMPOTENCY_TABLE_ENV_VAR, RuntimeSettings
-
-ROOT = Path(__file__).resolve().parents[2]
-TEMPLATE = ROOT / "template.yaml"
+from tests.template_support import (
+    ROOT,
+    actions,
+    load_sam_template,
+    parameter_default,
+    resources,
+    sam_transform,
+    target,
+)
 
 LEDGER_ACTIONS = {"dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:UpdateItem"}
 LOCK_ACTIONS = {"dynamodb:PutItem", "dynamodb:DeleteItem"}
@@ -65,13 +67,6 @@ REFERENCE_PROPERTIES = {
 }
 
 
-class _NoManagedPolicies:
-    """Stands in for samtranslator's ManagedPolicyLoader, which would call IAM (no AWS account here)."""
-
-    def load(self) -> dict[str, str]:
-        return {}
-
-
 # --------------------------------------------------------------------------------------------------
 # fixtures and helpers
 # --------------------------------------------------------------------------------------------------
@@ -79,45 +74,12 @@ class _NoManagedPolicies:
 
 @pytest.fixture(scope="module")
 def sam_template() -> dict[str, Any]:
-    # cfn-lint's loader understands the short intrinsic tags (!Ref, !GetAtt, !Sub, ...);
-    # a JSON round trip leaves plain dicts, lists and strings.
-    loaded = json.loads(json.dumps(cfn_yaml.load(str(TEMPLATE))))
-    assert isinstance(loaded, dict)
-    return loaded
+    return load_sam_template()
 
 
 @pytest.fixture(scope="module")
 def cfn(sam_template: dict[str, Any]) -> dict[str, Any]:
-    template = copy.deepcopy(sam_template)
-    # `sam build`/`sam package` replace local code paths by S3 locations before the transform runs.
-    for resource in template["Resources"].values():
-        for key in ("CodeUri", "ContentUri"):
-            if key in resource.get("Properties", {}):
-                resource["Properties"][key] = "s3://artifacts/forwarder.zip"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AWS_DEFAULT_REGION", "eu-west-1")  # samtranslator derives the partition from it
-        transformed = transform(template, {}, _NoManagedPolicies())  # type: ignore[arg-type]
-    assert isinstance(transformed, dict)
-    return transformed
-
-
-def resources(cfn: dict[str, Any], resource_type: str) -> dict[str, dict[str, Any]]:
-    return {
-        name: resource.get("Properties", {})
-        for name, resource in cfn["Resources"].items()
-        if resource["Type"] == resource_type
-    }
-
-
-def target(value: Any) -> str | None:
-    """The logical id a {"Ref": X} or {"Fn::GetAtt": [X, attr]} points at."""
-    if isinstance(value, dict):
-        if "Ref" in value:
-            return str(value["Ref"])
-        if "Fn::GetAtt" in value:
-            get_att = value["Fn::GetAtt"]
-            return str(get_att[0] if isinstance(get_att, list) else get_att.split(".")[0])
-    return None
+    return sam_transform(sam_template)
 
 
 def referenced_ids(value: Any) -> set[str]:
@@ -177,18 +139,6 @@ def policy_statements(cfn: dict[str, Any], role: str) -> Iterator[dict[str, Any]
     for policy in cfn["Resources"][role]["Properties"].get("Policies", []):
         statements = policy["PolicyDocument"]["Statement"]
         yield from statements if isinstance(statements, list) else [statements]
-
-
-def default_value(cfn: dict[str, Any], value: Any) -> Any:
-    """A literal, or the default of the parameter a {"Ref": parameter} names (limits are parameters)."""
-    if isinstance(value, dict) and "Ref" in value and value["Ref"] in cfn.get("Parameters", {}):
-        return cfn["Parameters"][value["Ref"]]["Default"]
-    return value
-
-
-def actions(statement: dict[str, Any]) -> list[str]:
-    action = statement.get("Action", [])
-    return [action] if isinstance(action, str) else list(action)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -403,8 +353,8 @@ def test_every_alarm_notifies_a_topic_into_alarm_and_back_to_ok(
     expected = [{"Ref": "AlarmTopicArn"}] if topic_given else [{"Ref": "AlarmTopic"}]
     assert _alarms(cfn)
     for name, alarm in resources(cfn, "AWS::CloudWatch::Alarm").items():
-        for actions in ("AlarmActions", "OKActions"):
-            assert _evaluate(alarm.get(actions), conditions) == expected, f"{name}.{actions}"
+        for key in ("AlarmActions", "OKActions"):
+            assert _evaluate(alarm.get(key), conditions) == expected, f"{name}.{key}"
     # and the stack's topic exists exactly when no topic is given; the output names the one alarms notify
     topic = cfn["Resources"]["AlarmTopic"]
     assert topic["Type"] == "AWS::SNS::Topic" and topic["Condition"] == "CreateAlarmTopic"
@@ -489,8 +439,8 @@ def test_the_api_is_throttled_and_access_logged(cfn: dict[str, Any]) -> None:
     assert "RetentionInDays" in resources(cfn, "AWS::Logs::LogGroup")[str(log_group)]
     settings = {(item["ResourcePath"], item["HttpMethod"]): item for item in stage["MethodSettings"]}
     default = settings[("/*", "*")]
-    assert default_value(cfn, default["ThrottlingRateLimit"]) > 0
-    assert default_value(cfn, default["ThrottlingBurstLimit"]) > 0
+    assert parameter_default(cfn, default["ThrottlingRateLimit"]) > 0
+    assert parameter_default(cfn, default["ThrottlingBurstLimit"]) > 0
 
 
 def test_web_form_hooks_are_throttled_apart_and_tighter(cfn: dict[str, Any]) -> None:
@@ -501,7 +451,10 @@ def test_web_form_hooks_are_throttled_apart_and_tighter(cfn: dict[str, Any]) -> 
     for method in HOOK_METHODS:
         hook = settings[(HOOK_METHOD_PATH, method)]
         for limit in ("ThrottlingRateLimit", "ThrottlingBurstLimit"):
-            assert 0 < default_value(cfn, hook[limit]) < default_value(cfn, default[limit]), (method, limit)
+            assert 0 < parameter_default(cfn, hook[limit]) < parameter_default(cfn, default[limit]), (
+                method,
+                limit,
+            )
 
 
 def test_status_polling_is_throttled_apart(cfn: dict[str, Any]) -> None:
@@ -511,7 +464,7 @@ def test_status_polling_is_throttled_apart(cfn: dict[str, Any]) -> None:
     # clients polling their requests cannot use up the capacity that accepts records
     polling = settings[("/" + STATUS_RESOURCE.replace("/", "~1"), STATUS_METHOD)]
     for limit in ("ThrottlingRateLimit", "ThrottlingBurstLimit"):
-        assert 0 < default_value(cfn, polling[limit]) < default_value(cfn, default[limit]), limit
+        assert 0 < parameter_default(cfn, polling[limit]) < parameter_default(cfn, default[limit]), limit
 
 
 # --------------------------------------------------------------------------------------------------
@@ -775,7 +728,7 @@ def test_the_deliver_concurrency_a_rate_limit_is_shared_out_by_is_the_event_sour
     concurrency = function["Environment"]["Variables"]["FORWARDER_DELIVER_CONCURRENCY"]
     # one parameter (DeliverMaxConcurrency) sets both
     assert concurrency == mapping["ScalingConfig"]["MaximumConcurrency"]
-    assert int(default_value(cfn, concurrency)) >= 2
+    assert int(parameter_default(cfn, concurrency)) >= 2
 
 
 def test_every_aws_sdk_call_ends_inside_its_functions_timeout(cfn: dict[str, Any]) -> None:

@@ -15,20 +15,24 @@ import copy
 import json
 import re
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from cfnlint.api import ManualArgs, lint
-from cfnlint.decode import cfn_yaml
-from samtranslator.translator.transform import transform
 
 from forwarder.adapters.aws import DELIVERY_LOG_TTL_DAYS, LEDGER_TTL_DAYS
 from forwarder.flows.ingest import IDEMPOTENCY_TTL_SECONDS
 from forwarder.tokens import TokenKeeper
+from tests.template_support import (
+    ROOT,
+    actions,
+    load_sam_template,
+    parameter_default,
+    resources,
+    sam_transform,
+    target,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
-TEMPLATE = ROOT / "template.yaml"
 SECURITY_DOC = ROOT / "docs" / "security.md"
 
 KEY_ARN = "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
@@ -98,38 +102,11 @@ UNRULED_STORES = {
 }
 
 
-class _NoManagedPolicies:
-    """Stands in for samtranslator's ManagedPolicyLoader, which would call IAM (no AWS account here)."""
-
-    def load(self) -> dict[str, str]:
-        return {}
-
-
 # ------------------------------------------------------------------------------------------------------------
 # The template as CloudFormation would create it
 # ------------------------------------------------------------------------------------------------------------
 
 _NO_VALUE = object()
-
-
-def load_sam_template() -> dict[str, Any]:
-    loaded = json.loads(json.dumps(cfn_yaml.load(str(TEMPLATE))))
-    assert isinstance(loaded, dict)
-    return loaded
-
-
-def sam_transform(sam_template: dict[str, Any], parameters: dict[str, str] | None = None) -> dict[str, Any]:
-    """The CloudFormation SAM generates, given these parameter values (SAM resolves a few intrinsics with them)."""
-    template = copy.deepcopy(sam_template)
-    for resource in template["Resources"].values():
-        for key in ("CodeUri", "ContentUri"):
-            if key in resource.get("Properties", {}):
-                resource["Properties"][key] = "s3://artifacts/forwarder.zip"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AWS_DEFAULT_REGION", "eu-west-1")
-        transformed = transform(template, parameters or {}, _NoManagedPolicies())  # type: ignore[arg-type]
-    assert isinstance(transformed, dict)
-    return transformed
 
 
 def resolve(cfn: dict[str, Any], parameters: dict[str, str]) -> dict[str, Any]:
@@ -211,24 +188,6 @@ def keyed_stack() -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------------------
 
 
-def resources(cfn: dict[str, Any], resource_type: str) -> dict[str, dict[str, Any]]:
-    return {
-        name: body.get("Properties", {})
-        for name, body in cfn["Resources"].items()
-        if body["Type"] == resource_type
-    }
-
-
-def target(value: Any) -> str | None:
-    if isinstance(value, dict):
-        if "Ref" in value:
-            return str(value["Ref"])
-        if "Fn::GetAtt" in value:
-            get_att = value["Fn::GetAtt"]
-            return str(get_att[0] if isinstance(get_att, list) else get_att.split(".")[0])
-    return None
-
-
 def as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
@@ -269,10 +228,6 @@ def role_statements(cfn: dict[str, Any], role: str) -> list[dict[str, Any]]:
     return found
 
 
-def actions(statement: dict[str, Any]) -> list[str]:
-    return [str(action) for action in as_list(statement.get("Action", []))]
-
-
 def text_of(value: Any) -> str | None:
     """A resource as text: a literal, or the template string of an Fn::Sub."""
     if isinstance(value, str):
@@ -294,12 +249,6 @@ def event_sources(cfn: dict[str, Any], function: str) -> list[dict[str, Any]]:
         for props in resources(cfn, "AWS::Lambda::EventSourceMapping").values()
         if target(props["FunctionName"]) == function
     ]
-
-
-def parameter_default(cfn: dict[str, Any], value: Any) -> Any:
-    if isinstance(value, dict) and set(value) == {"Ref"} and value["Ref"] in cfn["Parameters"]:
-        return cfn["Parameters"][value["Ref"]]["Default"]
-    return value
 
 
 # ------------------------------------------------------------------------------------------------------------
