@@ -24,6 +24,7 @@ import tempfile
 import threading
 import time
 import traceback
+import urllib.request
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -508,17 +509,30 @@ def queue_depth(stack: EmbeddedStack, queue: str) -> int:
 
 
 def customer_count(stack: EmbeddedStack) -> int:
-    """Customers the ExpertSender sandbox holds, counted without copying them (the stack's CPU is measured)."""
+    """Customers the ExpertSender sandbox holds, counted without copying them (the stack's CPU is measured):
+    in this process, or with one page of one item from the sandbox in the pipeline process."""
     from forwarder_local.sandboxes.expertsender import CUSTOMERS
 
     sandbox = stack.sandbox
-    assert sandbox is not None
+    if sandbox is None:
+        url = stack.sandbox_urls["expertsender"] + f"/_sandbox/state/{CUSTOMERS}?limit=1"
+        with urllib.request.urlopen(url, timeout=10) as answer:  # noqa: S310 - the stack's own sandbox
+            return int(json.load(answer)["total"])
     with sandbox.lock:
         return len(sandbox.state.items(CUSTOMERS))
 
 
+def stack_cpu(stack: EmbeddedStack) -> float:
+    """CPU seconds (user + system) of the stack's processes so far: this one and its pipeline process."""
+    cpu = time.process_time()
+    pid = stack.pipeline_pid
+    if pid is not None:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        cpu += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return cpu
+
+
 def wait_for_customers(stack: EmbeddedStack, target: int, timeout_s: float) -> int:
-    assert stack.sandbox is not None
     deadline = time.perf_counter() + timeout_s
     have = customer_count(stack)
     while have < target and time.perf_counter() < deadline:
@@ -563,22 +577,25 @@ def _finish_client(
 
 
 def bench_pipeline(
-    table: Table, tmp: Path, records: int, threads: int, timeout_s: float
+    table: Table, tmp: Path, records: int, threads: int, timeout_s: float, *, processes: int = 2
 ) -> tuple[list[str], dict[str, Any]]:
-    """Run the embedded stack under load; returns extra report lines (stage breakdown) and the figures."""
+    """Run the embedded stack under load; returns extra report lines (stage breakdown) and the figures.
+    ``processes``: 2 as ``forwarder run`` starts it (the pipeline in a process of its own), 1 for
+    ``forwarder run --one-process``."""
     from forwarder_local.stack import EmbeddedStack, StackOptions
 
-    section = "4 embedded pipeline"
+    section = "4 embedded pipeline" if processes == 2 else "4b one process"
     lines: list[str] = []
     figures: dict[str, Any] = {}
     stack = EmbeddedStack(
         StackOptions(
-            state_dir=tmp / "state",
+            state_dir=tmp / f"state-{processes}",
             config_path=CONFIG_PATH,
             port=0,
             sandbox_port=0,
             poll_window_seconds=0.05,
             region=REGION,  # the gateway refuses credentials scoped to another region
+            pipeline_process=processes == 2,
         )
     )
     started = time.perf_counter()
@@ -588,7 +605,7 @@ def bench_pipeline(
     )
     try:
         client = stack.first_client()
-        assert client is not None and stack.gateway is not None and stack.sandbox is not None
+        assert client is not None and stack.gateway is not None
         _, group_key, access_key, secret = client
         url = stack.gateway.url + "/v1/contacts"
         host, port = stack.gateway.url.removeprefix("http://").rsplit(":", 1)
@@ -634,7 +651,7 @@ def bench_pipeline(
         accept_done: float | None = None
         stages.reset()
         transactions, writes = stack.store.transactions, stack.store.writes
-        cpu_start = time.process_time()
+        cpu_start = stack_cpu(stack)
         t0 = time.perf_counter()
         go.set()
         deadline = t0 + timeout_s
@@ -657,7 +674,7 @@ def bench_pipeline(
                 if idle and result is not None and now - last_progress > 5:
                     break  # queues empty for 5 s yet customers missing: rejected or dead-lettered
         e2e = last_progress - t0  # until the last customer seen arriving
-        cpu = time.process_time() - cpu_start
+        cpu = stack_cpu(stack) - cpu_start
         transactions, writes = stack.store.transactions - transactions, stack.store.writes - writes
         result = _finish_client(process, receiver, 5, result)
 
@@ -722,10 +739,15 @@ def bench_pipeline(
         cpu_per_record = cpu / max(delivered, 1)
         table.add(
             section,
-            "stack process CPU per record",
+            "stack CPU per record" if processes == 2 else "stack process CPU per record",
             fmt_time(cpu_per_record),
             "",
-            f"{cpu / e2e:.2f} cores busy (gateway, handlers, queues, sandbox)" if e2e > 0 else "",
+            (
+                f"{cpu / e2e:.2f} cores busy (gateway, handlers, queues, sandbox"
+                + (": both processes)" if processes == 2 else ")")
+            )
+            if e2e > 0
+            else "",
         )
         figures.update(
             e2e_records_per_s=round(e2e_rate, 1),
@@ -741,7 +763,12 @@ def bench_pipeline(
             depth = queue_depth(stack, queue)
             if depth:
                 lines.append(f"queue {queue} holds {depth} message(s) after the run")
-        lines.extend(stage_report(stages, delivered, e2e))
+        lines.extend(stage_report(stages, delivered, e2e, section))
+        if processes == 2:
+            lines.append(
+                "  (validate, deliver and the sandbox run in the pipeline process: their stages are timed with "
+                "--one-process, below)"
+            )
 
         # The same server stack answering a no-op path: what HTTP alone costs here, side by side.
         noop_wires = load.plain_requests(
@@ -777,7 +804,7 @@ def bench_pipeline(
         stack.stop()
 
 
-def stage_report(stages: Stages, records: int, e2e: float) -> list[str]:
+def stage_report(stages: Stages, records: int, e2e: float, section: str) -> list[str]:
     """Per stage: calls, items per call, wall and CPU per call and per record, share of the e2e wall time."""
     header = ("stage (measured run)", "calls", "items/call", "wall/call", "cpu/call", "wall/record", "busy")
     rows = [header]
@@ -796,7 +823,7 @@ def stage_report(stages: Stages, records: int, e2e: float) -> list[str]:
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = [
         "",
-        "Where the pipeline's time goes (wall includes waits for locks, fsync and the GIL;"
+        f"{section}: where the pipeline's time goes (wall includes waits for locks, fsync and the GIL;"
         " 'busy' = summed wall / e2e wall, >100% when threads overlap):",
     ]
     for index, row in enumerate(rows):
@@ -819,6 +846,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=8, help="client threads sending them")
     parser.add_argument("--timeout", type=float, default=120.0, help="give up on the pipeline after seconds")
     parser.add_argument("--skip-pipeline", action="store_true", help="micro-benchmarks only")
+    parser.add_argument(
+        "--skip-one-process", action="store_true", help="skip section 4b (the pipeline in one process)"
+    )
     parser.add_argument(
         "--fanout-records",
         type=int,
@@ -850,6 +880,16 @@ def main(argv: list[str] | None = None) -> int:
             except Exception:
                 traceback.print_exc()
                 table.add("4 embedded pipeline", "FAILED", "", "", "see the traceback above")
+            if not args.skip_one_process:
+                progress("4b/5 the same in one process (forwarder run --one-process)")
+                try:
+                    more, _ = bench_pipeline(
+                        table, tmp, args.records, args.threads, args.timeout, processes=1
+                    )
+                    extra.extend(more)
+                except Exception:
+                    traceback.print_exc()
+                    table.add("4b one process", "FAILED", "", "", "see the traceback above")
             if args.fanout_records > 0:
                 progress(f"5/5 fan-out to three vendors: {args.fanout_records:,} records")
                 try:

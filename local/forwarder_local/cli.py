@@ -129,6 +129,12 @@ main.add_command(status)
     default=None,
     help="deliver batches handled at once, like concurrent Lambda invocations (default 4)",
 )
+@click.option(
+    "--one-process",
+    is_flag=True,
+    help="run the pipeline (pollers, token schedule, sandboxes) in this process too, not in a second one "
+    "(one core; by default the gateway and the pipeline each have a process)",
+)
 def run(
     config_path: Path | None,
     state_dir: Path,
@@ -144,6 +150,7 @@ def run(
     retry_horizon_seconds: float | None,
     circuit_probe_seconds: float | None,
     deliver_workers: int | None,
+    one_process: bool,
 ) -> None:
     """Start the embedded stack: gateway, durable queues, pollers, secret store, scheduler, sandboxes.
 
@@ -170,6 +177,7 @@ def run(
         sandbox_port=sandbox_port,
         with_sandboxes=not no_sandboxes,
         console_port=console_port,
+        pipeline_process=not one_process,
     )
     if retry_base_seconds is not None:
         options.retry_base_seconds = retry_base_seconds
@@ -208,8 +216,8 @@ def run(
             f"{', '.join(sorted(stack.config.hooks))} (forwarder hooks list)"
         )
     for title, sandbox_name, reads in SANDBOX_BANNER:
-        if sandbox_name in stack.sandboxes:
-            click.echo(f"  {title:<34} {stack.sandboxes[sandbox_name].url}   {reads}")
+        if sandbox_name in stack.sandbox_urls:
+            click.echo(f"  {title:<34} {stack.sandbox_urls[sandbox_name]}   {reads}")
     click.echo(
         f"  queues (durable, SQS semantics)    {state_dir / 'queues.db'}   {pending} message(s) pending"
         + (f", {stack.released} resumed from the previous run" if stack.released else "")
@@ -240,12 +248,12 @@ def run(
             f"and follow it: .venv/bin/forwarder status REQUEST_ID --follow -g {group_key}{url_flag}{state_flag}"
             "   (the request_id it answers)\n"
         )
-        if stack.sandboxes:
+        if stack.sandbox_urls:
             click.echo("then see it in the sandboxes:")
             for _, sandbox_name, reads in SANDBOX_BANNER:
-                if sandbox_name in stack.sandboxes:
+                if sandbox_name in stack.sandbox_urls:
                     path = reads.split()[1]
-                    click.echo(f"  curl -s {stack.sandboxes[sandbox_name].url}{path}")
+                    click.echo(f"  curl -s {stack.sandbox_urls[sandbox_name]}{path}")
     else:
         click.echo(
             "  no client has an active access key: issue one with "

@@ -164,7 +164,9 @@ class LocalGateway:
     The server is uvicorn (httptools' parser, asyncio) in a thread of its own: it reads requests without
     holding a thread per connection (a backlog of 2,048, keep-alive, a body read timeout, HEAD without a
     body), and runs each request's checks and the ingest handler in a pool of ``threads`` threads, so
-    concurrent requests queue their records together (the durable queue's group commit)."""
+    concurrent requests queue their records together (the durable queue's group commit). With ``threads=0``
+    they run on the event loop itself, one request at a time: what a process with no other Python threads to
+    share its GIL with does fastest (the embedded stack's front process, ``pipeline_process``)."""
 
     def __init__(
         self,
@@ -192,7 +194,9 @@ class LocalGateway:
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._socket.bind((host, port))
         self._socket.listen(BACKLOG)
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gateway")
+        self._pool = (
+            ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gateway") if threads else None
+        )
         config = uvicorn.Config(
             self._asgi,
             http=_HttpProtocol,
@@ -231,7 +235,8 @@ class LocalGateway:
         self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(10)
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
         self._socket.close()
 
     # -- the event loop's part: the front door ---------------------------------------------------------
@@ -263,10 +268,7 @@ class LocalGateway:
         if raw_path == self.noop_path:
             return Reply(200, [("Content-Type", "application/json")], b"{}")
         client = scope.get("client")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._pool,
-            self._serve,
+        arguments = (
             scope["method"],
             raw_path,
             scope["query_string"].decode("latin-1"),
@@ -275,6 +277,9 @@ class LocalGateway:
             client[0] if client else "127.0.0.1",
             request_id,
         )
+        if self._pool is None:  # threads=0: on the event loop
+            return self._serve(*arguments)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._serve, *arguments)
 
     async def _read_body(self, headers: list[tuple[str, str]], receive: Any) -> bytes | Reply | None:
         """The body, or the refusal to answer instead: a chunked body (send its length), more than API

@@ -3,13 +3,21 @@
 Embedded mode runs every flow's Lambda handler on one machine; the SQS queues between them are
 replaced by this store: one SQLite file (stdlib ``sqlite3``) holding any number of queues.
 
-Durability: the database runs in WAL mode with ``synchronous=FULL``, so a send that has returned
-has been fsynced and survives ``kill -9`` (and a power cut, as far as the disk keeps its promises).
+Durability: the database runs in WAL mode. A transaction that sends runs with ``synchronous=FULL``, so a send
+that has returned has been fsynced and survives ``kill -9`` (and a power cut, as far as the disk keeps its
+promises). Receives, deletes and visibility changes commit with ``synchronous=NORMAL``: they survive the
+process's death (``kill -9``) at once, and reach the disk with the next send's fsync or checkpoint. A power cut
+can only undo the last of them, never a send and never out of order (the WAL is replayed as a prefix): a
+message whose delete is undone is received again, which at-least-once delivery allows and the delivery log
+recognises. ``durable_transactions`` counts the fsynced commits.
 
 Concurrency: one connection per store guarded by a lock (safe across threads); every state change
 runs in a ``BEGIN IMMEDIATE`` transaction and SQLite's busy timeout makes other processes wait for
-it (safe across processes). A receive selects and hides its messages in one transaction, so two
-receivers never get the same message while it is in flight.
+it (safe across processes). Stores also take an ``flock`` on ``<file>.writer`` around each write transaction:
+a writer of another process waits in the kernel and wakes the moment the lock is free, where SQLite's busy
+handler sleeps 1, 2, 5, 10 ms... between tries (the embedded stack's two processes write the same file).
+A receive selects and hides its messages in one transaction, so two receivers never get the same message
+while it is in flight.
 
 Group commit: sends, receives, deletes and visibility changes that threads of one store make at the same
 time share one transaction, so one fsync: whoever takes the connection commits every write queued while
@@ -50,8 +58,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import fcntl
 import hashlib
 import json
+import os
 import re
 import sqlite3
 import threading
@@ -254,10 +264,11 @@ _T = TypeVar("_T")
 class _PendingWrite:
     """One thread's write waiting for the next group commit, and its outcome."""
 
-    __slots__ = ("done", "error", "result", "work")
+    __slots__ = ("done", "durable", "error", "result", "work")
 
-    def __init__(self, work: Callable[[sqlite3.Connection], Any]) -> None:
+    def __init__(self, work: Callable[[sqlite3.Connection], Any], durable: bool) -> None:
         self.work = work
+        self.durable = durable
         self.result: Any = None
         self.error: BaseException | None = None
         self.done = False
@@ -285,6 +296,9 @@ class DurableQueueStore:
         """Group-committed write transactions so far (each one fsync)."""
         self.writes = 0
         """Writes (sends, receives, deletes, visibility changes) those transactions carried."""
+        self.durable_transactions = 0
+        """Of those transactions, the ones fsynced at commit (``synchronous=FULL``): the ones with a send."""
+        self._synchronous = "FULL"
         self._resolved = str(self.path.resolve())
         self._signals: dict[str, _Signal] = {}
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -315,6 +329,7 @@ class DurableQueueStore:
             conn.close()
             raise
         self._conn: sqlite3.Connection | None = conn
+        self._writer = os.open(f"{self.path}.writer", os.O_RDWR | os.O_CREAT, 0o600)
         self._dedup_purged = 0.0
 
     # -- plumbing ---------------------------------------------------------------------------------
@@ -330,6 +345,16 @@ class DurableQueueStore:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+                os.close(self._writer)
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """This process's turn to write the file, among every store's on it (see Concurrency above)."""
+        fcntl.flock(self._writer, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._writer, fcntl.LOCK_UN)
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -342,24 +367,32 @@ class DurableQueueStore:
             finally:
                 self._conn.execute("COMMIT")
 
+    def _set_synchronous(self, conn: sqlite3.Connection, level: str) -> None:
+        """Outside a transaction (SQLite ignores the setting inside one): FULL fsyncs the WAL at commit."""
+        if level != self._synchronous:
+            conn.execute("PRAGMA synchronous = FULL" if level == "FULL" else "PRAGMA synchronous = NORMAL")
+            self._synchronous = level
+
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             if self._conn is None:
                 raise RuntimeError("DurableQueueStore is closed")
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+            self._set_synchronous(self._conn, "FULL")
+            with self._writing():
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._conn
+                except BaseException:
+                    self._conn.execute("ROLLBACK")
+                    raise
+                self._conn.execute("COMMIT")
 
-    def _grouped(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+    def _grouped(self, work: Callable[[sqlite3.Connection], _T], *, durable: bool = False) -> _T:
         """Run ``work`` in a write transaction shared with the writes other threads are waiting to make on
         this store (group commit); returns its result, or raises its error, once the transaction is
-        committed (fsynced) or rolled back."""
-        pending = _PendingWrite(work)
+        committed (fsynced when ``durable``) or rolled back."""
+        pending = _PendingWrite(work, durable)
         with self._pending_lock:
             self._pending.append(pending)
         with self._lock:
@@ -377,33 +410,42 @@ class DurableQueueStore:
             if self._conn is None:
                 raise RuntimeError("DurableQueueStore is closed")
             conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")  # may wait for another process's writer: more writes queue up
-            with self._pending_lock:
-                batch, self._pending = self._pending, []
-            try:
-                if len(batch) == 1:  # alone: its transaction is its savepoint
-                    only = batch[0]
-                    try:
-                        only.result = only.work(conn)
-                    except Exception as error:
-                        conn.execute("ROLLBACK")
-                        only.error = error
-                        return
-                else:
-                    for item in batch:
-                        conn.execute("SAVEPOINT write")
+            with self._writing():  # first: a writer of another process may hold the file
+                with self._pending_lock:
+                    durable = any(item.durable for item in self._pending)
+                self._set_synchronous(conn, "FULL" if durable else "NORMAL")
+                conn.execute("BEGIN IMMEDIATE")  # may wait for another process's writer: more writes queue up
+                with self._pending_lock:
+                    if durable:  # an fsynced commit carries every write
+                        batch, self._pending = self._pending, []
+                    else:  # a send queued meanwhile waits for its own fsynced commit, right after this one
+                        batch = [item for item in self._pending if not item.durable]
+                        self._pending = [item for item in self._pending if item.durable]
+                try:
+                    if len(batch) == 1:  # alone: its transaction is its savepoint
+                        only = batch[0]
                         try:
-                            item.result = item.work(conn)
+                            only.result = only.work(conn)
                         except Exception as error:
-                            conn.execute("ROLLBACK TO write")
-                            item.error = error
-                        conn.execute("RELEASE write")
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            self.transactions += 1
-            self.writes += len(batch)
+                            conn.execute("ROLLBACK")
+                            only.error = error
+                            return
+                    else:
+                        for item in batch:
+                            conn.execute("SAVEPOINT write")
+                            try:
+                                item.result = item.work(conn)
+                            except Exception as error:
+                                conn.execute("ROLLBACK TO write")
+                                item.error = error
+                            conn.execute("RELEASE write")
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                self.transactions += 1
+                self.writes += len(batch)
+                self.durable_transactions += durable
         except BaseException as error:  # nothing was committed: every write queued so far fails with it
             with self._pending_lock:
                 batch, self._pending = [*batch, *self._pending], []
@@ -548,7 +590,7 @@ class DurableQueueStore:
             raise ValueError(f"a batch of {total} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit")
         if not batch:
             return []
-        ids = self._grouped(lambda conn: self._insert(conn, name, batch))
+        ids = self._grouped(lambda conn: self._insert(conn, name, batch), durable=True)
         self._signal(name).notify()
         return ids
 

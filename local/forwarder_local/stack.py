@@ -7,19 +7,34 @@ A console (``forwarder_local.console``) shows queues, requests, rejects and dead
 Producers write to a ``producer`` queue (SQS) or put events on a local bus whose rule forwards them to a
 ``producer-events`` queue (``forwarder_local.eventbus``); a poller invokes the sources handler on both.
 The handlers are the very files in ``functions/``, invoked with the same event shapes as on AWS.
+
+With ``pipeline_process`` (``forwarder run``'s default) the stack is two processes, so that each has a core and
+a GIL of its own: this one serves the gateway and the console, and a child process (``_pipeline_main``) runs
+the pollers (validate, deliver, sources), the token schedule and the sandboxes. Both open the same state
+folder: the queues are one SQLite file in WAL mode, which both processes write. The child dies with this
+process (``PR_SET_PDEATHSIG``, so a ``kill -9`` of the stack takes it along), and this process starts it again
+if it dies alone, releasing the messages it held.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import dataclasses
 import fcntl
 import importlib.util
 import json
+import logging
+import multiprocessing
 import os
 import secrets as random_secrets
+import signal
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.connection import wait as wait_for
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -33,7 +48,7 @@ from forwarder.runtime import RuntimeSettings, Services
 from forwarder_local.authorizer import IamAuthorizer
 from forwarder_local.console import LocalConsole, admin_secret
 from forwarder_local.eventbus import EVENTS_QUEUE, PRODUCER_QUEUE, LocalEventBus
-from forwarder_local.gateway import LocalGateway
+from forwarder_local.gateway import HANDLER_THREADS, LocalGateway
 from forwarder_local.idempotency import SqliteIdempotencyLayer
 from forwarder_local.poller import LambdaContext, SqsPoller
 from forwarder_local.queue import DurableQueueStore, QueueSpec
@@ -51,7 +66,16 @@ from forwarder_local.stores import (
     LocalSecretStore,
 )
 
+logger = logging.getLogger(__name__)
 SWITCH_INTERVAL_SECONDS = 0.0005
+PIPELINE_START_SECONDS = 60.0
+"""How long the stack waits for its pipeline process to report that it runs."""
+PIPELINE_STOP_SECONDS = 15.0
+"""How long a stopping stack waits for its pipeline process's batches in progress before killing it."""
+ORPHAN_WAIT_SECONDS = 5.0
+"""How long a starting stack waits for the pipeline process of a stack killed just before to die with it."""
+PIPELINE_QUEUES = ("ingest", "delivery", PRODUCER_QUEUE, EVENTS_QUEUE)
+"""The queues the pipeline consumes: what a dead consumer held in flight is released when it is replaced."""
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FUNCTIONS = REPO_ROOT / "functions"
 DEFAULT_CONFIG = REPO_ROOT / "config" / "forwarder.yaml"
@@ -132,33 +156,63 @@ class StackOptions:
     #: the console's port (``forwarder run`` passes 8090); 0: any free port, so stacks in tests never collide
     console_port: int = 0
     with_console: bool = True
+    #: the pipeline (pollers, token schedule, sandboxes) in a child process: two cores, two GILs
+    pipeline_process: bool = False
+
+
+def _hold(path: Path, message: str, wait_seconds: float = 0.0) -> Any:
+    """``path`` opened and locked (exclusively) for as long as the returned file stays open; tried for up to
+    ``wait_seconds`` (the pipeline process of a stack killed a moment ago takes a moment to die with it)."""
+    handle = open(path, "a")  # noqa: SIM115 - held for the holder's lifetime
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return handle
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                handle.close()
+                raise StateInUse(message) from None
+            time.sleep(0.05)
 
 
 class EmbeddedStack:
-    def __init__(self, options: StackOptions | None = None) -> None:
+    def __init__(self, options: StackOptions | None = None, *, pipeline_only: bool = False) -> None:
         self.options = options or StackOptions()
+        #: the child process of a stack with ``pipeline_process``: pollers, schedule and sandboxes, no gateway
+        self.pipeline_only = pipeline_only
         state = self.options.state_dir
         state.mkdir(parents=True, exist_ok=True)
         os.chmod(state, 0o700)
-        self._lock_file = open(state / "stack.lock", "a")  # noqa: SIM115 - held for the stack's lifetime
-        try:
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock_file.close()
-            raise StateInUse(
-                f"another embedded stack is running on {state.resolve()}; stop it or use --state-dir"
-            ) from None
-        self.store = DurableQueueStore(state / "queues.db")
-        for spec in QUEUES:
-            if spec.name == "delivery":
-                spec = dataclasses.replace(spec, visibility_timeout=self.options.delivery_visibility_seconds)
-            self.store.create_queue(spec)
-        # Messages in flight when a previous run died (even kill -9) are retried at once, not after their
-        # visibility timeout: their consumer died with that process. Only one stack runs on a state folder.
-        self.released = sum(
-            self.store.release_in_flight(name)
-            for name in ("ingest", "delivery", PRODUCER_QUEUE, EVENTS_QUEUE)
+        busy = f"another embedded stack is running on {state.resolve()}; stop it or use --state-dir"
+        orphan = (
+            f"the pipeline process of an earlier stack on {state.resolve()} still runs (its pid is in "
+            "stack.json there); stop it or use --state-dir"
         )
+        # stack.lock: one stack per state folder; pipeline.lock: held by its pipeline, whichever process runs it
+        # (a stack whose pipeline process outlived it would otherwise consume the queues twice).
+        self._lock_file = None if pipeline_only else _hold(state / "stack.lock", busy)
+        try:
+            held = _hold(state / "pipeline.lock", busy if pipeline_only else orphan, ORPHAN_WAIT_SECONDS)
+            self._pipeline_lock = held if pipeline_only or not self.options.pipeline_process else None
+            if self._pipeline_lock is None:
+                held.close()  # free: no pipeline of an earlier stack lives on; the child takes it
+        except StateInUse:
+            if self._lock_file is not None:
+                self._lock_file.close()
+            raise
+        self.store = DurableQueueStore(state / "queues.db")
+        self.released = 0
+        if not pipeline_only:
+            for spec in QUEUES:
+                if spec.name == "delivery":
+                    spec = dataclasses.replace(
+                        spec, visibility_timeout=self.options.delivery_visibility_seconds
+                    )
+                self.store.create_queue(spec)
+            # Messages in flight when a previous run died (even kill -9) are retried at once, not after their
+            # visibility timeout: their consumer died with that process. Only one stack runs on a state folder.
+            self.released = sum(self.store.release_in_flight(name) for name in PIPELINE_QUEUES)
         self.secrets = LocalSecretStore(state / "secrets.json")
         self.credentials = LocalCredentials(state / "credentials.json")
         self.ledger = LocalDeletionLedger(state / "ledger.db")
@@ -166,6 +220,13 @@ class EmbeddedStack:
         self.deliveries = LocalDeliveryLog(state / "deliveries.db")
         self.idempotency = SqliteIdempotencyLayer(state / "idempotency.db")
         self.sandboxes: dict[str, Sandbox] = {}
+        #: vendor name -> URL of its sandbox, wherever it runs (this process or the pipeline process)
+        self.sandbox_urls: dict[str, str] = {}
+        self._pipeline: multiprocessing.process.BaseProcess | None = None
+        self._pipeline_conn: Connection | None = None
+        self._supervisor: threading.Thread | None = None
+        #: times the pipeline process was started again after it died alone
+        self.pipeline_restarts = 0
         self.gateway: LocalGateway | None = None
         self.console: LocalConsole | None = None
         self.console_secret = ""
@@ -207,13 +268,34 @@ class EmbeddedStack:
                 idempotency=self.idempotency,
             )
         )
+        if self.options.pipeline_process and not self.pipeline_only:
+            return self._start_front()
         if self.options.with_sandboxes:
             self._start_sandboxes()
+        if self.pipeline_only:
+            self._start_pipeline_parts()
+            return self
         self._issue_caller_keys()
-        ingest, validate, deliver, sources = (
-            load_handler(flow) for flow in ("ingest", "validate", "deliver", "sources")
-        )
+        self._start_pipeline_parts()
+        self._start_gateway(load_handler("ingest"), threads=HANDLER_THREADS)
+        return self
+
+    def _start_front(self) -> EmbeddedStack:
+        """The gateway and console here, the pipeline in a child process (``pipeline_process``)."""
+        self._issue_caller_keys()
+        self._start_pipeline_process()
+        # The handler runs on the gateway's event loop (no thread pool): the pipeline's threads are in the
+        # other process, so nothing here competes for the GIL, and the hand-offs to and from a pool thread
+        # cost more than they save.
+        self._start_gateway(load_handler("ingest"), threads=0)
+        self._supervisor = threading.Thread(target=self._supervise, name="pipeline-supervisor", daemon=True)
+        self._supervisor.start()
+        return self
+
+    def _start_pipeline_parts(self) -> None:
+        validate, deliver, sources = (load_handler(flow) for flow in ("validate", "deliver", "sources"))
         self.refresh_handler = load_handler("refresh_tokens")
+        self.sandbox_urls = {name: sandbox.url for name, sandbox in self.sandboxes.items()}
         self.pollers = [
             # SourcesFunction's two event sources: the producer queue and the queue the bus's rule targets
             *(
@@ -225,7 +307,7 @@ class EmbeddedStack:
                     batch_size=10,
                     max_batching_window=self.options.poll_window_seconds,
                     timeout_seconds=10,
-                    on_error=self.errors.append,
+                    on_error=self._on_error,
                 )
                 for queue in (PRODUCER_QUEUE, EVENTS_QUEUE)
             ),
@@ -237,7 +319,7 @@ class EmbeddedStack:
                 batch_size=10,
                 max_batching_window=self.options.poll_window_seconds,
                 timeout_seconds=10,
-                on_error=self.errors.append,
+                on_error=self._on_error,
             ),
             SqsPoller(
                 self.store,
@@ -247,34 +329,42 @@ class EmbeddedStack:
                 batch_size=10,  # a FIFO event source takes at most 10 messages (as on AWS)
                 max_batching_window=self.options.poll_window_seconds,
                 timeout_seconds=30,
-                on_error=self.errors.append,
+                on_error=self._on_error,
                 concurrency=self.options.deliver_workers,
             ),
         ]
         for poller in self.pollers:
             poller.start()
+        self._scheduler = threading.Thread(target=self._schedule_refresh, name="refresh-tokens", daemon=True)
+        self._scheduler.start()
+
+    def _start_gateway(self, ingest: Any, *, threads: int) -> None:
         self.gateway = LocalGateway(
             ingest,
             IamAuthorizer(self.credentials, self.options.region),
             host=self.options.host,
             port=self.options.port,
+            threads=threads,
         ).start()
         if self.options.with_console:
             self.console_secret = admin_secret(self.options.state_dir)
             self.console = self._console(self.options.console_port).start()
-        self._scheduler = threading.Thread(target=self._schedule_refresh, name="refresh-tokens", daemon=True)
-        self._scheduler.start()
-        # What `forwarder send` and `forwarder clients` read to reach this stack: its config, URL and region.
+        self._write_stack_json()
+
+    def _write_stack_json(self) -> None:
+        """What `forwarder send` and `forwarder clients` read to reach this stack: its config, URL and region
+        (and which process runs its pipeline)."""
+        assert self.gateway is not None
         (self.options.state_dir / "stack.json").write_text(
             json.dumps(
                 {
                     "config": str(Path(self.options.config_path).resolve()),
                     "gateway": self.gateway.url,
                     "region": self.options.region,
+                    "pipeline_pid": self.pipeline_pid,
                 }
             )
         )
-        return self
 
     def stop(self) -> None:
         self._stop.set()
@@ -282,6 +372,7 @@ class EmbeddedStack:
             self.gateway.stop()
         if self.console:
             self.console.stop()
+        self._stop_pipeline_process()
         for poller in self.pollers:
             poller.stop(timeout=5)
         for sandbox in self.sandboxes.values():
@@ -293,7 +384,90 @@ class EmbeddedStack:
         self.locks.close()
         self.deliveries.close()
         self.idempotency.close()
-        self._lock_file.close()
+        for handle in (self._pipeline_lock, self._lock_file):
+            if handle is not None:
+                handle.close()
+
+    def _on_error(self, error: BaseException) -> None:
+        """A handler's failure (the batch is retried): kept for tests and the bench; the pipeline process, whose
+        list nobody reads, logs it too."""
+        self.errors.append(error)
+        if self.pipeline_only:
+            logger.error("pipeline: %s", error, exc_info=error)
+
+    # --- the pipeline process ------------------------------------------------------------------------------
+
+    @property
+    def pipeline_pid(self) -> int | None:
+        """The pipeline process's pid (``pipeline_process``), None when the pipeline runs in this process."""
+        return self._pipeline.pid if self._pipeline is not None else None
+
+    def _start_pipeline_process(self) -> None:
+        context = multiprocessing.get_context("spawn")  # a fresh interpreter: no threads or locks forked
+        receiver, sender = context.Pipe()
+        process = context.Process(
+            target=_pipeline_main, args=(self.options, sender), name="forwarder-pipeline", daemon=True
+        )
+        process.start()
+        sender.close()
+        if not receiver.poll(PIPELINE_START_SECONDS):
+            process.kill()
+            raise RuntimeError(f"the pipeline process did not start within {PIPELINE_START_SECONDS:g} s")
+        try:
+            ready = receiver.recv()
+        except EOFError:
+            process.join(5)
+            raise RuntimeError(
+                f"the pipeline process ended at start (exit code {process.exitcode})"
+            ) from None
+        if "error" in ready:
+            process.join(5)
+            raise RuntimeError(f"the pipeline process could not start: {ready['error']}")
+        self.sandbox_urls = dict(ready["sandboxes"])
+        self._pipeline, self._pipeline_conn = process, receiver
+
+    def _stop_pipeline_process(self) -> None:
+        process, conn = self._pipeline, self._pipeline_conn
+        if process is None or conn is None:
+            return
+        if self._supervisor is not None and self._supervisor is not threading.current_thread():
+            self._supervisor.join(5)
+        with contextlib.suppress(OSError):  # it may be gone already
+            conn.send("stop")
+        process.join(PIPELINE_STOP_SECONDS)
+        if process.is_alive():
+            process.kill()
+            process.join(5)
+        conn.close()
+
+    def _supervise(self) -> None:
+        """Start the pipeline process again when it dies while the stack runs (it is the queues' consumer)."""
+        while not self._stop.is_set():
+            process = self._pipeline
+            if process is None:
+                return
+            wait_for([process.sentinel], timeout=0.5)
+            if self._stop.is_set() or process.is_alive():
+                continue
+            logger.error(
+                "the pipeline process ended (exit code %s) while the stack runs: starting it again",
+                process.exitcode,
+            )
+            if self._pipeline_conn is not None:
+                self._pipeline_conn.close()
+            self._pipeline = self._pipeline_conn = None
+            # What it held in flight died with it: retried at once, as at a start after kill -9.
+            for name in PIPELINE_QUEUES:
+                self.store.release_in_flight(name)
+            while not self._stop.is_set():
+                try:
+                    self._start_pipeline_process()
+                    self.pipeline_restarts += 1
+                    self._write_stack_json()
+                    break
+                except (RuntimeError, OSError, StateInUse) as error:
+                    logger.error("the pipeline process did not start again (%s): retrying in 5 s", error)
+                    self._stop.wait(5)
 
     def __enter__(self) -> EmbeddedStack:
         return self.start()
@@ -417,7 +591,7 @@ class EmbeddedStack:
                     event, LambdaContext(function_name="RefreshTokensFunction", timeout_seconds=120)
                 )
             except Exception as error:  # keep the schedule alive, as EventBridge would
-                self.errors.append(error)
+                self._on_error(error)
             self._stop.wait(self.options.refresh_interval_seconds)
 
     # --- what a newcomer needs -----------------------------------------------------------------------------
@@ -435,3 +609,38 @@ class EmbeddedStack:
                     )
                     return client.name, group_key, keys[0], keys[1]
         return None
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent dies (``PR_SET_PDEATHSIG``): a ``kill -9`` of the stack
+    takes its pipeline along, so no orphan keeps consuming the queues. Elsewhere the pipeline watches its
+    connection to the parent instead (EOF when the parent is gone)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _pipeline_main(options: StackOptions, conn: Connection) -> None:
+    """The pipeline process of a stack with ``pipeline_process``: runs until the stack says stop, or dies."""
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the stack stops us
+    parent = os.getppid()
+    try:
+        stack = EmbeddedStack(options, pipeline_only=True).start()
+    except BaseException as error:  # reported to the stack, which fails its start with it
+        conn.send({"error": f"{type(error).__name__}: {error}"})
+        return
+    conn.send({"sandboxes": stack.sandbox_urls})
+    try:
+        while os.getppid() == parent:
+            if conn.poll(1.0):
+                conn.recv()  # "stop"
+                break
+    except (EOFError, OSError):
+        pass  # the stack is gone
+    finally:
+        stack.stop()

@@ -349,7 +349,7 @@ def test_state_survives_reopening(db: Path, clock: FakeClock) -> None:
         assert (back.body, back.receive_count) == ("in flight", 2)
 
 
-def test_wal_and_synchronous_full(db: Path) -> None:
+def test_wal_and_synchronous_full_when_opened(db: Path) -> None:
     import sqlite3
 
     with DurableQueueStore(db) as s:
@@ -393,6 +393,62 @@ def test_acknowledged_sends_survive_kill_9(db: Path) -> None:
         assert s.counts("q")["visible"] == n
         bodies = sorted(m["body"] for m in s.peek("q", limit=1000))
         assert bodies == sorted(f"m{i}" for i in range(n))
+
+
+def test_only_sends_are_fsynced_at_commit(db: Path) -> None:
+    # given a store with a queue
+    with DurableQueueStore(db) as s:
+        s.create_queue(QueueSpec("q"))
+        before, durable_before = s.transactions, s.durable_transactions
+        # when a message is sent, received, hidden again and deleted
+        s.send("q", "m")
+        (message,) = s.receive("q")
+        s.change_visibility("q", message.receipt_handle, 0)
+        (message,) = s.receive("q")
+        s.delete("q", message.receipt_handle)
+        # then five transactions committed and only the send's was fsynced (synchronous=FULL)
+        assert s.transactions - before == 5
+        assert s.durable_transactions - durable_before == 1
+        assert s._conn is not None
+        s.send("q", "again")
+        assert s._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL after a send
+
+
+def test_unsynced_receives_and_deletes_survive_kill_9(db: Path) -> None:
+    # given a process that sends 20 messages, deletes 10 and holds 5 more in flight (neither fsynced at commit),
+    # reports it and is killed with SIGKILL
+    code = (
+        "import sys, time\n"
+        "from forwarder_local.queue import DurableQueueStore, QueueSpec\n"
+        "s = DurableQueueStore(sys.argv[1])\n"
+        "s.create_queue(QueueSpec('q', visibility_timeout=600))\n"
+        "s.send_batch('q', [(f'm{i}', None, 0) for i in range(10)])\n"
+        "s.send_batch('q', [(f'm{i}', None, 0) for i in range(10, 20)])\n"
+        "s.delete_batch('q', [m.receipt_handle for m in s.receive('q', max_messages=10)])\n"
+        "held = s.receive('q', max_messages=5)\n"
+        "print('done', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO / "local"), os.environ.get("PYTHONPATH", "")]),
+    }
+    proc = subprocess.Popen([sys.executable, "-c", code, str(db)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "done"
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    # when the parent opens the store
+    with DurableQueueStore(db) as s:
+        # then the deletes and the receives happened: 10 left, 5 of them still in flight
+        assert s.counts("q") == {"visible": 5, "in_flight": 5, "delayed": 0}
+        assert sorted(m["body"] for m in s.peek("q", limit=100)) == sorted(f"m{i}" for i in range(10, 20))
 
 
 def test_concurrent_sends_share_one_fsynced_transaction_and_none_returns_before_it_commits(db: Path) -> None:
