@@ -163,6 +163,10 @@ _SELECT_AVAILABLE_FIFO = (
 _SELECT_PEEK = (
     f"SELECT {_COLUMNS} FROM messages WHERE queue = ? AND sent_ts_ms > ? ORDER BY visible_at, seq LIMIT ?"  # noqa: S608
 )
+_ANY_VISIBLE = (
+    "SELECT EXISTS (SELECT 1 FROM queues WHERE name = ?),"
+    " EXISTS (SELECT 1 FROM messages WHERE queue = ? AND visible_at <= ?)"
+)
 _REDRIVE = (
     "UPDATE messages SET queue = ?, receive_count = 0, first_receive_ts_ms = NULL, receipt_token = NULL,"
     " visible_at = ?, dlq_source_arn = ?, leased = 0 WHERE seq = ?"
@@ -677,12 +681,25 @@ class DurableQueueStore:
     def _receive_now(
         self, queue: str, max_messages: int, visibility_timeout: float | None
     ) -> list[ReceivedMessage]:
+        if not self._anything_visible(queue):
+            return []  # a read, not a write transaction: an idle poller neither locks nor writes the file
         received, moved_to = self._grouped(
             lambda conn: self._hide(conn, queue, max_messages, visibility_timeout)
         )
         if moved_to:
             self._signal(moved_to).notify()
         return received
+
+    def _anything_visible(self, queue: str) -> bool:
+        """Whether ``queue`` holds a message visible now (raises QueueNotFound for a queue that does not exist).
+        A receive with nothing to receive ends here; expired messages wait for the next receive that writes."""
+        with self._lock:
+            if self._conn is None:
+                raise RuntimeError("DurableQueueStore is closed")
+            known, visible = self._conn.execute(_ANY_VISIBLE, (queue, queue, self._now())).fetchone()
+        if not known:
+            raise QueueNotFound(queue)
+        return bool(visible)
 
     def _hide(
         self, conn: sqlite3.Connection, queue: str, max_messages: int, visibility_timeout: float | None

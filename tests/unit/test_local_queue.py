@@ -414,6 +414,24 @@ def test_only_sends_are_fsynced_at_commit(db: Path) -> None:
         assert s._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL after a send
 
 
+def test_an_idle_long_poll_writes_nothing(db: Path) -> None:
+    # given a store with an empty queue and a message in flight in another
+    with DurableQueueStore(db) as s:
+        s.create_queue(QueueSpec("idle"))
+        s.create_queue(QueueSpec("busy", visibility_timeout=60))
+        s.send("busy", "m")
+        assert s.receive("busy")
+        before = s.transactions
+        # when pollers long-poll both for a while
+        assert s.receive("idle", wait_seconds=0.3) == []
+        assert s.receive("busy", wait_seconds=0.3) == []
+        # then no write transaction ran (no lock on the file, no WAL growth), and a queue that does not exist
+        # is still refused
+        assert s.transactions == before
+        with pytest.raises(QueueNotFound):
+            s.receive("missing")
+
+
 def test_unsynced_receives_and_deletes_survive_kill_9(db: Path) -> None:
     # given a process that sends 20 messages, deletes 10 and holds 5 more in flight (neither fsynced at commit),
     # reports it and is killed with SIGKILL
