@@ -33,6 +33,7 @@ from forwarder.hooks import HOOK_METHODS, HOOK_RESOURCE, hook_id_of
 from forwarder_local import resolver_threads
 from forwarder_local.authorizer import IamAuthorizer
 from forwarder_local.poller import LambdaContext
+from forwarder_local.queue import SyncBatcher
 
 ACCOUNT_ID = "000000000000"
 MAX_PAYLOAD = 10 * 1024 * 1024  # API Gateway's payload limit
@@ -179,6 +180,7 @@ class LocalGateway:
         body_timeout: float = BODY_TIMEOUT_SECONDS,
         threads: int = HANDLER_THREADS,
         noop_path: str | None = None,
+        syncs: SyncBatcher | None = None,
     ) -> None:
         resolver_threads.install()  # the ingest handler runs in several threads of this process at once
         self.handler = handler
@@ -187,6 +189,9 @@ class LocalGateway:
         self.body_timeout = body_timeout
         #: a path answered 200 at once, with no work: what the server stack itself costs (``make bench``)
         self.noop_path = noop_path
+        #: with ``threads=0``: the queue whose sends the handler makes without waiting for the disk; the answer
+        #: waits for a sync shared with the other requests answered meanwhile (group commit, on one thread)
+        self.syncs = syncs
         # IPPROTO_TCP named, so that asyncio sets TCP_NODELAY on each connection (it checks the protocol):
         # else an answer's body waits behind its head for the client's delayed ACK (40 ms).
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -237,6 +242,8 @@ class LocalGateway:
             self._thread.join(10)
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
+        if self.syncs is not None:
+            self.syncs.close()
         self._socket.close()
 
     # -- the event loop's part: the front door ---------------------------------------------------------
@@ -278,7 +285,20 @@ class LocalGateway:
             request_id,
         )
         if self._pool is None:  # threads=0: on the event loop
-            return self._serve(*arguments)
+            if self.syncs is None:
+                return self._serve(*arguments)
+            with self.syncs.store.syncs_owed() as owed:
+                reply = self._serve(*arguments)
+            if owed.sync:  # the record is committed: the answer waits until it is on disk, with others'
+                try:
+                    await self.syncs.durable()
+                except OSError:
+                    logger.exception("gateway: the queue could not be synced (request id %s)", request_id)
+                    return Reply.json(
+                        503,
+                        {"message": "the record could not be stored durably; retry", "code": "UNAVAILABLE"},
+                    )
+            return reply
         return await asyncio.get_running_loop().run_in_executor(self._pool, self._serve, *arguments)
 
     async def _read_body(self, headers: list[tuple[str, str]], receive: Any) -> bytes | Reply | None:

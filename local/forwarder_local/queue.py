@@ -3,13 +3,14 @@
 Embedded mode runs every flow's Lambda handler on one machine; the SQS queues between them are
 replaced by this store: one SQLite file (stdlib ``sqlite3``) holding any number of queues.
 
-Durability: the database runs in WAL mode. A transaction that sends runs with ``synchronous=FULL``, so a send
-that has returned has been fsynced and survives ``kill -9`` (and a power cut, as far as the disk keeps its
-promises). Receives, deletes and visibility changes commit with ``synchronous=NORMAL``: they survive the
-process's death (``kill -9``) at once, and reach the disk with the next send's fsync or checkpoint. A power cut
+Durability: the database runs in WAL mode and transactions commit with ``synchronous=NORMAL``: a commit survives
+the process's death (``kill -9``) at once. A send then fdatasyncs the WAL, after the file lock is released (so
+other processes write meanwhile) and before it returns: a send that has returned is on disk and survives a power
+cut too (as far as the disk keeps its promises), as with ``synchronous=FULL``. Receives, deletes and visibility
+changes reach the disk with the next send's sync or checkpoint. A power cut
 can only undo the last of them, never a send and never out of order (the WAL is replayed as a prefix): a
 message whose delete is undone is received again, which at-least-once delivery allows and the delivery log
-recognises. ``durable_transactions`` counts the fsynced commits.
+recognises. ``durable_transactions`` counts the synced commits.
 
 Concurrency: one connection per store guarded by a lock (safe across threads); every state change
 runs in a ``BEGIN IMMEDIATE`` transaction and SQLite's busy timeout makes other processes wait for
@@ -56,6 +57,7 @@ itself is measured in real (monotonic) time.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import fcntl
@@ -68,6 +70,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +86,8 @@ __all__ = [
     "QueueSpec",
     "ReceiptHandleInvalid",
     "ReceivedMessage",
+    "SyncBatcher",
+    "SyncOwed",
 ]
 
 REGION = "local"
@@ -265,6 +270,59 @@ class _Signal:
 _T = TypeVar("_T")
 
 
+class SyncOwed:
+    """Whether sends made in a ``DurableQueueStore.syncs_owed`` block still wait for a sync."""
+
+    __slots__ = ("sync",)
+
+    def __init__(self) -> None:
+        self.sync = False
+
+
+class SyncBatcher:
+    """One sync of a store's log for every caller waiting on it at the time, run off the event loop: an
+    asyncio server whose handlers commit sends in ``syncs_owed`` blocks awaits ``durable()`` before it answers.
+    A caller never rides on a sync that began before it asked (its commit might not be in it)."""
+
+    def __init__(self, store: DurableQueueStore) -> None:
+        self.store = store
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="queue-sync")
+        self._waiting: list[asyncio.Future[None]] = []
+        self._draining = False
+
+    async def durable(self) -> None:
+        """Return once every transaction committed before the call is on disk; raises OSError if the sync
+        failed."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._waiting.append(waiter)
+        if not self._draining:
+            self._draining = True
+            self._drain_task = loop.create_task(self._drain())
+        await waiter
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting, []
+                try:
+                    await loop.run_in_executor(self._executor, self.store.sync)
+                except OSError as error:
+                    for waiter in batch:
+                        if not waiter.done():
+                            waiter.set_exception(error)
+                    continue
+                for waiter in batch:
+                    if not waiter.done():
+                        waiter.set_result(None)
+        finally:
+            self._draining = False
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
 class _PendingWrite:
     """One thread's write waiting for the next group commit, and its outcome."""
 
@@ -334,6 +392,9 @@ class DurableQueueStore:
             raise
         self._conn: sqlite3.Connection | None = conn
         self._writer = os.open(f"{self.path}.writer", os.O_RDWR | os.O_CREAT, 0o600)
+        self._wal: int | None = None
+        self._wal_lock = threading.Lock()
+        self._owed = threading.local()
         self._dedup_purged = 0.0
 
     # -- plumbing ---------------------------------------------------------------------------------
@@ -350,6 +411,9 @@ class DurableQueueStore:
                 self._conn.close()
                 self._conn = None
                 os.close(self._writer)
+                if self._wal is not None:
+                    os.close(self._wal)
+                    self._wal = None
 
     @contextmanager
     def _writing(self) -> Iterator[None]:
@@ -370,6 +434,25 @@ class DurableQueueStore:
                 yield self._conn
             finally:
                 self._conn.execute("COMMIT")
+
+    def _sync_wal(self) -> None:
+        """fdatasync the write-ahead log: every transaction committed so far is then on disk (what
+        ``synchronous=FULL`` does at each commit, done here after the file lock is released). The WAL holds
+        committed transactions as a prefix, and a checkpoint syncs what it moves to the database file before
+        the WAL is reused, so one sync covers every commit before it."""
+        wal = f"{self.path}-wal"
+        with self._wal_lock:
+            while True:
+                if self._wal is None:
+                    self._wal = os.open(wal, os.O_RDONLY)
+                os.fdatasync(self._wal)
+                try:
+                    if os.fstat(self._wal).st_ino == os.stat(wal).st_ino:
+                        return
+                except FileNotFoundError:
+                    pass
+                os.close(self._wal)  # the file was replaced (every connection to it closed meanwhile): again
+                self._wal = None
 
     def _set_synchronous(self, conn: sqlite3.Connection, level: str) -> None:
         """Outside a transaction (SQLite ignores the setting inside one): FULL fsyncs the WAL at commit."""
@@ -392,10 +475,31 @@ class DurableQueueStore:
                     raise
                 self._conn.execute("COMMIT")
 
+    @contextmanager
+    def syncs_owed(self) -> Iterator[SyncOwed]:
+        """Within this block, this thread's sends return once committed, before they are on disk; the
+        returned ``SyncOwed`` says whether one did, and then ``sync()`` (or a ``SyncBatcher``) must run before
+        anyone is told the send happened. The embedded gateway answers many requests with one sync this way."""
+        owed = SyncOwed()
+        self._owed.current = owed
+        try:
+            yield owed
+        finally:
+            self._owed.current = None
+
+    def sync(self) -> None:
+        """Put every transaction committed so far on disk (see ``syncs_owed``)."""
+        self._sync_wal()
+        self.durable_transactions += 1
+
     def _grouped(self, work: Callable[[sqlite3.Connection], _T], *, durable: bool = False) -> _T:
         """Run ``work`` in a write transaction shared with the writes other threads are waiting to make on
         this store (group commit); returns its result, or raises its error, once the transaction is
-        committed (fsynced when ``durable``) or rolled back."""
+        committed (and on disk when ``durable``, unless the thread owes the sync: ``syncs_owed``) or rolled
+        back."""
+        owed: SyncOwed | None = getattr(self._owed, "current", None)
+        if durable and owed is not None:
+            owed.sync, durable = True, False
         pending = _PendingWrite(work, durable)
         with self._pending_lock:
             self._pending.append(pending)
@@ -414,17 +518,12 @@ class DurableQueueStore:
             if self._conn is None:
                 raise RuntimeError("DurableQueueStore is closed")
             conn = self._conn
+            sync = False
             with self._writing():  # first: a writer of another process may hold the file
-                with self._pending_lock:
-                    durable = any(item.durable for item in self._pending)
-                self._set_synchronous(conn, "FULL" if durable else "NORMAL")
+                self._set_synchronous(conn, "NORMAL")  # a send's fsync comes after the lock is released
                 conn.execute("BEGIN IMMEDIATE")  # may wait for another process's writer: more writes queue up
                 with self._pending_lock:
-                    if durable:  # an fsynced commit carries every write
-                        batch, self._pending = self._pending, []
-                    else:  # a send queued meanwhile waits for its own fsynced commit, right after this one
-                        batch = [item for item in self._pending if not item.durable]
-                        self._pending = [item for item in self._pending if item.durable]
+                    batch, self._pending = self._pending, []
                 try:
                     if len(batch) == 1:  # alone: its transaction is its savepoint
                         only = batch[0]
@@ -449,7 +548,15 @@ class DurableQueueStore:
                     raise
                 self.transactions += 1
                 self.writes += len(batch)
-                self.durable_transactions += durable
+                sync = any(item.durable and item.error is None for item in batch)
+            if sync:  # other processes write on while this one waits for the disk
+                try:
+                    self._sync_wal()
+                    self.durable_transactions += 1
+                except OSError as error:  # committed, but not known to be on disk: its senders are told
+                    for item in batch:
+                        if item.durable and item.error is None:
+                            item.result, item.error = None, error
         except BaseException as error:  # nothing was committed: every write queued so far fails with it
             with self._pending_lock:
                 batch, self._pending = [*batch, *self._pending], []

@@ -51,7 +51,7 @@ from forwarder_local.eventbus import EVENTS_QUEUE, PRODUCER_QUEUE, LocalEventBus
 from forwarder_local.gateway import HANDLER_THREADS, LocalGateway
 from forwarder_local.idempotency import SqliteIdempotencyLayer
 from forwarder_local.poller import LambdaContext, SqsPoller
-from forwarder_local.queue import DurableQueueStore, QueueSpec
+from forwarder_local.queue import DurableQueueStore, QueueSpec, SyncBatcher
 from forwarder_local.sandboxes.carecloud import BASE_PATH as CARECLOUD_BASE_PATH
 from forwarder_local.sandboxes.carecloud import CareCloudSandbox
 from forwarder_local.sandboxes.dmhub import DmHubSandbox
@@ -286,7 +286,7 @@ class EmbeddedStack:
         self._start_pipeline_process()
         # The handler runs on the gateway's event loop (no thread pool): the pipeline's threads are in the
         # other process, so nothing here competes for the GIL, and the hand-offs to and from a pool thread
-        # cost more than they save.
+        # cost more than they save. Its sends commit at once and the answers wait for a shared sync.
         self._start_gateway(load_handler("ingest"), threads=0)
         self._supervisor = threading.Thread(target=self._supervise, name="pipeline-supervisor", daemon=True)
         self._supervisor.start()
@@ -345,6 +345,7 @@ class EmbeddedStack:
             host=self.options.host,
             port=self.options.port,
             threads=threads,
+            syncs=SyncBatcher(self.store) if threads == 0 else None,
         ).start()
         if self.options.with_console:
             self.console_secret = admin_secret(self.options.state_dir)

@@ -167,3 +167,47 @@ def test_kill_9_of_the_stack_takes_its_pipeline_process_along(tmp_path: Path) ->
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_concurrent_requests_share_syncs_and_each_202_waits_for_one(stack: EmbeddedStack) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    # given the stack's queue, counting its syncs
+    synced_before = stack.store.durable_transactions
+    # when 8 clients send 25 contacts each at once
+    with ThreadPoolExecutor(8) as clients:
+        ids = list(clients.map(lambda n: _send(stack, f"shared.{n}@example.com"), range(200)))
+    # then every one was accepted and is delivered
+    assert len(set(ids)) == 200
+    wait_for(
+        lambda: all(_customer(stack, f"shared.{n}@example.com") for n in (0, 99, 199)), what="the deliveries"
+    )
+    # and the gateway synced the queue for them together: fewer syncs than answers, at least one
+    syncs = stack.store.durable_transactions - synced_before
+    assert 1 <= syncs < 200
+
+
+def test_a_record_that_cannot_be_synced_is_answered_503_not_202(
+    stack: EmbeddedStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a disk that fails the queue's sync
+    def failing() -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(stack.store, "sync", failing)
+    first = stack.first_client()
+    assert first is not None and stack.gateway is not None
+    _, group_key, access_key, secret_key = first
+    # when a contact is sent
+    response = requests.post(
+        stack.gateway.url + "/v1/contacts",
+        json={"group_key": group_key, "data": {"email": "unsynced@example.com"}},
+        auth=AWS4Auth(access_key, secret_key, "us-east-1", "execute-api"),
+        timeout=10,
+    )
+    # then the client is told to retry rather than that it was accepted
+    assert response.status_code == 503
+    assert response.json() == {
+        "message": "the record could not be stored durably; retry",
+        "code": "UNAVAILABLE",
+    }

@@ -395,7 +395,7 @@ def test_acknowledged_sends_survive_kill_9(db: Path) -> None:
         assert bodies == sorted(f"m{i}" for i in range(n))
 
 
-def test_only_sends_are_fsynced_at_commit(db: Path) -> None:
+def test_only_sends_wait_for_the_disk(db: Path) -> None:
     # given a store with a queue
     with DurableQueueStore(db) as s:
         s.create_queue(QueueSpec("q"))
@@ -406,12 +406,9 @@ def test_only_sends_are_fsynced_at_commit(db: Path) -> None:
         s.change_visibility("q", message.receipt_handle, 0)
         (message,) = s.receive("q")
         s.delete("q", message.receipt_handle)
-        # then five transactions committed and only the send's was fsynced (synchronous=FULL)
+        # then five transactions committed and only the send's was followed by a sync of the log
         assert s.transactions - before == 5
         assert s.durable_transactions - durable_before == 1
-        assert s._conn is not None
-        s.send("q", "again")
-        assert s._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL after a send
 
 
 def test_an_idle_long_poll_writes_nothing(db: Path) -> None:
@@ -1177,3 +1174,102 @@ def test_concurrent_pollers_on_a_fifo_queue_keep_each_group_in_order_and_never_s
     assert shared == []
     assert seen == {group: list(range(15)) for group in "abcd"}
     assert not poller.running
+
+
+def test_sends_in_a_syncs_owed_block_commit_without_waiting_for_the_disk(db: Path) -> None:
+    # given a store
+    with DurableQueueStore(db) as s:
+        s.create_queue(QueueSpec("q"))
+        before = s.durable_transactions
+        # when a thread sends within a syncs_owed block
+        with s.syncs_owed() as owed:
+            s.send("q", "m")
+        # then the send is committed (visible) but not synced, and the block says a sync is owed
+        assert owed.sync is True
+        assert s.durable_transactions == before
+        assert s.counts("q")["visible"] == 1
+        # and sync() settles it; outside the block a send syncs itself again
+        s.sync()
+        assert s.durable_transactions == before + 1
+        with s.syncs_owed() as nothing:
+            s.receive("q")
+        assert nothing.sync is False, "only sends owe a sync"
+        s.send("q", "n")
+        assert s.durable_transactions == before + 2
+
+
+class _SlowSyncs:
+    """A store stand-in whose syncs block until released, counting them."""
+
+    def __init__(self) -> None:
+        self.started = threading.Semaphore(0)
+        self.release = threading.Semaphore(0)
+        self.syncs = 0
+        self.fail = False
+
+    def sync(self) -> None:
+        self.started.release()
+        self.release.acquire()
+        self.syncs += 1
+        if self.fail:
+            raise OSError(5, "I/O error")
+
+
+def test_the_sync_batcher_shares_syncs_but_never_one_that_began_before_the_caller_asked() -> None:
+    import asyncio
+
+    from forwarder_local.queue import SyncBatcher
+
+    store = _SlowSyncs()
+    batcher = SyncBatcher(store)  # type: ignore[arg-type]
+
+    async def scenario() -> list[str]:
+        order: list[str] = []
+
+        async def wait(name: str) -> None:
+            await batcher.durable()
+            order.append(name)
+
+        first = asyncio.create_task(wait("a"))
+        await asyncio.to_thread(store.started.acquire)  # the first sync runs
+        later = [asyncio.create_task(wait(name)) for name in ("b", "c", "d")]
+        await asyncio.sleep(0.05)
+        assert order == []
+        store.release.release()  # the first sync ends: only the caller that asked before it began is done
+        await first
+        await asyncio.sleep(0.05)
+        assert order == ["a"]
+        await asyncio.to_thread(store.started.acquire)  # one more sync, for the three that came later
+        store.release.release()
+        await asyncio.gather(*later)
+        return order
+
+    try:
+        order = asyncio.run(scenario())
+    finally:
+        batcher.close()
+    # then four callers took two syncs, in the order they asked
+    assert order == ["a", "b", "c", "d"]
+    assert store.syncs == 2
+
+
+def test_a_failed_sync_is_raised_to_every_caller_waiting_on_it() -> None:
+    import asyncio
+
+    from forwarder_local.queue import SyncBatcher
+
+    store = _SlowSyncs()
+    store.fail = True
+    batcher = SyncBatcher(store)  # type: ignore[arg-type]
+
+    async def scenario() -> list[BaseException | None]:
+        task = asyncio.create_task(batcher.durable())
+        await asyncio.to_thread(store.started.acquire)
+        store.release.release()
+        return list(await asyncio.gather(task, return_exceptions=True))
+
+    try:
+        (outcome,) = asyncio.run(scenario())
+    finally:
+        batcher.close()
+    assert isinstance(outcome, OSError)
