@@ -196,6 +196,8 @@ def run(
         raise click.ClickException("\n".join([f"invalid config {error.source}:", *error.problems])) from None
     except StateInUse as error:
         raise click.ClickException(str(error)) from None
+    except RuntimeError as error:  # the pipeline process did not start: it says why
+        raise click.ClickException(f"cannot start: {error}") from None
     except OSError as error:
         raise click.ClickException(
             f"cannot start: {error.strerror} (is another stack running? move it with --port, and the "

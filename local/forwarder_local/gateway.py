@@ -120,6 +120,16 @@ def proxy_event(
     }
 
 
+def _may_share_sync(method: str, raw_path: str, headers: list[tuple[str, str]]) -> bool:
+    """Whether a request's answer may wait for a sync shared with others after the handler has returned
+    (``LocalGateway.syncs``). Not when the handler records its answer elsewhere before it returns: a request
+    with an ``Idempotency-Key``, and a hook (its signature is its key), whose answer the idempotency store keeps
+    durably for retries; their sends are on disk before the handler returns, as outside the gateway."""
+    if (method, raw_path) not in ROUTES:
+        return False
+    return not any(name.lower() == "idempotency-key" for name, _ in headers)
+
+
 class _HttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, with two answers API Gateway's clients are owed: a request the parser
     refuses says why (``Invalid character in Content-Length``), and a client that half-closes its side mid
@@ -182,7 +192,7 @@ class LocalGateway:
         noop_path: str | None = None,
         syncs: SyncBatcher | None = None,
     ) -> None:
-        resolver_threads.install()  # the ingest handler runs in several threads of this process at once
+        resolver_threads.install()  # with threads > 0 the handler runs in several threads of this process at once
         self.handler = handler
         self.authorizer = authorizer
         self.clock = clock
@@ -285,7 +295,7 @@ class LocalGateway:
             request_id,
         )
         if self._pool is None:  # threads=0: on the event loop
-            if self.syncs is None:
+            if self.syncs is None or not _may_share_sync(scope["method"], raw_path, headers):
                 return self._serve(*arguments)
             with self.syncs.store.syncs_owed() as owed:
                 reply = self._serve(*arguments)

@@ -21,10 +21,15 @@ A receive selects and hides its messages in one transaction, so two receivers ne
 while it is in flight.
 
 Group commit: sends, receives, deletes and visibility changes that threads of one store make at the same
-time share one transaction, so one fsync: whoever takes the connection commits every write queued while
+time share one transaction, so one sync: whoever takes the connection commits every write queued while
 it waited, each in a savepoint of its own (one that fails is rolled back alone). None of them returns
-before that ``COMMIT`` has returned, so a send that returned is on disk, as before; only the fsyncs are
-shared. ``transactions`` and ``writes`` count them.
+before that ``COMMIT`` has returned, and no send before the sync after it, so a send that returned is on disk;
+only the syncs are shared. ``transactions`` and ``writes`` count them. The one exception is a thread that takes
+the sync upon itself (``syncs_owed``: the embedded gateway, which answers many requests with one sync).
+
+A sync that fails leaves its transaction committed, and Linux reports a failed write-back of a file only once:
+a later sync could succeed over frames that never reached the disk. So after one failed sync the store refuses
+every send and sync (``OSError``) until it is opened again: the stack must be restarted.
 
 SQS semantics reproduced:
 
@@ -308,7 +313,7 @@ class SyncBatcher:
                 batch, self._waiting = self._waiting, []
                 try:
                     await loop.run_in_executor(self._executor, self.store.sync)
-                except OSError as error:
+                except Exception as error:  # OSError; anything else must not leave its callers waiting
                     for waiter in batch:
                         if not waiter.done():
                             waiter.set_exception(error)
@@ -355,11 +360,12 @@ class DurableQueueStore:
         self._pending: list[_PendingWrite] = []
         self._pending_lock = threading.Lock()
         self.transactions = 0
-        """Group-committed write transactions so far (each one fsync)."""
+        """Group-committed write transactions so far."""
         self.writes = 0
         """Writes (sends, receives, deletes, visibility changes) those transactions carried."""
         self.durable_transactions = 0
-        """Of those transactions, the ones fsynced at commit (``synchronous=FULL``): the ones with a send."""
+        """Syncs of the log so far: one after each transaction with a send, or one per ``sync()``."""
+        self._sync_failed: OSError | None = None
         self._synchronous = "FULL"
         self._resolved = str(self.path.resolve())
         self._signals: dict[str, _Signal] = {}
@@ -411,6 +417,7 @@ class DurableQueueStore:
                 self._conn.close()
                 self._conn = None
                 os.close(self._writer)
+            with self._wal_lock:
                 if self._wal is not None:
                     os.close(self._wal)
                     self._wal = None
@@ -442,17 +449,31 @@ class DurableQueueStore:
         the WAL is reused, so one sync covers every commit before it."""
         wal = f"{self.path}-wal"
         with self._wal_lock:
-            while True:
-                if self._wal is None:
-                    self._wal = os.open(wal, os.O_RDONLY)
-                os.fdatasync(self._wal)
-                try:
-                    if os.fstat(self._wal).st_ino == os.stat(wal).st_ino:
-                        return
-                except FileNotFoundError:
-                    pass
-                os.close(self._wal)  # the file was replaced (every connection to it closed meanwhile): again
-                self._wal = None
+            if self._sync_failed is not None:
+                raise OSError(
+                    self._sync_failed.errno,
+                    f"an earlier sync of {self.path.name}'s log failed ({self._sync_failed.strerror}): its "
+                    "records may not be on disk; restart the stack",
+                )
+            try:
+                self._sync_wal_now(wal)
+            except OSError as error:
+                self._sync_failed = error
+                raise
+
+    def _sync_wal_now(self, wal: str) -> None:
+        """One sync of ``wal`` (with ``_wal_lock`` held)."""
+        while True:
+            if self._wal is None:
+                self._wal = os.open(wal, os.O_RDONLY)
+            os.fdatasync(self._wal)
+            try:
+                if os.fstat(self._wal).st_ino == os.stat(wal).st_ino:
+                    return
+            except FileNotFoundError:
+                pass
+            os.close(self._wal)  # the file was replaced (every connection to it closed meanwhile): again
+            self._wal = None
 
     def _set_synchronous(self, conn: sqlite3.Connection, level: str) -> None:
         """Outside a transaction (SQLite ignores the setting inside one): FULL fsyncs the WAL at commit."""
@@ -498,6 +519,8 @@ class DurableQueueStore:
         committed (and on disk when ``durable``, unless the thread owes the sync: ``syncs_owed``) or rolled
         back."""
         owed: SyncOwed | None = getattr(self._owed, "current", None)
+        if durable and self._sync_failed is not None:
+            self._sync_wal()  # refuses, saying why
         if durable and owed is not None:
             owed.sync, durable = True, False
         pending = _PendingWrite(work, durable)

@@ -74,6 +74,8 @@ PIPELINE_STOP_SECONDS = 15.0
 """How long a stopping stack waits for its pipeline process's batches in progress before killing it."""
 ORPHAN_WAIT_SECONDS = 5.0
 """How long a starting stack waits for the pipeline process of a stack killed just before to die with it."""
+PIPELINE_STEADY_SECONDS = 30.0
+"""A pipeline process that dies sooner after its start is started again after a doubling pause."""
 PIPELINE_QUEUES = ("ingest", "delivery", PRODUCER_QUEUE, EVENTS_QUEUE)
 """The queues the pipeline consumes: what a dead consumer held in flight is released when it is replaced."""
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -227,6 +229,7 @@ class EmbeddedStack:
         self._supervisor: threading.Thread | None = None
         #: times the pipeline process was started again after it died alone
         self.pipeline_restarts = 0
+        self._pipeline_started = 0.0
         self.gateway: LocalGateway | None = None
         self.console: LocalConsole | None = None
         self.console_secret = ""
@@ -282,14 +285,16 @@ class EmbeddedStack:
 
     def _start_front(self) -> EmbeddedStack:
         """The gateway and console here, the pipeline in a child process (``pipeline_process``)."""
-        self._issue_caller_keys()
-        self._start_pipeline_process()
-        # The handler runs on the gateway's event loop (no thread pool): the pipeline's threads are in the
-        # other process, so nothing here competes for the GIL, and the hand-offs to and from a pool thread
-        # cost more than they save. Its sends commit at once and the answers wait for a shared sync.
-        self._start_gateway(load_handler("ingest"), threads=0)
-        self._supervisor = threading.Thread(target=self._supervise, name="pipeline-supervisor", daemon=True)
-        self._supervisor.start()
+        try:
+            self._issue_caller_keys()
+            self._start_supervisor()
+            # The handler runs on the gateway's event loop (no thread pool): the pipeline's threads are in the
+            # other process, so nothing here competes for the GIL, and the hand-offs to and from a pool thread
+            # cost more than they save. Its sends commit at once and the answers wait for a shared sync.
+            self._start_gateway(load_handler("ingest"), threads=0)
+        except BaseException:
+            self.stop()  # no pipeline process is left behind, consuming the queues of a stack that is not
+            raise
         return self
 
     def _start_pipeline_parts(self) -> None:
@@ -356,7 +361,9 @@ class EmbeddedStack:
         """What `forwarder send` and `forwarder clients` read to reach this stack: its config, URL and region
         (and which process runs its pipeline)."""
         assert self.gateway is not None
-        (self.options.state_dir / "stack.json").write_text(
+        path = self.options.state_dir / "stack.json"
+        partial = path.with_suffix(".json.partial")  # replaced at once: readers never see half a file
+        partial.write_text(
             json.dumps(
                 {
                     "config": str(Path(self.options.config_path).resolve()),
@@ -366,6 +373,7 @@ class EmbeddedStack:
                 }
             )
         )
+        partial.replace(path)
 
     def stop(self) -> None:
         self._stop.set()
@@ -373,7 +381,8 @@ class EmbeddedStack:
             self.gateway.stop()
         if self.console:
             self.console.stop()
-        self._stop_pipeline_process()
+        if self._supervisor is not None and self._supervisor is not threading.current_thread():
+            self._supervisor.join(PIPELINE_STOP_SECONDS + 10)  # it stops the pipeline process
         for poller in self.pollers:
             poller.stop(timeout=5)
         for sandbox in self.sandboxes.values():
@@ -403,36 +412,72 @@ class EmbeddedStack:
         """The pipeline process's pid (``pipeline_process``), None when the pipeline runs in this process."""
         return self._pipeline.pid if self._pipeline is not None else None
 
+    @property
+    def pipeline_exit_code(self) -> int | None:
+        """The pipeline process's exit code once it has ended (0: it stopped when asked), else None."""
+        return self._pipeline.exitcode if self._pipeline is not None else None
+
+    def _start_supervisor(self) -> None:
+        """Start the pipeline process from a thread of its own that also restarts and stops it: the kernel
+        kills a child whose starting *thread* ends (``PR_SET_PDEATHSIG``), so one thread does all three."""
+        first: list[BaseException | None] = []
+        started = threading.Event()
+
+        def run() -> None:
+            try:
+                self._start_pipeline_process()
+            except BaseException as error:
+                first.append(error)
+                started.set()
+                return
+            first.append(None)
+            started.set()
+            self._supervise()
+
+        self._supervisor = threading.Thread(target=run, name="pipeline-supervisor", daemon=True)
+        self._supervisor.start()
+        started.wait()
+        if first[0] is not None:
+            raise first[0]
+
     def _start_pipeline_process(self) -> None:
         context = multiprocessing.get_context("spawn")  # a fresh interpreter: no threads or locks forked
         receiver, sender = context.Pipe()
         process = context.Process(
-            target=_pipeline_main, args=(self.options, sender), name="forwarder-pipeline", daemon=True
+            target=_pipeline_main,
+            args=(self.options, sender, os.getpid()),
+            name="forwarder-pipeline",
+            daemon=True,
         )
         process.start()
         sender.close()
-        if not receiver.poll(PIPELINE_START_SECONDS):
-            process.kill()
-            raise RuntimeError(f"the pipeline process did not start within {PIPELINE_START_SECONDS:g} s")
         try:
-            ready = receiver.recv()
-        except EOFError:
+            if not receiver.poll(PIPELINE_START_SECONDS):
+                raise RuntimeError(f"the pipeline process did not start within {PIPELINE_START_SECONDS:g} s")
+            try:
+                ready = receiver.recv()
+            except EOFError:
+                process.join(5)
+                raise RuntimeError(
+                    f"the pipeline process ended at start (exit code {process.exitcode})"
+                ) from None
+            if "error" in ready:
+                raise RuntimeError(f"the pipeline process could not start: {ready['error']}")
+        except BaseException:
+            receiver.close()
+            if process.is_alive():
+                process.kill()
             process.join(5)
-            raise RuntimeError(
-                f"the pipeline process ended at start (exit code {process.exitcode})"
-            ) from None
-        if "error" in ready:
-            process.join(5)
-            raise RuntimeError(f"the pipeline process could not start: {ready['error']}")
+            raise
         self.sandbox_urls = dict(ready["sandboxes"])
         self._pipeline, self._pipeline_conn = process, receiver
+        self._pipeline_started = time.monotonic()
 
     def _stop_pipeline_process(self) -> None:
+        """Ask the pipeline process to stop after its batches in progress; kill it if it does not in time."""
         process, conn = self._pipeline, self._pipeline_conn
         if process is None or conn is None:
             return
-        if self._supervisor is not None and self._supervisor is not threading.current_thread():
-            self._supervisor.join(5)
         with contextlib.suppress(OSError):  # it may be gone already
             conn.send("stop")
         process.join(PIPELINE_STOP_SECONDS)
@@ -442,33 +487,48 @@ class EmbeddedStack:
         conn.close()
 
     def _supervise(self) -> None:
-        """Start the pipeline process again when it dies while the stack runs (it is the queues' consumer)."""
-        while not self._stop.is_set():
+        """Until the stack stops (then stop the pipeline process), start the pipeline process again whenever
+        it dies alone: it is the queues' consumer. One that dies soon after its start is started again after a
+        doubling pause (1 s to 60 s): a record that kills it must not make it restart in a tight loop."""
+        pause = 1.0
+        while True:
             process = self._pipeline
             if process is None:
                 return
             wait_for([process.sentinel], timeout=0.5)
-            if self._stop.is_set() or process.is_alive():
+            if self._stop.is_set():
+                self._stop_pipeline_process()
+                return
+            if process.is_alive():
                 continue
+            lived = time.monotonic() - self._pipeline_started
             logger.error(
-                "the pipeline process ended (exit code %s) while the stack runs: starting it again",
+                "the pipeline process ended (exit code %s) after %.0f s while the stack runs: starting it again",
                 process.exitcode,
+                lived,
             )
             if self._pipeline_conn is not None:
                 self._pipeline_conn.close()
             self._pipeline = self._pipeline_conn = None
+            pause = 1.0 if lived > PIPELINE_STEADY_SECONDS else min(pause * 2, 60.0)
+            if self._stop.wait(pause):  # e.g. a signal to the whole process group: the stack stops too
+                return
             # What it held in flight died with it: retried at once, as at a start after kill -9.
             for name in PIPELINE_QUEUES:
                 self.store.release_in_flight(name)
-            while not self._stop.is_set():
+            while True:
                 try:
                     self._start_pipeline_process()
                     self.pipeline_restarts += 1
                     self._write_stack_json()
                     break
                 except (RuntimeError, OSError, StateInUse) as error:
-                    logger.error("the pipeline process did not start again (%s): retrying in 5 s", error)
-                    self._stop.wait(5)
+                    logger.error(
+                        "the pipeline process did not start again (%s): retrying in %.0f s", error, pause
+                    )
+                    if self._stop.wait(pause):
+                        return
+                    pause = min(pause * 2, 60.0)
 
     def __enter__(self) -> EmbeddedStack:
         return self.start()
@@ -620,25 +680,33 @@ def _die_with_parent() -> None:
         return
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        if libc.prctl(1, signal.SIGKILL, 0, 0, 0) != 0:  # 1 = PR_SET_PDEATHSIG
+            logger.warning(
+                "the pipeline process cannot ask to die with the stack (errno %d)", ctypes.get_errno()
+            )
     except (OSError, AttributeError):
         pass
 
 
-def _pipeline_main(options: StackOptions, conn: Connection) -> None:
-    """The pipeline process of a stack with ``pipeline_process``: runs until the stack says stop, or dies."""
+def _pipeline_main(options: StackOptions, conn: Connection, parent: int) -> None:
+    """The pipeline process of a stack with ``pipeline_process``: runs until the stack says stop, a SIGTERM
+    comes (both: after the batches in progress), or the stack dies (then so does this process)."""
     _die_with_parent()
+    if os.getppid() != parent:
+        return  # the stack died before this process could ask to die with it
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the stack stops us
-    parent = os.getppid()
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     try:
         stack = EmbeddedStack(options, pipeline_only=True).start()
     except BaseException as error:  # reported to the stack, which fails its start with it
-        conn.send({"error": f"{type(error).__name__}: {error}"})
+        with contextlib.suppress(OSError):
+            conn.send({"error": f"{type(error).__name__}: {error}"})
         return
-    conn.send({"sandboxes": stack.sandbox_urls})
     try:
-        while os.getppid() == parent:
-            if conn.poll(1.0):
+        conn.send({"sandboxes": stack.sandbox_urls})
+        while os.getppid() == parent and not stopping.is_set():
+            if conn.poll(0.5):
                 conn.recv()  # "stop"
                 break
     except (EOFError, OSError):

@@ -115,6 +115,10 @@ def test_a_pipeline_process_that_dies_is_started_again_and_what_it_held_is_deliv
     # and the new one takes new records too
     _send(stack, "after@example.com")
     wait_for(lambda: _customer(stack, "after@example.com"), what="a record sent after the restart")
+    # and stopping the stack stops the new one as it stops the first: asked, after its batches (exit code 0),
+    # not killed with the thread that started it
+    stack.stop()
+    assert stack.pipeline_exit_code == 0
 
 
 def test_a_stack_refuses_a_state_folder_whose_earlier_pipeline_process_still_runs(
@@ -211,3 +215,57 @@ def test_a_record_that_cannot_be_synced_is_answered_503_not_202(
         "message": "the record could not be stored durably; retry",
         "code": "UNAVAILABLE",
     }
+
+
+def test_a_stack_that_cannot_start_leaves_no_pipeline_process_behind(tmp_path: Path) -> None:
+    import multiprocessing
+
+    # given the gateway's port taken
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        options = _options(tmp_path / "state")
+        options.port = taken.getsockname()[1]
+        # when a two-process stack starts, then it fails
+        with pytest.raises(OSError):
+            EmbeddedStack(options).start()
+    # and no pipeline process is left consuming the queues, and the state folder is free again
+    assert multiprocessing.active_children() == []
+    options.port = 0
+    EmbeddedStack(options).start().stop()
+
+
+def test_a_keyed_request_is_on_disk_before_its_answer_is_kept_for_retries(
+    stack: EmbeddedStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from forwarder_local import queue as queue_module
+
+    first = stack.first_client()
+    assert first is not None and stack.gateway is not None
+    _, group_key, access_key, secret_key = first
+    auth = AWS4Auth(access_key, secret_key, "us-east-1", "execute-api")
+
+    def send() -> requests.Response:
+        assert stack.gateway is not None
+        return requests.post(
+            stack.gateway.url + "/v1/contacts",
+            json={"group_key": group_key, "data": {"email": "keyed@example.com"}},
+            headers={"Idempotency-Key": "order-1"},
+            auth=auth,
+            timeout=10,
+        )
+
+    # given a disk that fails the queue's next sync
+    real = queue_module.os.fdatasync
+
+    def fails_once(fd: int) -> None:
+        monkeypatch.setattr(queue_module.os, "fdatasync", real)
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(queue_module.os, "fdatasync", fails_once)
+    # when a request with an Idempotency-Key is sent, then it is not answered 202
+    assert send().status_code == 503
+    # and its retry is not answered 202 from the idempotency record either: the store, which cannot know what
+    # reached the disk, refuses sends until the stack restarts
+    retried = send()
+    assert retried.status_code == 503, retried.text

@@ -1273,3 +1273,36 @@ def test_a_failed_sync_is_raised_to_every_caller_waiting_on_it() -> None:
     finally:
         batcher.close()
     assert isinstance(outcome, OSError)
+
+
+def test_after_a_failed_sync_the_store_refuses_sends_until_it_is_opened_again(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import forwarder_local.queue as queue_module
+
+    # given a store whose next sync of its log fails
+    real = queue_module.os.fdatasync
+    with DurableQueueStore(db) as s:
+        s.create_queue(QueueSpec("q"))
+        s.send("q", "before")
+
+        def fails(fd: int) -> None:
+            raise OSError(5, "Input/output error")
+
+        monkeypatch.setattr(queue_module.os, "fdatasync", fails)
+        # when a send's sync fails, then the send raises
+        with pytest.raises(OSError, match="Input/output error"):
+            s.send("q", "unsure")
+        # and later sends are refused before they commit, even once the disk answers again: a successful sync
+        # could cover frames that never reached the disk
+        monkeypatch.setattr(queue_module.os, "fdatasync", real)
+        with pytest.raises(OSError, match="restart the stack"):
+            s.send("q", "after")
+        with pytest.raises(OSError, match="restart the stack"):
+            s.sync()
+        assert sorted(m["body"] for m in s.peek("q")) == ["before", "unsure"]
+        # and receives go on (what is queued is delivered)
+        assert s.receive("q", max_messages=10)
+    # and a store opened again sends
+    with DurableQueueStore(db) as again:
+        again.send("q", "reopened")
