@@ -1393,7 +1393,12 @@ class CareCloudSandbox(Sandbox):
         email_list = {value.lower() for value in _values(request, "email_list")}
         customer_ids = set(_values(request, "customer_ids"))
         matches: list[JsonObject] = []
-        for customer in self.state.items(CUSTOMERS).values():
+        candidates: Iterable[JsonObject] = self.state.items(CUSTOMERS).values()
+        if email is not None:  # e-mails are unique: the index names the only candidate (no scan of them all)
+            owner = self._emails.get(email.lower())
+            found = self.state.get(CUSTOMERS, owner) if owner is not None else None
+            candidates = [found] if found is not None else []
+        for customer in candidates:
             info = customer["personal_information"]
             if email is not None and str(info.get("email", "")).lower() != email.lower():
                 continue

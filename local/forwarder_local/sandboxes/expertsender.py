@@ -489,7 +489,9 @@ class ExpertSenderSandbox(Sandbox):
         key_field = MATCH_BY_FIELD[match_by]
         stored = self.state.items(CUSTOMERS)
         customers: dict[int, JsonObject] = {}  # the records' customers, copied before any change
-        index = {name: dict(keys) for name, keys in self._index.items()}
+        # The changes are kept apart and applied on success: copying every index per request made a request
+        # cost as much as the sandbox held customers.
+        index = {name: _IndexChanges(keys) for name, keys in self._index.items()}
         next_id = self.state.counter(CUSTOMER_ID) + 1
         errors: list[str] = []
         results: list[JsonObject] = []
@@ -544,7 +546,8 @@ class ExpertSenderSandbox(Sandbox):
                 self.state.put(CUSTOMERS, str(customer_id), customer)
             for customer, record in applied:
                 self.record_effect("upsert", effect_key(_identity(customer), record))
-        self._index = index
+        for changes in index.values():
+            changes.apply()
         return [], copy.deepcopy(results)
 
     def _lookup(self, field_name: str, value: str) -> int | None:
@@ -617,7 +620,38 @@ def _problem_response(status: int, body: JsonObject, headers: dict[str, str] | N
     return Response(status, body, headers or {}, "application/problem+json; charset=utf-8")
 
 
-def _merge(customer: JsonObject, record: JsonObject, index: dict[str, dict[str, int]]) -> None:
+class _IndexChanges:
+    """Changes to one identifier index made while records are applied, over the index itself: lookups see
+    them, the index is untouched until ``apply()``."""
+
+    __slots__ = ("base", "changes")
+
+    def __init__(self, base: dict[str, int]) -> None:
+        self.base = base
+        self.changes: dict[str, int | None] = {}  # None: removed
+
+    def get(self, key: str) -> int | None:
+        if key in self.changes:
+            return self.changes[key]
+        return self.base.get(key)
+
+    def __setitem__(self, key: str, value: int) -> None:
+        self.changes[key] = value
+
+    def pop(self, key: str, default: None = None) -> int | None:
+        found = self.get(key)
+        self.changes[key] = None
+        return found if found is not None else default
+
+    def apply(self) -> None:
+        for key, value in self.changes.items():
+            if value is None:
+                self.base.pop(key, None)
+            else:
+                self.base[key] = value
+
+
+def _merge(customer: JsonObject, record: JsonObject, index: dict[str, _IndexChanges]) -> None:
     """Replace provided fields, merge attributes by name and consents by id; keep indexes in step."""
     for name, value in record.items():
         if name == "id":
