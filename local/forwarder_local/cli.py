@@ -166,7 +166,7 @@ def run(
     os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
     os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
     from forwarder.config import ConfigError
-    from forwarder_local.stack import DEFAULT_CONFIG, EmbeddedStack, StackOptions, StateInUse
+    from forwarder_local.stack import DEFAULT_CONFIG, EmbeddedStack, StackOptions, StateInUse, running_stack
 
     options = StackOptions(
         state_dir=state_dir,
@@ -189,6 +189,13 @@ def run(
         options.circuit_probe_seconds = circuit_probe_seconds
     if deliver_workers is not None:
         options.deliver_workers = deliver_workers
+    running = running_stack(state_dir)
+    if running is not None:  # said first: its ports are taken too, but moving them would not help
+        where = f" (gateway {running['gateway']})" if running.get("gateway") else ""
+        raise click.ClickException(
+            f"another embedded stack is running on {state_dir.resolve()}{where}; stop it (Ctrl-C where it runs), "
+            "or start this one on another folder with --state-dir"
+        )
     _check_ports(options)
     try:
         stack = EmbeddedStack(options).start()
@@ -212,6 +219,11 @@ def run(
         "GET /v1/requests/{request_id}"
     )
     click.echo(f"  signing                            region {options.region}, service execute-api")
+    if stack.pipeline_pid is not None:
+        click.echo(
+            f"  pipeline process                   pid {stack.pipeline_pid} ('fwd-pipeline' in top)   validate, "
+            "deliver, the token schedule, the sandboxes (--one-process: none)"
+        )
     if stack.config.hooks:
         click.echo(
             f"  {'web-form hooks (no SigV4)':<34} {stack.gateway.url}   POST /v1/hooks/{{hook_id}}: "

@@ -83,6 +83,19 @@ def sqs_event(queue_arn: str, messages: list[ReceivedMessage], region: str = REG
     return {"Records": records}
 
 
+_streams: dict[tuple[str, str], str] = {}
+
+
+def _log_stream(function_name: str) -> str:
+    """A function's log stream in this process: one per day, as Lambda's is one per execution environment
+    (not per invocation)."""
+    day = time.strftime("%Y/%m/%d")
+    found = _streams.get((function_name, day))
+    if found is None:
+        found = _streams[(function_name, day)] = f"{day}/[$LATEST]{uuid.uuid4().hex}"
+    return found
+
+
 class LambdaContext:
     """A stand-in for the Lambda context object (enough for Powertools Logger, Metrics, Tracer)."""
 
@@ -102,7 +115,7 @@ class LambdaContext:
         self.memory_limit_in_mb = memory_limit_in_mb
         self.aws_request_id = aws_request_id or str(uuid.uuid4())
         self.log_group_name = f"/aws/lambda/{function_name}"
-        self.log_stream_name = f"{time.strftime('%Y/%m/%d')}/[$LATEST]{uuid.uuid4().hex}"
+        self.log_stream_name = _log_stream(function_name)
         self.identity: Any = None
         self.client_context: Any = None
         self._deadline = time.monotonic() + timeout_seconds

@@ -116,6 +116,26 @@ QUEUES = (
 )
 
 
+def running_stack(state_dir: Path) -> dict[str, Any] | None:
+    """What ``stack.json`` says of the stack running on ``state_dir`` (its gateway, its pipeline's pid), or
+    None when no stack holds that folder."""
+    lock = state_dir / "stack.lock"
+    if not lock.exists():
+        return None
+    with open(lock, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pass
+        else:
+            return None
+    try:
+        found: dict[str, Any] = json.loads((state_dir / "stack.json").read_text())
+    except (OSError, ValueError):
+        found = {}
+    return found
+
+
 def issuable_user(principal: str) -> bool:
     """Whether a config principal is an IAM user, to whom the embedded stack issues access keys."""
     return principal.startswith("arn:aws:iam::") and ":user/" in principal
@@ -360,7 +380,8 @@ class EmbeddedStack:
     def _write_stack_json(self) -> None:
         """What `forwarder send` and `forwarder clients` read to reach this stack: its config, URL and region
         (and which process runs its pipeline)."""
-        assert self.gateway is not None
+        if self.gateway is None:
+            return  # not started yet: written once the gateway runs
         path = self.options.state_dir / "stack.json"
         partial = path.with_suffix(".json.partial")  # replaced at once: readers never see half a file
         partial.write_text(
@@ -510,6 +531,7 @@ class EmbeddedStack:
             if self._pipeline_conn is not None:
                 self._pipeline_conn.close()
             self._pipeline = self._pipeline_conn = None
+            self._write_stack_json()  # no pipeline pid until the next one runs: never a dead process's
             pause = 1.0 if lived > PIPELINE_STEADY_SECONDS else min(pause * 2, 60.0)
             if self._stop.wait(pause):  # e.g. a signal to the whole process group: the stack stops too
                 return
@@ -684,6 +706,7 @@ def _die_with_parent() -> None:
             logger.warning(
                 "the pipeline process cannot ask to die with the stack (errno %d)", ctypes.get_errno()
             )
+        libc.prctl(15, b"fwd-pipeline", 0, 0, 0)  # 15 = PR_SET_NAME: what top and ps -o comm show
     except (OSError, AttributeError):
         pass
 

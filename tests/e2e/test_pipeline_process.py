@@ -269,3 +269,23 @@ def test_a_keyed_request_is_on_disk_before_its_answer_is_kept_for_retries(
     # reached the disk, refuses sends until the stack restarts
     retried = send()
     assert retried.status_code == 503, retried.text
+
+
+def test_a_second_forwarder_run_on_the_folder_names_the_running_stack_before_any_port(
+    stack: EmbeddedStack,
+) -> None:
+    from click.testing import CliRunner
+
+    from forwarder_local.cli import main
+
+    assert stack.gateway is not None
+    # when `forwarder run` starts on the folder of a running stack, on the same (taken) ports
+    started = CliRunner().invoke(
+        main,
+        ["run", "--state-dir", str(stack.options.state_dir), "--port", stack.gateway.url.rsplit(":", 1)[1]],
+    )
+    # then it refuses with the real reason and the running stack's gateway, not with a port to move
+    assert started.exit_code == 1
+    assert "another embedded stack is running on" in started.output
+    assert stack.gateway.url in started.output
+    assert "is in use" not in started.output

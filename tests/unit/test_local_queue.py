@@ -359,6 +359,24 @@ def test_wal_and_synchronous_full_when_opened(db: Path) -> None:
     assert sqlite3.connect(db).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
+def _run_then_kill_9(code: str, db: Path, ready: str) -> None:
+    """Run ``code`` (``python -c``, the store's path as its argument) until it prints ``ready``, then SIGKILL it."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO / "local"), os.environ.get("PYTHONPATH", "")]),
+    }
+    proc = subprocess.Popen([sys.executable, "-c", code, str(db)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == ready
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def test_acknowledged_sends_survive_kill_9(db: Path) -> None:
     # given a process that sends N messages, reports it, and is then killed with SIGKILL
     n = 50
@@ -372,20 +390,7 @@ def test_acknowledged_sends_survive_kill_9(db: Path) -> None:
         "print('sent', flush=True)\n"
         "time.sleep(60)\n"
     )
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(REPO / "local"), os.environ.get("PYTHONPATH", "")]),
-    }
-    proc = subprocess.Popen([sys.executable, "-c", code, str(db)], stdout=subprocess.PIPE, text=True, env=env)
-    try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "sent"
-        proc.send_signal(signal.SIGKILL)
-        assert proc.wait(timeout=10) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    _run_then_kill_9(code, db, "sent")
 
     # when the parent opens the store
     with DurableQueueStore(db) as s:
@@ -444,20 +449,7 @@ def test_unsynced_receives_and_deletes_survive_kill_9(db: Path) -> None:
         "print('done', flush=True)\n"
         "time.sleep(60)\n"
     )
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(REPO / "local"), os.environ.get("PYTHONPATH", "")]),
-    }
-    proc = subprocess.Popen([sys.executable, "-c", code, str(db)], stdout=subprocess.PIPE, text=True, env=env)
-    try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "done"
-        proc.send_signal(signal.SIGKILL)
-        assert proc.wait(timeout=10) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    _run_then_kill_9(code, db, "done")
 
     # when the parent opens the store
     with DurableQueueStore(db) as s:

@@ -43,6 +43,7 @@ def _json(
 
 def _accept(action: Action) -> Response[Any]:
     event = app.current_event
+    headers = event.headers or {}  # built anew at each read of the property: read once
     identity = event.request_context.identity
     body: str | bytes | None = event.body
     if event.is_base64_encoded and event.body is not None:
@@ -58,9 +59,9 @@ def _accept(action: Action) -> Response[Any]:
         services(),
         action=action,
         body=body,
-        content_type=event.headers.get("content-type") if event.headers else None,
+        content_type=headers.get("content-type"),
         caller=Caller(access_key=identity.access_key, user_arn=identity.user_arn),
-        idempotency_key=(event.headers or {}).get("idempotency-key"),
+        idempotency_key=headers.get("idempotency-key"),
         deadline=app.lambda_context,
     )
     if not accepted.repeated:

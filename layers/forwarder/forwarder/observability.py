@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -74,6 +75,9 @@ def request_scope(request_id: str) -> Iterator[None]:
 # header on to SQS, so a record's trace still spans the flows. Powertools' Tracer needs the X-Ray SDK, which
 # brings a second botocore into the layer and ~200 ms into every cold start (docs/decisions.md).
 metrics = Metrics(namespace="Forwarder", service="forwarder")
+# An invocation that counted nothing (a batch of duplicates, a refresh with nothing due) is normal here, not
+# worth Powertools' UserWarning on stderr at every such flush.
+warnings.filterwarnings("ignore", message="No application metrics to publish", category=UserWarning)
 
 
 # The flows' metrics, in the ``Forwarder`` namespace with the ``service`` dimension. template.yaml's alarms and
