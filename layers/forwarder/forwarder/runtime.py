@@ -140,11 +140,13 @@ class Services:
     def flow_control(self) -> FlowControl:
         """This process's circuit breakers and rate limiters (kept for the services' lifetime)."""
         if self.flow is None:
-            self.flow = FlowControl(
-                failure_threshold=self.settings.circuit_failures,
-                probe_interval=self.settings.circuit_probe_seconds,
-                requests_in_flight=self.settings.vendor_requests_in_flight,
-            )
+            with _flow_lock:  # deliver's threads may ask at once: one set of breakers for all of them
+                if self.flow is None:
+                    self.flow = FlowControl(
+                        failure_threshold=self.settings.circuit_failures,
+                        probe_interval=self.settings.circuit_probe_seconds,
+                        requests_in_flight=self.settings.vendor_requests_in_flight,
+                    )
         return self.flow
 
     def token_keeper(self) -> TokenKeeper:
@@ -158,6 +160,7 @@ class Services:
 
 
 _lock = threading.Lock()
+_flow_lock = threading.Lock()
 _services: Services | None = None
 
 

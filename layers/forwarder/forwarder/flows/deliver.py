@@ -25,9 +25,11 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from pydantic import Field, TypeAdapter, ValidationError
 
@@ -189,16 +191,20 @@ def _deliver_wave(
         groups.setdefault(
             (item.delivery.group_key, item.delivery.integration, item.delivery.operation), []
         ).append(item)
-    for (group_key, integration_name, operation), items in groups.items():
+
+    def send(group: tuple[tuple[str, str, str], list[_Item]]) -> list[Outcome]:
+        (group_key, integration_name, operation), items = group
         integration_config = _integration_config(config, group_key, integration_name)
         if integration_config is None:
-            outcomes = [
+            return [
                 Outcome.retry(
                     f"integration '{integration_name}' of group key '{group_key}' is not configured"
                 )
             ] * len(items)
-        else:
-            outcomes = _send_in_order(services, integration_config, operation, items, budget)
+        return _send_in_order(services, integration_config, operation, items, budget)
+
+    sends = list(groups.items())
+    for (_, items), outcomes in zip(sends, _each_at_once(send, sends), strict=True):
         for item, outcome in zip(items, outcomes, strict=True):
             with request_scope(item.delivery.request_id):
                 results[item.message_id] = _settle(services, item, outcome, written)
@@ -212,6 +218,29 @@ def _deliver_wave(
                 if item.key in written:
                     results[item.message_id] = ("unsettled", 0)
     return [results[item.message_id] for item in wave]
+
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+
+def _each_at_once(work: Callable[[_T], _R], groups: list[_T]) -> list[_R]:
+    """``work`` of each group, the groups at the same time (a thread each), results in order. The integrations
+    of a wave are independent of each other (a customer's order is kept within each), so a slow or failing
+    vendor must not hold up the others' deliveries. The log keys of the invocation go with each thread."""
+    if len(groups) < 2:
+        return [work(group) for group in groups]
+    keys = logger.thread_safe_get_current_keys()
+
+    def run(group: _T) -> _R:
+        logger.thread_safe_append_keys(**keys)
+        try:
+            return work(group)
+        finally:
+            logger.thread_safe_clear_keys()
+
+    with ThreadPoolExecutor(max_workers=len(groups), thread_name_prefix="deliver-integration") as pool:
+        return list(pool.map(run, groups))
 
 
 # A delivery queue message: a delivery, or a dead letter redriven from the DLQ (replay), told apart by "kind".
