@@ -976,6 +976,16 @@ def test_prepare_rejects_a_record_dm_hub_would_refuse_saying_why(
     assert any(problem in error for error in raised.value.errors), raised.value.errors
 
 
+def test_an_invalid_e_mail_that_is_also_the_identity_is_named_once() -> None:
+    # given an e-mail identity (the default) and an invalid e-mail, checked as identity and as customer field
+    with pytest.raises(RecordInvalid) as raised:
+        DmHub().prepare(
+            UPSERT, {"email": "jane@example"}, DmHubSettings(), RecordContext("r", "2024-05-01T10:00:00Z")
+        )
+    # then the rejection says it once
+    assert raised.value.errors == ["field 'email': 'jane@example' is not a valid e-mail address"]
+
+
 def config_text(
     contact_attribute: str = "attr20", event_attribute: str = "attr5", identity_type: str = "email"
 ) -> str:

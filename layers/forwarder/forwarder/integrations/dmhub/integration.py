@@ -272,8 +272,8 @@ class DmHub(Integration):
                     )
                 if names:
                     payload[name] = sorted(set(names))
-        if errors:
-            raise RecordInvalid(errors)
+        if errors:  # the identity and the customer may check one field alike (an e-mail identity): said once
+            raise RecordInvalid(list(dict.fromkeys(errors)))
         return payload
 
     # --- deliver ----------------------------------------------------------------------------------------------
