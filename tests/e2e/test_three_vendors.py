@@ -214,8 +214,8 @@ def test_one_vendor_down_is_probed_about_once_an_interval_and_nothing_is_dead_le
 
 def test_a_slow_vendor_does_not_hold_up_the_others(stack: EmbeddedStack) -> None:
     demo = Demo(stack)
-    # given ExpertSender answering after 4 s
-    demo.expertsender.set_latency(4.0)
+    # given ExpertSender answering after 6 s
+    demo.expertsender.set_latency(6.0)
     # when a contact for all three vendors is sent
     started = time.monotonic()
     demo.send("/v1/contacts", {"email": "patient@example.com", "first_name": "Pat"})
@@ -228,6 +228,6 @@ def test_a_slow_vendor_does_not_hold_up_the_others(stack: EmbeddedStack) -> None
         timeout=10,
         what="the contact at DM Hub and CareCloud",
     )
-    assert time.monotonic() - started < 3.5, "they waited for ExpertSender's answer"
+    assert time.monotonic() - started < 5.0, "they waited for ExpertSender's answer"
     # and ExpertSender gets it too
     wait_for(lambda: demo.expertsender.find(email="patient@example.com"), what="the contact at ExpertSender")
