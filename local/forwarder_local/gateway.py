@@ -43,6 +43,8 @@ BACKLOG = 2048
 """Connections the kernel holds for the server while it accepts (http.server's default was 5)."""
 KEEP_ALIVE_SECONDS = 60
 HANDLER_THREADS = 16
+OWN_SYNC_THREADS = 4
+"""Threads for the requests a loop-run gateway hands off: those whose handler waits for the disk itself."""
 logger = logging.getLogger(__name__)
 Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
 
@@ -124,7 +126,8 @@ def _may_share_sync(method: str, raw_path: str, headers: list[tuple[str, str]]) 
     """Whether a request's answer may wait for a sync shared with others after the handler has returned
     (``LocalGateway.syncs``). Not when the handler records its answer elsewhere before it returns: a request
     with an ``Idempotency-Key``, and a hook (its signature is its key), whose answer the idempotency store keeps
-    durably for retries; their sends are on disk before the handler returns, as outside the gateway."""
+    durably for retries; their sends are on disk before the handler returns, as outside the gateway. Those run
+    in a small pool of threads, not on the loop (the other routes, reads, go there too)."""
     if (method, raw_path) not in ROUTES:
         return False
     return not any(name.lower() == "idempotency-key" for name, _ in headers)
@@ -212,6 +215,10 @@ class LocalGateway:
         self._pool = (
             ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gateway") if threads else None
         )
+        #: with ``threads=0`` and ``syncs``: the requests that wait for the disk in the handler (keyed, hooks)
+        self._own_syncs = ThreadPoolExecutor(
+            max_workers=OWN_SYNC_THREADS, thread_name_prefix="gateway-syncing"
+        )
         config = uvicorn.Config(
             self._asgi,
             http=_HttpProtocol,
@@ -252,6 +259,7 @@ class LocalGateway:
             self._thread.join(10)
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
+        self._own_syncs.shutdown(wait=False, cancel_futures=True)
         if self.syncs is not None:
             self.syncs.close()
         self._socket.close()
@@ -295,8 +303,14 @@ class LocalGateway:
             request_id,
         )
         if self._pool is None:  # threads=0: on the event loop
-            if self.syncs is None or not _may_share_sync(scope["method"], raw_path, headers):
+            if self.syncs is None:
                 return self._serve(*arguments)
+            if not _may_share_sync(scope["method"], raw_path, headers):
+                # Waits for the disk in the handler (its answer is kept for retries): in a thread of its own,
+                # so that the loop serves the other requests meanwhile.
+                return await asyncio.get_running_loop().run_in_executor(
+                    self._own_syncs, self._serve, *arguments
+                )
             with self.syncs.store.syncs_owed() as owed:
                 reply = self._serve(*arguments)
             if owed.sync:  # the record is committed: the answer waits until it is on disk, with others'

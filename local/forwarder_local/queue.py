@@ -328,14 +328,34 @@ class SyncBatcher:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
+class _SyncTicket:
+    """The sync a group commit's sends wait for: run by the thread that committed them, after it has let go of
+    the connection (other threads commit meanwhile)."""
+
+    __slots__ = ("done", "error")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.error: OSError | None = None
+
+    def run(self, store: DurableQueueStore) -> None:
+        try:
+            store.sync()
+        except Exception as error:  # committed, but not known to be on disk: its senders are told
+            self.error = error if isinstance(error, OSError) else OSError(f"the sync failed: {error}")
+        finally:
+            self.done.set()
+
+
 class _PendingWrite:
     """One thread's write waiting for the next group commit, and its outcome."""
 
-    __slots__ = ("done", "durable", "error", "result", "work")
+    __slots__ = ("done", "durable", "error", "result", "ticket", "work")
 
     def __init__(self, work: Callable[[sqlite3.Connection], Any], durable: bool) -> None:
         self.work = work
         self.durable = durable
+        self.ticket: _SyncTicket | None = None
         self.result: Any = None
         self.error: BaseException | None = None
         self.done = False
@@ -526,17 +546,28 @@ class DurableQueueStore:
         pending = _PendingWrite(work, durable)
         with self._pending_lock:
             self._pending.append(pending)
+        ticket: _SyncTicket | None = None
         with self._lock:
             if not pending.done:  # else an earlier holder of the connection committed it with its own
-                self._commit_pending()
+                ticket = self._commit_pending()
+        if (
+            ticket is not None
+        ):  # this thread committed sends: it syncs for them, the connection free meanwhile
+            ticket.run(self)
+        if pending.ticket is not None:  # a send: returns once on disk (its committer's sync)
+            pending.ticket.done.wait()
+            if pending.ticket.error is not None:
+                raise pending.ticket.error
         if pending.error is not None:
             raise pending.error
         result: _T = pending.result
         return result
 
-    def _commit_pending(self) -> None:
-        """With the connection held: one transaction for every write queued so far, each in a savepoint."""
+    def _commit_pending(self) -> _SyncTicket | None:
+        """With the connection held: one transaction for every write queued so far, each in a savepoint.
+        Returns the sync its sends wait for, which the caller runs once it has let go of the connection."""
         batch: list[_PendingWrite] = []
+        ticket: _SyncTicket | None = None
         try:
             if self._conn is None:
                 raise RuntimeError("DurableQueueStore is closed")
@@ -555,7 +586,7 @@ class DurableQueueStore:
                         except Exception as error:
                             conn.execute("ROLLBACK")
                             only.error = error
-                            return
+                            return None
                     else:
                         for item in batch:
                             conn.execute("SAVEPOINT write")
@@ -572,14 +603,11 @@ class DurableQueueStore:
                 self.transactions += 1
                 self.writes += len(batch)
                 sync = any(item.durable and item.error is None for item in batch)
-            if sync:  # other processes write on while this one waits for the disk
-                try:
-                    self._sync_wal()
-                    self.durable_transactions += 1
-                except OSError as error:  # committed, but not known to be on disk: its senders are told
-                    for item in batch:
-                        if item.durable and item.error is None:
-                            item.result, item.error = None, error
+            if sync:  # other processes, and this one's other threads, write on while it waits for the disk
+                ticket = _SyncTicket()
+                for item in batch:
+                    if item.durable and item.error is None:
+                        item.ticket = ticket
         except BaseException as error:  # nothing was committed: every write queued so far fails with it
             with self._pending_lock:
                 batch, self._pending = [*batch, *self._pending], []
@@ -588,6 +616,7 @@ class DurableQueueStore:
         finally:
             for item in batch:
                 item.done = True
+        return ticket
 
     @property
     def pending_writes(self) -> int:

@@ -289,3 +289,46 @@ def test_a_second_forwarder_run_on_the_folder_names_the_running_stack_before_any
     assert "another embedded stack is running on" in started.output
     assert stack.gateway.url in started.output
     assert "is in use" not in started.output
+
+
+def test_a_keyed_request_waiting_for_the_disk_does_not_hold_up_the_others(
+    stack: EmbeddedStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+    import time
+
+    # given a disk that takes 2 s to sync the queue for requests that sync in their handler (keyed ones)
+    real = stack.store._sync_wal
+
+    def slow_for_the_keyed() -> None:
+        if threading.current_thread().name.startswith("gateway-syncing"):
+            time.sleep(2.0)
+        real()
+
+    monkeypatch.setattr(stack.store, "_sync_wal", slow_for_the_keyed)
+    first = stack.first_client()
+    assert first is not None and stack.gateway is not None
+    _, group_key, access_key, secret_key = first
+    auth = AWS4Auth(access_key, secret_key, "us-east-1", "execute-api")
+    url = stack.gateway.url + "/v1/contacts"
+    keyed: list[int] = []
+    sender = threading.Thread(
+        target=lambda: keyed.append(
+            requests.post(
+                url,
+                json={"group_key": group_key, "data": {"email": "keyed.slow@example.com"}},
+                headers={"Idempotency-Key": "slow-1"},
+                auth=auth,
+                timeout=10,
+            ).status_code
+        )
+    )
+    # when a keyed request is waiting for its sync and another client sends a contact
+    sender.start()
+    time.sleep(0.3)
+    started = time.monotonic()
+    _send(stack, "not.held@example.com")
+    # then the other client's answer does not wait for the keyed request's disk
+    assert time.monotonic() - started < 1.2
+    sender.join(10)
+    assert keyed == [202]
