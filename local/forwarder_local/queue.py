@@ -386,7 +386,6 @@ class DurableQueueStore:
         self.durable_transactions = 0
         """Syncs of the log so far: one after each transaction with a send, or one per ``sync()``."""
         self._sync_failed: OSError | None = None
-        self._synchronous = "FULL"
         self._resolved = str(self.path.resolve())
         self._signals: dict[str, _Signal] = {}
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -398,7 +397,9 @@ class DurableQueueStore:
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise sqlite3.OperationalError(f"cannot switch {self.path} to WAL mode (got {mode})")
-            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute(
+                "PRAGMA synchronous = NORMAL"
+            )  # what must reach the disk is synced by hand: _sync_wal
             conn.execute("BEGIN IMMEDIATE")
             try:
                 for statement in _SCHEMA.split(";"):
@@ -469,17 +470,21 @@ class DurableQueueStore:
         the WAL is reused, so one sync covers every commit before it."""
         wal = f"{self.path}-wal"
         with self._wal_lock:
-            if self._sync_failed is not None:
-                raise OSError(
-                    self._sync_failed.errno,
-                    f"an earlier sync of {self.path.name}'s log failed ({self._sync_failed.strerror}): its "
-                    "records may not be on disk; restart the stack",
-                )
+            self._refuse_after_failed_sync()
             try:
                 self._sync_wal_now(wal)
             except OSError as error:
                 self._sync_failed = error
                 raise
+
+    def _refuse_after_failed_sync(self) -> None:
+        failed = self._sync_failed
+        if failed is not None:
+            raise OSError(
+                failed.errno,
+                f"an earlier sync of {self.path.name}'s log failed ({failed.strerror}): its records may not be "
+                "on disk; restart the stack",
+            )
 
     def _sync_wal_now(self, wal: str) -> None:
         """One sync of ``wal`` (with ``_wal_lock`` held)."""
@@ -495,19 +500,12 @@ class DurableQueueStore:
             os.close(self._wal)  # the file was replaced (every connection to it closed meanwhile): again
             self._wal = None
 
-    def _set_synchronous(self, conn: sqlite3.Connection, level: str) -> None:
-        """Outside a transaction (SQLite ignores the setting inside one): FULL fsyncs the WAL at commit."""
-        if level != self._synchronous:
-            conn.execute("PRAGMA synchronous = FULL" if level == "FULL" else "PRAGMA synchronous = NORMAL")
-            self._synchronous = level
-
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             if self._conn is None:
                 raise RuntimeError("DurableQueueStore is closed")
-            self._set_synchronous(self._conn, "FULL")
-            with self._writing():
+            with self._writing():  # queue settings and in-flight releases: nothing a sender waits for
                 self._conn.execute("BEGIN IMMEDIATE")
                 try:
                     yield self._conn
@@ -539,8 +537,8 @@ class DurableQueueStore:
         committed (and on disk when ``durable``, unless the thread owes the sync: ``syncs_owed``) or rolled
         back."""
         owed: SyncOwed | None = getattr(self._owed, "current", None)
-        if durable and self._sync_failed is not None:
-            self._sync_wal()  # refuses, saying why
+        if durable:
+            self._refuse_after_failed_sync()
         if durable and owed is not None:
             owed.sync, durable = True, False
         pending = _PendingWrite(work, durable)
@@ -574,7 +572,6 @@ class DurableQueueStore:
             conn = self._conn
             sync = False
             with self._writing():  # first: a writer of another process may hold the file
-                self._set_synchronous(conn, "NORMAL")  # a send's fsync comes after the lock is released
                 conn.execute("BEGIN IMMEDIATE")  # may wait for another process's writer: more writes queue up
                 with self._pending_lock:
                     batch, self._pending = self._pending, []
@@ -852,10 +849,8 @@ class DurableQueueStore:
     def _anything_visible(self, queue: str) -> bool:
         """Whether ``queue`` holds a message visible now (raises QueueNotFound for a queue that does not exist).
         A receive with nothing to receive ends here; expired messages wait for the next receive that writes."""
-        with self._lock:
-            if self._conn is None:
-                raise RuntimeError("DurableQueueStore is closed")
-            known, visible = self._conn.execute(_ANY_VISIBLE, (queue, queue, self._now())).fetchone()
+        with self._read() as conn:
+            known, visible = conn.execute(_ANY_VISIBLE, (queue, queue, self._now())).fetchone()
         if not known:
             raise QueueNotFound(queue)
         return bool(visible)

@@ -122,13 +122,11 @@ def running_stack(state_dir: Path) -> dict[str, Any] | None:
     lock = state_dir / "stack.lock"
     if not lock.exists():
         return None
-    with open(lock, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pass
-        else:
-            return None
+    try:
+        _hold(lock, "").close()
+        return None  # free: nobody runs there
+    except StateInUse:
+        pass
     try:
         found: dict[str, Any] = json.loads((state_dir / "stack.json").read_text())
     except (OSError, ValueError):

@@ -23,6 +23,7 @@ Nothing is dropped: when the rejects trail or DLQ cannot be written, the message
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -239,8 +240,23 @@ def _each_at_once(work: Callable[[_T], _R], groups: list[_T]) -> list[_R]:
         finally:
             logger.thread_safe_clear_keys()
 
-    with ThreadPoolExecutor(max_workers=len(groups), thread_name_prefix="deliver-integration") as pool:
-        return list(pool.map(run, groups))
+    return list(_integration_threads().map(run, groups))
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+INTEGRATION_THREADS = 16
+"""Threads sending to integrations at once, for every batch of the process (made on first use, then kept)."""
+
+
+def _integration_threads() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(
+                max_workers=INTEGRATION_THREADS, thread_name_prefix="deliver-integration"
+            )
+        return _pool
 
 
 # A delivery queue message: a delivery, or a dead letter redriven from the DLQ (replay), told apart by "kind".
